@@ -1,0 +1,35 @@
+# Two commands take a fresh clone to a condensed dataset and a green test suite:
+#   make demo   condense the embedded MNIST subset and compare it with random real images
+#   make test   run the test suite
+# Both create .venv when missing and reinstall only when pyproject.toml or constraints.txt change.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test install lock clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) jobs/demo.py --output $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+# Refresh the exact tested set after changing the ranges in pyproject.toml.
+lock: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^idc-ray'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
