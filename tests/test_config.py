@@ -1,0 +1,149 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from idc_ray.config import (
+    ConfigError,
+    IDCConfig,
+    apply_overrides,
+    effective_lr_img,
+    from_dict,
+    load_preset,
+    load_yaml,
+    preset_names,
+    resolve,
+)
+
+# Settings sheet, "Per-dataset settings": (model, metric, lr_img, n_data, factor, outer iters, extra)
+SHEET = {
+    "cifar10": ("convnet3", "mse", 5e-3, 2000, 2, 2000, {}),
+    "cifar100": ("convnet3", "mse", 5e-3, 2000, 2, 2000, {}),
+    "svhn": ("convnet3", "mse", 5e-3, 500, 2, 2000, {}),
+    "mnist": ("convnet3", "l1", 1e-4, 500, 2, 2000, {}),
+    "fashion": ("convnet3", "l1", 1e-4, 500, 2, 2000, {}),
+    "imagenet10": ("resnetap10", "l1", 3e-3, 500, 3, 500, {"expert.early": 10}),
+    "imagenet100": ("resnetap10", "l1", 1e-3, 500, 3, 500,
+                    {"expert.pt_from": 5, "expert.lr": 0.1, "expert.weight_decay": 1e-4, "expert.batch_size": 128}),
+    "speech": ("convnet4", "l1", 3e-3, 500, 2, 1000, {"synset.formation": "1d"}),
+}
+
+
+def _get(cfg, dotted):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.parametrize("name", sorted(SHEET))
+def test_presets_equal_the_settings_sheet(name):
+    model, metric, lr_img, n_data, factor, outer, extra = SHEET[name]
+    cfg = load_preset(name)
+    assert cfg.data.dataset == name
+    assert (cfg.expert.model, cfg.match.metric, cfg.match.lr_img) == (model, metric, lr_img)
+    assert (cfg.expert.n_data, cfg.synset.factor, cfg.schedule.outer_iters) == (n_data, factor, outer)
+    # Defaults shared by every row.
+    assert cfg.schedule.inner_iters == 100 and cfg.match.batch_real == 64 and cfg.synset.batch_syn_max == 128
+    assert cfg.match.mom_img == 0.5 and cfg.match.momentum_mode == "shared"
+    assert (cfg.expert.lr if name not in ("imagenet100", "speech") else 0.01) == 0.01
+    assert (cfg.expert.momentum, cfg.expert.weight_decay if name != "imagenet100" else 5e-4) == (0.9, 5e-4)
+    for key, value in extra.items():
+        assert _get(cfg, key) == value
+
+
+def test_every_shipped_preset_loads():
+    names = preset_names()
+    assert {"mnist5k-demo", "smoke", *SHEET} <= set(names)
+    for name in names:
+        assert isinstance(load_preset(name), IDCConfig)
+
+
+def test_dataset_rules_resolve_like_the_published_code():
+    mnist = resolve(load_preset("mnist"))
+    assert (mnist.match_aug, mnist.expert_cutmix_prob, mnist.eval_cutmix_prob) == ("color_crop", 0.0, 0.0)
+    assert mnist.init == "mix" and "flip" not in mnist.eval_augment and "cutout" in mnist.eval_augment
+    mnist_f1 = resolve(apply_overrides(load_preset("mnist"), ["synset.factor=1"]))
+    assert (mnist_f1.match_aug, mnist_f1.expert_cutmix_prob, mnist_f1.init) == ("color_crop_cutout", 0.5, "random")
+    c10 = resolve(load_preset("cifar10"))
+    assert c10.match_aug == "color_crop_cutout" and c10.expert_aug == "color_crop"
+    assert c10.eval_augment == "color_crop_flip_scale_rotate" and c10.eval_cutmix_prob == 0.5
+    svhn1 = resolve(apply_overrides(load_preset("svhn"), ["synset.ipc=1", "synset.factor=1"]))
+    assert svhn1.eval_cutmix_prob == 0.0 and svhn1.eval_augment == "color_crop_cutout_scale_rotate"
+    speech = resolve(load_preset("speech"))
+    assert (speech.match_aug, speech.expert_aug, speech.eval_augment) == ("none", "none", "none")
+    inet = resolve(load_preset("imagenet10"))
+    assert inet.expert_cutmix_prob == 1.0 and inet.eval_epochs == 1000  # 90 formed per class
+    assert resolve(load_preset("imagenet100")).eval_epochs == 666
+    assert resolve(load_preset("cifar10")).eval_epochs == 1000
+
+
+def test_explicit_values_win_over_dataset_rules():
+    cfg = apply_overrides(load_preset("mnist"), ["match.aug=color_crop_cutout", "expert.cutmix_prob=0.25"])
+    r = resolve(cfg)
+    assert (r.match_aug, r.expert_cutmix_prob) == ("color_crop_cutout", 0.25)
+    assert cfg.match.lr_img == 1e-4  # nominal value kept under its own name
+
+
+def test_lr_img_scaling():
+    assert effective_lr_img(5e-3, 10, 32, 32) == pytest.approx(5e-3)
+    assert effective_lr_img(5e-3, 50, 32, 32) == pytest.approx(2.5e-2)
+    assert effective_lr_img(3e-3, 10, 224, 224) == pytest.approx(3e-3)
+    assert effective_lr_img(1e-3, 20, 64, 32) == pytest.approx(8e-3)
+    assert resolve(apply_overrides(load_preset("cifar10"), ["synset.ipc=50"])).lr_img == pytest.approx(2.5e-2)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("synset.ipc=0", "synset.ipc must be at least 1, got 0"),
+        ("synset.factor=0", "synset.factor must be at least 1"),
+        ("synset.factor=40", "larger than the image side 32"),
+        ("expert.model=vgg11", "unknown model"),
+        ("eval.models=[convnet3,lenet]", "unknown model"),
+        ("data.dataset=imagenet1k", "unknown dataset"),
+        ("match.metric=l3", "match.metric 'l3' is unknown"),
+        ("match.aug=color_warp", "match.aug"),
+        ("synset.ipx=3", "unknown key 'synset.ipx'"),
+        ("foo.bar=1", "unknown key 'foo'"),
+        ("synset.ipc=ten", "'synset.ipc' must be an integer"),
+        ("match.bias=maybe", "'match.bias' must be true or false"),
+        ("synset.formation=zoom", "synset.formation 'zoom' is unknown"),
+    ],
+)
+def test_bad_values_give_one_clear_line(override, message):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(load_preset("cifar10"), [override])
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_override_needs_equals_sign():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides(load_preset("smoke"), ["synset.ipc"])
+
+
+def test_yaml_round_trip(tmp_path: Path):
+    cfg = apply_overrides(load_preset("cifar10"), ["synset.ipc=50", "eval.models=[convnet3,resnet10]"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_yaml(path) == cfg
+    assert from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_bad_yaml_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synset: [1, 2")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("synset: {ipc: 2, colour: red}\n")
+    with pytest.raises(ConfigError, match="unknown key 'synset.colour'"):
+        load_yaml(unknown)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'cifar11'"):
+        load_preset("cifar11")
