@@ -1,0 +1,121 @@
+"""Model registry for IDC: ConvNet-D, ResNet(AP), DenseNet-121, EfficientNet-B0.
+
+Every model has ``forward(x) -> logits``, ``embed(x) -> features`` (flattened input of
+the final linear layer, used for DM-style feature matching) and ``classifier``
+(that final ``nn.Linear``). Initialisation is the layers' own (PyTorch/torchvision
+defaults), so seeding the global RNG before ``build_model`` fixes the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+from torch import nn
+
+from .convnet import build_convnet, check_convnet_input
+from .densenet import MIN_IMAGE_SIZE as _DENSENET_MIN, build_densenet121
+from .efficientnet import MIN_IMAGE_SIZE as _EFFICIENTNET_MIN, build_efficientnet_b0
+from .norms import NORMS
+from .resnet import MIN_IMAGE_SIZE as _RESNET_MIN, build_resnet
+
+__all__ = [
+    "NORMS",
+    "UnknownModelError",
+    "available_models",
+    "build_model",
+    "check_model_input",
+]
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model name that is not in the registry."""
+
+
+@dataclass(frozen=True)
+class _ModelSpec:
+    # build(num_classes, in_channels, image_size, *, width, norm) -> nn.Module
+    build: Callable[..., nn.Module]
+    # check(name, in_channels, image_size) raises ValueError if the input is impossible
+    check: Callable[[str, int, int], None]
+
+
+def _min_size_check(min_size: int) -> Callable[[str, int, int], None]:
+    def check(name: str, in_channels: int, image_size: int) -> None:
+        if image_size < min_size:
+            raise ValueError(
+                f"{name} cannot take {image_size}x{image_size} inputs: its downsampling "
+                f"stages need image_size >= {min_size}; resize the images to at least "
+                f"{min_size} px or use a convnet"
+            )
+
+    return check
+
+
+def _convnet_spec(depth: int) -> _ModelSpec:
+    return _ModelSpec(
+        partial(build_convnet, depth=depth),
+        lambda name, c, s: check_convnet_input(name, depth, c, s),
+    )
+
+
+def _resnet_spec(name: str, blocks: tuple[int, int, int, int], norm: str, pool: bool = False) -> _ModelSpec:
+    build = partial(build_resnet, name=name, blocks_per_stage=blocks, default_norm=norm,
+                    pool_downsample=pool)
+    return _ModelSpec(build, _min_size_check(_RESNET_MIN))
+
+
+_REGISTRY: dict[str, _ModelSpec] = {
+    **{f"convnet{d}": _convnet_spec(d) for d in range(1, 6)},
+    "convnet": _convnet_spec(3),
+    "resnet10": _resnet_spec("resnet10", (1, 1, 1, 1), "batch"),
+    "resnet10-in": _resnet_spec("resnet10-in", (1, 1, 1, 1), "instance"),
+    "resnet18": _resnet_spec("resnet18", (2, 2, 2, 2), "batch"),
+    "resnet18-in": _resnet_spec("resnet18-in", (2, 2, 2, 2), "instance"),
+    "resnetap10": _resnet_spec("resnetap10", (1, 1, 1, 1), "instance", pool=True),
+    "densenet121": _ModelSpec(build_densenet121, _min_size_check(_DENSENET_MIN)),
+    "efficientnet-b0": _ModelSpec(build_efficientnet_b0, _min_size_check(_EFFICIENTNET_MIN)),
+}
+
+
+def available_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _spec(name: str) -> _ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise UnknownModelError(
+            f"unknown model {name!r}; available: {', '.join(available_models())}"
+        ) from None
+
+
+def check_model_input(name: str, in_channels: int, image_size: int) -> None:
+    """Raise ValueError (one line: model, what it supports, the fix) if ``name`` cannot
+    take ``in_channels`` x ``image_size`` x ``image_size`` inputs. Call before training."""
+    spec = _spec(name)
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"{name} needs a positive integer in_channels (1 or 3), got {in_channels!r}")
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"{name} needs a positive integer image_size (28, 32, 64 or 224), got {image_size!r}")
+    spec.check(name, in_channels, image_size)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    width: int | None = None,
+    norm: str | None = None,
+) -> nn.Module:
+    """Build a freshly initialised model; ``width``/``norm`` override the defaults."""
+    check_model_input(name, in_channels, image_size)
+    if width is not None and (not isinstance(width, int) or width < 1):
+        raise ValueError(f"{name}: width must be a positive integer, got {width!r}")
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r} for {name}: expected one of {', '.join(NORMS)}")
+    return _spec(name).build(num_classes, in_channels, image_size, width=width, norm=norm)
