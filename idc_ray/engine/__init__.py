@@ -1,0 +1,4 @@
+"""The pure-PyTorch IDC engine: formation, augmentation, matching, expert, stored set, loop.
+
+Nothing here imports Ray or reads files; the distributed layer and the jobs build on it.
+"""

@@ -1,0 +1,163 @@
+"""The expert network theta^T of Algorithm 1: (re-)initialised every ``fix_iter`` outer
+iterations, then trained on real data only, with per-sample augmentation and CutMix, after each
+inner iteration (paper Section 4.3, settings sheet). Its trajectory depends on the seed and the
+real data, never on the synthetic set, which is what lets it run ahead of the matchers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from idc_ray.engine import rng
+from idc_ray.engine.augment import DiffAugment, cutmix, mixed_cross_entropy
+from idc_ray.models import build_model
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """Everything the expert's trajectory depends on besides the real data."""
+
+    model: str
+    num_classes: int
+    channels: int
+    size: int
+    width: int | None
+    norm: str | None
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    n_data: int
+    aug: str
+    cutmix_prob: float
+    cutmix_beta: float
+    early: int
+    fix_iter: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    seed: int
+    pretrained: str | None = None
+    pt_from: int = 0
+    pt_num: int = 1
+
+
+def new_model(spec: ExpertSpec, seed: int, *keys: int) -> nn.Module:
+    """A freshly initialised network whose weights depend only on (seed, keys), built on the CPU."""
+    with rng.seeded_global_rng(seed, "weights", *keys):
+        return build_model(spec.model, spec.num_classes, spec.channels, spec.size,
+                           width=spec.width, norm=spec.norm)
+
+
+def pool_checkpoint(pool: str | Path, pool_seed: int, epoch: int) -> Path:
+    """Where jobs/pretrain.py stores the network of one pool seed after ``epoch`` epochs."""
+    return Path(pool) / f"seed{pool_seed}" / f"epoch{epoch}.pt"
+
+
+def pool_seeds(pool: str | Path) -> list[int]:
+    seeds = sorted(int(p.name[4:]) for p in Path(pool).glob("seed*") if p.name[4:].isdigit())
+    if not seeds:
+        raise FileNotFoundError(f"pretrained pool '{pool}' holds no seed*/ folders; run jobs/pretrain.py first")
+    return seeds
+
+
+def init_expert(spec: ExpertSpec, outer: int) -> nn.Module:
+    """The expert at the start of ``outer``: random init, or a pool checkpoint drawn uniformly
+    over seeds and epochs pt_from..pt_from+pt_num-1 (keyed by (seed, outer))."""
+    model = new_model(spec, spec.seed, outer)
+    if spec.pretrained:
+        g = rng.generator(spec.seed, "pool", outer)
+        seeds = pool_seeds(spec.pretrained)
+        pool_seed = seeds[int(torch.randint(len(seeds), (1,), generator=g))]
+        epoch = spec.pt_from + int(torch.randint(spec.pt_num, (1,), generator=g))
+        path = pool_checkpoint(spec.pretrained, pool_seed, epoch)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained pool is missing {path}; pretrain at least {epoch} epochs")
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
+class ExpertTrainer:
+    """The expert's real-data training: SGD (lr 0.01, momentum 0.9, wd 5e-4 by default), a
+    fresh optimiser at every re-initialisation, batches of ``batch_size`` with per-sample DSA
+    and CutMix. Normalisation happens here; the store holds [0, 1] images."""
+
+    def __init__(self, spec: ExpertSpec, model: nn.Module, device: torch.device | str = "cpu"):
+        self.spec = spec
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
+                                         weight_decay=spec.weight_decay)
+        self.augment = DiffAugment(spec.aug, mode="sample")
+        self._mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(self.device) - self._mean) / self._std
+
+    def train_batches(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
+        """One SGD step per ``batch_size`` slice of (x, y); returns the mean loss."""
+        self.model.train()
+        total, steps = 0.0, 0
+        for start in range(0, len(x), self.spec.batch_size):
+            xb = self.normalize(x[start : start + self.spec.batch_size])
+            yb = y[start : start + self.spec.batch_size].to(self.device)
+            xb = self.augment(xb, generator)
+            xb, ya, yb2, lam = cutmix(xb, yb, generator, beta=self.spec.cutmix_beta, prob=self.spec.cutmix_prob)
+            loss = mixed_cross_entropy(self.model(xb), ya, yb2, lam)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+        return total / max(steps, 1)
+
+    def train_inner(self, store, outer: int, inner: int) -> float:
+        """The update after inner iteration ``inner``: batches of real data until at least
+        ``n_data`` samples were seen (the published loader loop stops at the first batch index
+        with index * batch >= n_data, so it sees ceil(n_data / batch) full batches)."""
+        if self.spec.n_data == 0:
+            return 0.0
+        g = rng.generator(self.spec.seed, "expert", outer, inner)
+        n = math.ceil(self.spec.n_data / self.spec.batch_size) * self.spec.batch_size
+        x, y = store.sample_any(n, g)
+        return self.train_batches(x, y, g)
+
+    def train_epochs(self, store, epochs: int, *keys: int) -> float:
+        """Full passes over the real data in shuffled order (``early`` epochs, pretraining)."""
+        loss = 0.0
+        for epoch in range(epochs):
+            g = rng.generator(self.spec.seed, "epoch", *keys, epoch)
+            x, y = store.sample_any(sum(store.count(c) for c in store.classes), g)
+            loss = self.train_batches(x, y, g)
+        return loss
+
+
+def expert_trajectory(spec: ExpertSpec, store, inner_iters: int, start_outer: int, end_outer: int,
+                      device: torch.device | str = "cpu") -> Iterator[tuple[int, int, nn.Module]]:
+    """Yield (outer, inner, expert) for every inner iteration of outers start..end-1, in order.
+
+    The expert is re-initialised at every outer iteration divisible by ``fix_iter`` (then trained
+    for ``early`` epochs) and trained on real data after each inner iteration. Starting in the
+    middle of a re-initialisation cycle replays the cycle from its start, so a resumed run sees
+    the same states. The update after the last inner iteration of a cycle is skipped: the next
+    re-initialisation discards it, so skipping it changes no bytes. Yields the live module:
+    use (or copy) a state before asking for the next.
+    """
+    trainer = None
+    for outer in range(start_outer - start_outer % spec.fix_iter, end_outer):
+        if outer % spec.fix_iter == 0:
+            trainer = ExpertTrainer(spec, init_expert(spec, outer), device)
+            if spec.early:
+                trainer.train_epochs(store, spec.early, outer)
+        cycle_ends = (outer + 1) % spec.fix_iter == 0 or outer + 1 == end_outer
+        for inner in range(inner_iters):
+            if outer >= start_outer:
+                yield outer, inner, trainer.model
+            if not (cycle_ends and inner + 1 == inner_iters):
+                trainer.train_inner(store, outer, inner)

@@ -1,0 +1,119 @@
+"""Multi-formation: stored condensed samples -> formed training samples (paper Section 3.2).
+
+All functions are differentiable, deterministic and used identically during condensation and
+evaluation, so the stored budget stays n x m pixels (settings sheet, "Multi-formation").
+Formed samples are ordered crop-major: every stored sample's crop 0, then every crop 1, ...
+(the published decode order); labels are repeated in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+PAD_VALUE = 0.5  # grey padding when the side is not a multiple of the factor (published value)
+
+
+def _pad_to_multiple(x: torch.Tensor, factor: int, axes: tuple[int, ...]) -> torch.Tensor:
+    """Pad the right/bottom of the given spatial axes to a multiple of ``factor`` with 0.5."""
+    pad = [0, 0, 0, 0]  # F.pad order: (left, right, top, bottom)
+    for axis in axes:
+        side = x.shape[axis]
+        extra = (-side) % factor
+        if axis in (-1, 3):
+            pad[1] = extra
+        else:
+            pad[3] = extra
+    if any(pad):
+        x = F.pad(x, pad, value=PAD_VALUE)
+    return x
+
+
+def form_uniform(x: torch.Tensor, y: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each (C, H, W) sample into a factor x factor grid (row-major) and upsample every crop
+    bilinearly back to (H, W). factor 1 is the identity (IDC-I)."""
+    if factor == 1:
+        return x, y
+    h, w = x.shape[-2:]
+    padded = _pad_to_multiple(x, factor, (-2, -1))
+    ch, cw = math.ceil(h / factor), math.ceil(w / factor)
+    crops = [
+        padded[..., i * ch : (i + 1) * ch, j * cw : (j + 1) * cw]
+        for i in range(factor)
+        for j in range(factor)
+    ]
+    formed = F.interpolate(torch.cat(crops), size=(h, w), mode="bilinear", align_corners=False)
+    return formed, y.repeat(factor * factor)
+
+
+def form_1d(x: torch.Tensor, y: torch.Tensor, factor: int, axis: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split each sample into ``factor`` strips along one axis (-1: width, the time axis of a
+    spectrogram; -2: height) and stretch each strip back to full length (paper appendix B)."""
+    if factor == 1:
+        return x, y
+    h, w = x.shape[-2:]
+    padded = _pad_to_multiple(x, factor, (axis,))
+    length = math.ceil((w if axis == -1 else h) / factor)
+    if axis == -1:
+        strips = [padded[..., :, k * length : (k + 1) * length] for k in range(factor)]
+    else:
+        strips = [padded[..., k * length : (k + 1) * length, :] for k in range(factor)]
+    formed = F.interpolate(torch.cat(strips), size=(h, w), mode="bilinear", align_corners=False)
+    return formed, y.repeat(factor)
+
+
+def form_multiscale(x: torch.Tensor, y: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Union of uniform formation for factors 1..factor (paper appendix D, Figure 3 right)."""
+    parts = [form_uniform(x, y, k) for k in range(1, factor + 1)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def bounded_split(n: int, factor: int, bound: int) -> list[tuple[int, int]]:
+    """How many of ``n`` stored samples to form at each factor, from ``factor`` down to 1, so the
+    formed count stays within ``bound`` while every sample forms at least once.
+
+    Greedy, as the published bounded decode: the first samples take the largest factor that
+    still leaves room for the rest at factor 1. Returns [(factor, count), ...] with count > 0.
+    """
+    plan: list[tuple[int, int]] = []
+    remaining, used = n, 0
+    for k in range(factor, 0, -1):
+        if remaining == 0:
+            break
+        if k == 1:
+            take = remaining
+        else:
+            room = bound - used - remaining  # formed slots left after reserving 1 per sample
+            take = min(max(room, 0) // (k * k - 1), remaining)
+        if take > 0:
+            plan.append((k, take))
+            used += take * k * k
+            remaining -= take
+    return plan
+
+
+def form_bounded(x: torch.Tensor, y: torch.Tensor, factor: int, bound: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed factors from ``factor`` down to 1 keeping at most max(bound, n) formed samples."""
+    outs, labels, start = [], [], 0
+    for k, count in bounded_split(len(x), factor, bound):
+        fx, fy = form_uniform(x[start : start + count], y[start : start + count], k)
+        outs.append(fx)
+        labels.append(fy)
+        start += count
+    return torch.cat(outs), torch.cat(labels)
+
+
+def get_former(formation: str, factor: int, *, axis: int = -1, bound: int = 128) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The formation function for a config: ``former(stored, labels) -> (formed, labels)``."""
+    formers: dict[str, Callable] = {
+        "uniform": lambda x, y: form_uniform(x, y, factor),
+        "multiscale": lambda x, y: form_multiscale(x, y, factor),
+        "bounded": lambda x, y: form_bounded(x, y, factor, bound),
+        "1d": lambda x, y: form_1d(x, y, factor, axis),
+    }
+    if formation not in formers:
+        raise ValueError(f"unknown formation '{formation}'; choose one of {', '.join(formers)}")
+    return formers[formation]

@@ -1,0 +1,199 @@
+"""Algorithm 1 of the paper in one process: the reference path every backend must match.
+
+``Matcher`` owns a shard of classes (their real images, stored samples and optimiser state)
+and updates them against a given expert; the in-process loop is the one-shard case. A Ray
+backend places several matchers in other processes and feeds them the same expert states.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from idc_ray.config import IDCConfig, Resolved, resolve
+from idc_ray.data import ClassStore, RealData
+from idc_ray.engine import rng
+from idc_ray.engine.augment import DiffAugment
+from idc_ray.engine.expert import ExpertSpec, expert_trajectory
+from idc_ray.engine.formation import get_former
+from idc_ray.engine.matching import feature_match_loss, gradient_match_loss, matched_parameters
+from idc_ray.engine.synset import ClassOptimizer, SyntheticClass, init_synset, sample_formed
+
+
+@dataclass(frozen=True)
+class MatchSpec:
+    """Everything a matcher needs besides its classes' data and the expert."""
+
+    objective: str
+    metric: str
+    bias: bool
+    fc: bool
+    aug: str
+    batch_real: int
+    batch_syn_max: int
+    formation: str
+    factor: int
+    formation_axis: int
+    bound: int
+    lr_img: float
+    mom_img: float
+    momentum_mode: str
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    seed: int
+
+
+def build_specs(cfg: IDCConfig, data: RealData) -> tuple[MatchSpec, ExpertSpec, Resolved]:
+    """Turn a config into the matcher and expert specs (resolving the dataset rules once)."""
+    r = resolve(cfg)
+    s, m, x = cfg.synset, cfg.match, cfg.expert
+    spec = data.spec
+    match = MatchSpec(
+        objective=m.objective, metric=m.metric, bias=m.bias, fc=m.fc, aug=r.match_aug,
+        batch_real=m.batch_real, batch_syn_max=s.batch_syn_max, formation=s.formation,
+        factor=s.factor, formation_axis=s.formation_axis, bound=s.bound, lr_img=r.lr_img,
+        mom_img=m.mom_img, momentum_mode=m.momentum_mode, num_classes=spec.num_classes,
+        mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed,
+    )
+    expert = ExpertSpec(
+        model=x.model, num_classes=spec.num_classes, channels=spec.channels, size=spec.size,
+        width=x.width, norm=x.norm, lr=x.lr, momentum=x.momentum, weight_decay=x.weight_decay,
+        batch_size=x.batch_size, n_data=x.n_data, aug=r.expert_aug,
+        cutmix_prob=r.expert_cutmix_prob, cutmix_beta=x.cutmix_beta, early=x.early,
+        fix_iter=x.fix_iter, mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed,
+        pretrained=x.pretrained, pt_from=x.pt_from, pt_num=x.pt_num,
+    )
+    return match, expert, r
+
+
+class Matcher:
+    """Updates a shard of classes of the stored set (Algorithm 1, the inner ``for c`` loop).
+
+    Lifecycle: construct with the shard's real data and initial stored samples, call
+    ``begin_outer()`` at each outer iteration, ``step(expert, outer, inner)`` per inner iteration;
+    ``state_dict``/``load_state_dict`` for checkpoints. Every draw is keyed by
+    (seed, class, outer, inner), so the shard a class lands in never changes its bytes.
+    """
+
+    def __init__(self, spec: MatchSpec, store: ClassStore, init: dict[int, torch.Tensor],
+                 device: torch.device | str = "cpu"):
+        self.spec = spec
+        self.store = store
+        self.device = torch.device(device)
+        self.former = get_former(spec.formation, spec.factor, axis=spec.formation_axis, bound=spec.bound)
+        self.augment = DiffAugment(spec.aug, mode="batch")
+        self._mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+        self.classes: dict[int, SyntheticClass] = {}
+        for c in sorted(init):
+            data = init[c].to(self.device, dtype=torch.float32).clone().requires_grad_(True)
+            opt = ClassOptimizer(spec.lr_img, spec.mom_img, position=c, num_classes=spec.num_classes,
+                                 mode=spec.momentum_mode)
+            self.classes[c] = SyntheticClass(c, data, opt)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._mean) / self._std
+
+    def begin_outer(self) -> None:
+        for cls in self.classes.values():
+            cls.clamp_()
+
+    def class_loss(self, cls: SyntheticClass, model: nn.Module, params: list, outer: int, inner: int) -> torch.Tensor:
+        """The matching loss of one class against the expert, differentiable in the stored data."""
+        g = rng.generator(self.spec.seed, "match", cls.label, outer, inner)
+        real = self.store.sample(cls.label, self.spec.batch_real, g).to(self.device)
+        formed, y_syn = sample_formed(cls.data, cls.label, self.former, self.spec.batch_syn_max, g)
+        batch = self.augment(torch.cat([self.normalize(real), self.normalize(formed)]), g)
+        x_real, x_syn = batch[: len(real)], batch[len(real):]
+        if self.spec.objective == "feat":
+            return feature_match_loss(model, x_real, x_syn)
+        y_real = torch.full((len(real),), cls.label, dtype=torch.long, device=self.device)
+        return gradient_match_loss(model, params, x_real, y_real, x_syn, y_syn, self.spec.metric)
+
+    def step(self, model: nn.Module, outer: int, inner: int) -> dict[int, float]:
+        """Update every class of the shard once against ``model``; returns the losses."""
+        model.train()
+        params = matched_parameters(model, bias=self.spec.bias, fc=self.spec.fc)
+        losses = {}
+        for c, cls in self.classes.items():
+            cls.optimizer.before_update(cls.data)
+            loss = self.class_loss(cls, model, params, outer, inner)
+            grad, = torch.autograd.grad(loss, cls.data)
+            cls.optimizer.step(cls.data, grad)
+            losses[c] = float(loss.detach())
+        return losses
+
+    def stored(self) -> dict[int, torch.Tensor]:
+        return {c: cls.data.detach().cpu().clone() for c, cls in self.classes.items()}
+
+    def state_dict(self) -> dict:
+        return {c: {"data": cls.data.detach().cpu().clone(), "optimizer": cls.optimizer.state_dict()}
+                for c, cls in self.classes.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for c, cls in self.classes.items():
+            with torch.no_grad():
+                cls.data.copy_(state[c]["data"].to(self.device))
+            cls.optimizer.load_state_dict(state[c]["optimizer"], self.device)
+
+
+@dataclass
+class Progress:
+    outer: int
+    inner: int
+    losses: dict[int, float]
+    class_steps_per_s: float
+
+
+@dataclass
+class CondenseResult:
+    stored: torch.Tensor  # (classes, ipc, C, H, W) in [0, 1]
+    labels: torch.Tensor  # (classes * ipc,)
+    resolved: Resolved
+    loss_history: list[float] = field(default_factory=list)  # mean matching loss per outer iteration
+    seconds: float = 0.0
+
+
+def initial_synset(cfg: IDCConfig, store: ClassStore, classes: Sequence[int]) -> dict[int, torch.Tensor]:
+    r = resolve(cfg)
+    s = cfg.synset
+    return init_synset(store, classes, s.ipc, s.factor, r.init, cfg.schedule.seed,
+                       formation=s.formation, axis=s.formation_axis)
+
+
+def stack_stored(stored: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    classes = sorted(stored)
+    data = torch.stack([stored[c] for c in classes])
+    labels = torch.tensor(classes).repeat_interleave(data.shape[1])
+    return data, labels
+
+
+def condense(cfg: IDCConfig, data: RealData, *, device: torch.device | str = "cpu",
+             on_progress: Callable[[Progress], None] | None = None) -> CondenseResult:
+    """Run IDC in this process and return the stored set (the reference for every backend)."""
+    match_spec, expert_spec, resolved = build_specs(cfg, data)
+    store = ClassStore(data.train_x, data.train_y)
+    classes = list(range(data.spec.num_classes))
+    matcher = Matcher(match_spec, store, initial_synset(cfg, store, classes), device)
+    history: list[float] = []
+    started = time.perf_counter()
+    sched = cfg.schedule
+    outer_losses: list[float] = []
+    for outer, inner, expert in expert_trajectory(expert_spec, store, sched.inner_iters, 0, sched.outer_iters, device):
+        if inner == 0:
+            matcher.begin_outer()
+            outer_losses = []
+        tick = time.perf_counter()
+        losses = matcher.step(expert, outer, inner)
+        outer_losses.extend(losses.values())
+        if on_progress:
+            on_progress(Progress(outer, inner, losses, len(losses) / max(time.perf_counter() - tick, 1e-9)))
+        if inner + 1 == sched.inner_iters:
+            history.append(sum(outer_losses) / len(outer_losses))
+    stored, labels = stack_stored(matcher.stored())
+    return CondenseResult(stored, labels, resolved, history, time.perf_counter() - started)
