@@ -97,3 +97,23 @@ def test_optimizer_state_round_trip_continues_identically():
     a.step(model, 0, 1)
     b.step(model, 0, 1)
     assert torch.equal(stack_stored(a.stored())[0], stack_stored(b.stored())[0])
+
+
+def test_pretrained_pool_draws_a_checkpoint_at_the_chosen_epochs(tmp_path):
+    from dataclasses import replace
+
+    from idc_ray.pretrain import pretrain_pool
+
+    cfg, data, match, expert, store = _setup()
+    pretrain_pool(cfg, data, tmp_path, seeds=2, epochs=2)
+    spec = replace(expert, pretrained=str(tmp_path), pt_from=1, pt_num=2)
+    candidates = [torch.load(tmp_path / f"seed{s}" / f"epoch{e}.pt") for s in (0, 1) for e in (1, 2)]
+    drawn = set()
+    for outer in range(8):
+        state = init_expert(spec, outer).state_dict()
+        hits = [i for i, c in enumerate(candidates) if all(torch.equal(state[k], c[k]) for k in c)]
+        assert len(hits) == 1
+        drawn.add(hits[0])
+    assert len(drawn) > 1  # the draw varies with the outer iteration
+    assert init_expert(spec, 3).state_dict()["classifier.weight"].equal(
+        init_expert(spec, 3).state_dict()["classifier.weight"])

@@ -1,0 +1,87 @@
+"""jobs/condense.py end to end on the smoke preset, as a user runs it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from idc_ray.artifacts import load_condensed_pt
+from idc_ray.config import load_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_job(*args: str, script: str = "jobs/condense.py") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_condense_writes_a_loadable_artifact_and_its_config_reruns_to_the_same_bytes(tmp_path):
+    out = tmp_path / "run"
+    done = run_job("--preset", "smoke", "--ipc", "2", "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in out.iterdir()} >= {"condensed.pt", "config.yaml", "preview.png"}
+    saved = load_condensed_pt(out)
+    assert saved["data"].shape == (4, 2, 1, 28, 28)
+    assert saved["labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert saved["meta"]["resolved"]["init"] == "mix"
+    assert load_yaml(out / "config.yaml").synset.ipc == 2
+    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = tmp_path / "again"
+    done = run_job("--config", str(out / "config.yaml"), "--output", str(again), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert torch.equal(load_condensed_pt(again)["data"], saved["data"])
+
+
+def test_outer_iters_zero_writes_the_initialisation(tmp_path):
+    done = run_job("--preset", "smoke", "--outer-iters", "0", "--output", str(tmp_path / "init"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert load_condensed_pt(tmp_path / "init")["meta"]["loss_history"] == []
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--ipc", "0"], "synset.ipc must be at least 1"),
+        (["--factor", "64"], "larger than the image side"),
+        (["--set", "expert.model=lenet"], "unknown model"),
+        (["--dataset", "cifar11"], "unknown dataset"),
+        (["--set", "match.colour=red"], "unknown key 'match.colour'"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--config", "/nonexistent/x.yaml"], "not found"),
+        (["--dataset", "cifar10", "--data-uri", "/nonexistent/data"], "/nonexistent/data"),
+    ],
+)
+def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, args, message):
+    out = tmp_path / "out"
+    done = run_job("--preset", "smoke", *args, "--output", str(out), "--quiet")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+    assert not out.exists()
+
+
+def test_help_lists_every_flag():
+    done = run_job("--help")
+    assert done.returncode == 0
+    for flag in ("--preset", "--dataset", "--ipc", "--factor", "--seed", "--outer-iters", "--inner-iters",
+                 "--output", "--config", "--set"):
+        assert flag in done.stdout
+
+
+def test_pretrain_pool_feeds_the_expert(tmp_path):
+    pool = tmp_path / "pool"
+    done = run_job("--preset", "smoke", "--seeds", "2", "--epochs", "1", "--output", str(pool),
+                   script="jobs/pretrain.py")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.relative_to(pool).as_posix() for p in pool.rglob("*.pt")) == [
+        "seed0/epoch0.pt", "seed0/epoch1.pt", "seed1/epoch0.pt", "seed1/epoch1.pt"]
+    out = tmp_path / "run"
+    done = run_job("--preset", "smoke", "--set", f"expert.pretrained={pool}", "--set", "expert.pt_from=1",
+                   "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["expert"]["pretrained"] == str(pool)
