@@ -21,7 +21,7 @@ def pretrain_pool(cfg: IDCConfig, data: RealData, out: str | Path, *, seeds: int
                   on_epoch: Callable[[int, int, float], None] | None = None) -> list[Path]:
     """Train ``seeds`` experts on the real data, saving ``seed{s}/epoch{e}.pt`` for e = 0..epochs
     (epoch 0 is the initialisation). Each network is keyed by (config seed, pool seed)."""
-    _, spec, _ = build_specs(cfg, data)
+    _, spec, _ = build_specs(cfg, data.spec)
     store = ClassStore(data.train_x, data.train_y)
     written = []
     for s in range(seeds):

@@ -10,7 +10,8 @@ import torch
 
 from idc_ray import __version__
 from idc_ray.artifacts import save_condensed
-from idc_ray.config import IDCConfig
+from idc_ray.config import IDCConfig, resolve
+from idc_ray.distributed.driver import RunOptions, condense_job
 from idc_ray.data import load_dataset
 from idc_ray.engine.loop import CondenseResult, Progress, condense
 
@@ -23,6 +24,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{name}' requested but no CUDA device is visible; use --device cpu or auto")
     return device
+
+
+def connect(address: str | None) -> str | None:
+    """Join or start Ray (imported here so the local backend never needs Ray); dashboard URL."""
+    from idc_ray.distributed.ray_group import connect as ray_connect
+
+    return ray_connect(address)
 
 
 class ProgressPrinter:
@@ -58,10 +66,31 @@ def condense_config(cfg: IDCConfig, device: str = "auto", progress: bool = True)
     return condense(cfg, data, device=resolve_device(device), on_progress=printer)
 
 
-def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progress: bool = True) -> Path:
-    """Condense with ``cfg`` and write the output folder; nothing is written if the run fails."""
+def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progress: bool = True,
+                options: RunOptions | None = None, address: str | None = None) -> Path:
+    """Condense with ``cfg`` on the chosen backend and write the output folder.
+
+    Checkpoints go to ``out_dir/checkpoints`` as the run goes; the artifact is written at the end.
+    """
+    options = options or RunOptions(backend="local")
     dev = resolve_device(device)
-    result = condense_config(cfg, str(dev), progress)
+    started_ray = False
+    if options.backend == "ray":
+        import ray
+
+        started_ray = not ray.is_initialized()
+        url = connect(address)
+        if progress and url:
+            print(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}", file=sys.stderr, flush=True)
+    printer = ProgressPrinter(cfg.schedule.outer_iters, cfg.schedule.inner_iters) if progress else None
+    try:
+        job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=printer)
+    finally:
+        if started_ray:  # leave a cluster we joined alone; shut down what we started, quietly
+            import ray
+
+            ray.shutdown()
+    result = CondenseResult(job.stored, job.labels, resolve(cfg), job.loss_history, job.seconds)
     meta = {
         "dataset": cfg.data.dataset,
         "ipc": cfg.synset.ipc,
@@ -73,6 +102,9 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
         "loss_history": result.loss_history,
         "seconds": result.seconds,
         "device": str(dev),
+        "backend": options.backend,
+        "placement": job.placement,
+        "restarts": job.restarts,
         "code_version": __version__,
     }
     return save_condensed(out_dir, result.stored, result.labels, config_yaml=cfg.to_yaml(), meta=meta)

@@ -1,33 +1,72 @@
 """Condense a dataset with IDC and write the stored set.
 
+On a laptop (starts a local Ray, or pass --backend local for the in-process reference):
     python jobs/condense.py --preset mnist5k-demo --output runs/demo
-    python jobs/condense.py --preset cifar10 --data-uri ~/data --ipc 10 --factor 2 --output runs/c10
+On a cluster:
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python jobs/condense.py --preset cifar10 --data-uri s3://bucket/cifar10 --output s3://bucket/runs/c10
 
-Writes DIR/condensed.pt (stored tensor + labels), DIR/config.yaml and DIR/preview.png.
+Writes DIR/condensed.pt (stored tensor + labels), DIR/config.yaml, DIR/preview.png, and
+checkpoints under DIR/checkpoints every --checkpoint-every outer iterations (--resume continues).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 
 from idc_ray.cli import add_config_arguments, config_from_args, run_main
+from idc_ray.distributed.driver import RunOptions
 from idc_ray.runner import condense_to
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created; files replaced atomically)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="local backend: auto (CUDA when available, else CPU), cpu, cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(parser)
+    ray_args = parser.add_argument_group("Ray")
+    ray_args.add_argument("--backend", choices=("ray", "local"), default="ray",
+                          help="ray: class-sharded matcher actors + expert actor (default); local: one process")
+    ray_args.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
+    ray_args.add_argument("--num-actors", type=int, help="matcher actors (default: the cluster's GPU count, else 2)")
+    ray_args.add_argument("--gpus-per-actor", type=float, help="GPUs per matcher (default: 1 when the cluster has GPUs, else 0)")
+    ray_args.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (default: an equal share of the cluster)")
+    ray_args.add_argument("--expert-gpus", type=float, help="GPUs for the expert actor (default: 1 if one is left, else 0)")
+    ray_args.add_argument("--spread", action="store_true", help="spread actors over nodes (placement strategy SPREAD)")
+    run_args = parser.add_argument_group("checkpoints and faults")
+    run_args.add_argument("--checkpoint-every", type=int, default=10, metavar="K",
+                          help="checkpoint every K outer iterations and at the end (default 10)")
+    run_args.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --output")
+    run_args.add_argument("--max-restarts", type=int, default=3, help="actor failures survived before the job fails (default 3)")
+    run_args.add_argument("--inject-fault", action="append", default=[], metavar="JSON",
+                          help='testing aid: make matcher ACTOR raise at a step, e.g. \'{"actor": 1, "outer": 1, "inner": 0}\'')
     return parser.parse_args(argv)
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    if args.checkpoint_every < 1 or args.max_restarts < 0:
+        raise ValueError("--checkpoint-every must be >= 1 and --max-restarts >= 0")
+    try:
+        faults = tuple(json.loads(f) for f in args.inject_fault)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--inject-fault must be JSON like '{{\"actor\": 0, \"outer\": 1, \"inner\": 0}}' ({e.msg})") from None
+    return RunOptions(backend=args.backend, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
+                      cpus_per_actor=args.cpus_per_actor, expert_gpus=args.expert_gpus,
+                      checkpoint_every=args.checkpoint_every, resume=args.resume, max_restarts=args.max_restarts,
+                      spread=args.spread, faults=faults)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[idc-ray] %(message)s", stream=sys.stderr)
     cfg = config_from_args(args)
-    path = condense_to(cfg, args.output, device=args.device, progress=not args.quiet)
+    options = run_options(args)
+    path = condense_to(cfg, args.output, device=args.device, progress=not args.quiet, options=options,
+                       address=args.address)
     print(f"condensed set written to {path}")
     return 0
 

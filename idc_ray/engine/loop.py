@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from idc_ray.config import IDCConfig, Resolved, resolve
-from idc_ray.data import ClassStore, RealData
+from idc_ray.data import ClassStore, DatasetSpec, RealData
 from idc_ray.engine import rng
 from idc_ray.engine.augment import DiffAugment
 from idc_ray.engine.expert import ExpertSpec, expert_trajectory
@@ -48,11 +48,10 @@ class MatchSpec:
     seed: int
 
 
-def build_specs(cfg: IDCConfig, data: RealData) -> tuple[MatchSpec, ExpertSpec, Resolved]:
+def build_specs(cfg: IDCConfig, spec: DatasetSpec) -> tuple[MatchSpec, ExpertSpec, Resolved]:
     """Turn a config into the matcher and expert specs (resolving the dataset rules once)."""
     r = resolve(cfg)
     s, m, x = cfg.synset, cfg.match, cfg.expert
-    spec = data.spec
     match = MatchSpec(
         objective=m.objective, metric=m.metric, bias=m.bias, fc=m.fc, aug=r.match_aug,
         batch_real=m.batch_real, batch_syn_max=s.batch_syn_max, formation=s.formation,
@@ -176,7 +175,7 @@ def stack_stored(stored: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.T
 def condense(cfg: IDCConfig, data: RealData, *, device: torch.device | str = "cpu",
              on_progress: Callable[[Progress], None] | None = None) -> CondenseResult:
     """Run IDC in this process and return the stored set (the reference for every backend)."""
-    match_spec, expert_spec, resolved = build_specs(cfg, data)
+    match_spec, expert_spec, resolved = build_specs(cfg, data.spec)
     store = ClassStore(data.train_x, data.train_y)
     classes = list(range(data.spec.num_classes))
     matcher = Matcher(match_spec, store, initial_synset(cfg, store, classes), device)

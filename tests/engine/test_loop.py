@@ -9,7 +9,7 @@ from idc_ray.engine.loop import Matcher, build_specs, condense, initial_synset, 
 def _setup(**overrides):
     cfg = apply_overrides(load_preset("smoke"), overrides)
     data = load_dataset("tiny")
-    match, expert, _ = build_specs(cfg, data)
+    match, expert, _ = build_specs(cfg, data.spec)
     store = ClassStore(data.train_x, data.train_y)
     return cfg, data, match, expert, store
 

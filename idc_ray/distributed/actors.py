@@ -1,0 +1,100 @@
+"""Ray actors of a condensation job. They place work and move tensors; the algorithm is the
+engine's (``Matcher``, ``expert_trajectory``)."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+import torch
+from ray.util import metrics
+
+from idc_ray.data import load_dataset
+from idc_ray.engine.expert import ExpertSpec, expert_trajectory, new_model
+from idc_ray.engine.loop import MatchSpec, Matcher
+from idc_ray.engine.synset import init_synset
+
+
+def actor_device() -> torch.device:
+    """The GPU Ray assigned (Ray sets CUDA_VISIBLE_DEVICES, so it is cuda:0), else the CPU.
+    A GPU resource without a usable CUDA device (a declared-but-fake GPU) falls back to CPU."""
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda:0")
+    return torch.device("cpu")
+
+
+def use_assigned_cpus() -> int:
+    """Torch threads = whole CPUs Ray assigned to this actor (at least 1)."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
+@ray.remote(max_restarts=0)
+class MatcherActor:
+    """Owns a contiguous shard of classes: their real images only, their stored samples and
+    optimiser state. ``step`` updates the shard against one expert state from the object store."""
+
+    def __init__(self, name: str, match: MatchSpec, expert: ExpertSpec, classes: list[int], dataset: str,
+                 data_uri: str | None, init: str, ipc: int, state: dict | None, fault: dict | None = None):
+        self.name = name
+        self.threads = use_assigned_cpus()
+        self.device = actor_device()
+        store = load_dataset(dataset, data_uri).train_store(classes)
+        start = init_synset(store, classes, ipc, match.factor, init, match.seed,
+                            formation=match.formation, axis=match.formation_axis)
+        self.matcher = Matcher(match, store, start, self.device)
+        if state is not None:
+            self.matcher.load_state_dict(state)
+        self.model = new_model(expert, 0, 0).to(self.device)  # weights are replaced every step
+        self.fault = fault
+        tags = {"shard": name}
+        self.m_loss = metrics.Gauge("idc_matching_loss", "mean matching loss of the shard's last step", tag_keys=("shard",))
+        self.m_rate = metrics.Gauge("idc_class_steps_per_second", "class updates per second", tag_keys=("shard",))
+        self.m_outer = metrics.Gauge("idc_outer_iteration", "current outer iteration", tag_keys=("shard",))
+        for m in (self.m_loss, self.m_rate, self.m_outer):
+            m.set_default_tags(tags)
+
+    def info(self) -> dict:
+        ctx = ray.get_runtime_context()
+        return {"name": self.name, "node": ctx.get_node_id(), "device": str(self.device), "threads": self.threads}
+
+    def step(self, expert_state: dict, outer: int, inner: int) -> dict:
+        if self.fault and (outer, inner) == (self.fault["outer"], self.fault["inner"]):
+            raise RuntimeError(f"injected fault in {self.name} at outer {outer} inner {inner}")
+        started = time.perf_counter()
+        if inner == 0:
+            self.matcher.begin_outer()
+        self.model.load_state_dict(expert_state)
+        losses = self.matcher.step(self.model, outer, inner)
+        seconds = time.perf_counter() - started
+        self.m_loss.set(sum(losses.values()) / len(losses))
+        self.m_rate.set(len(losses) / max(seconds, 1e-9))
+        self.m_outer.set(outer)
+        return {"losses": losses, "seconds": seconds}
+
+    def state_dict(self) -> dict:
+        return self.matcher.state_dict()
+
+
+@ray.remote(max_restarts=0)
+class ExpertActor:
+    """Runs the expert's trajectory on real data and returns each state; the return value goes
+    to the object store once and every matcher reads it from there (one copy per node)."""
+
+    def __init__(self, expert: ExpertSpec, dataset: str, data_uri: str | None, inner_iters: int,
+                 start_outer: int, end_outer: int):
+        use_assigned_cpus()
+        self.device = actor_device()
+        store = load_dataset(dataset, data_uri).train_store()
+        self.trajectory = expert_trajectory(expert, store, inner_iters, start_outer, end_outer, self.device)
+        self.produced = 0
+        self.m_depth = metrics.Gauge("idc_expert_queue_depth", "expert states produced but not yet consumed by the matchers")
+
+    def produce(self, consumed: int) -> dict:
+        """The next expert state (CPU tensors). ``consumed`` is how many the matchers finished."""
+        _, _, model = next(self.trajectory)
+        self.produced += 1
+        self.m_depth.set(self.produced - consumed)
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -1,0 +1,191 @@
+"""The Ray backend: matcher actors over class shards and an expert actor, in one placement
+group (so a Tune trial or a cluster scheduler reserves the whole job at once)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from idc_ray.config import IDCConfig, resolve
+from idc_ray.data import get_spec
+from idc_ray.distributed.actors import ExpertActor, MatcherActor
+from idc_ray.distributed.checkpoint import Checkpoint, CheckpointStore
+from idc_ray.distributed.driver import RunOptions, run_schedule, shard_classes
+from idc_ray.engine.loop import Progress, build_specs
+
+log = logging.getLogger("idc_ray")
+PLACEMENT_TIMEOUT_S = 120
+
+
+class ClusterError(ValueError):
+    """The cluster cannot run the job as asked (one line, with the fix)."""
+
+
+def connect(address: str | None) -> str | None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS, as under `ray job submit`), else start a
+    local one; returns the dashboard URL. A bad address is one clear line, not a traceback."""
+    if ray.is_initialized():
+        return None
+    try:
+        context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
+        return context.dashboard_url or None
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ClusterError(f"no Ray cluster at --address {address} ({str(e).splitlines()[0][:120]}); "
+                           "start one with `ray start --head` or omit --address to run locally") from None
+
+
+@dataclass(frozen=True)
+class Layout:
+    shards: list[list[int]]
+    cpus: float
+    gpus: float
+    expert_gpus: float
+
+
+def plan_layout(num_classes: int, options: RunOptions) -> Layout:
+    """Actor count and resources from the options and what the cluster has."""
+    total = ray.cluster_resources()
+    cluster_gpus = float(total.get("GPU", 0))
+    cluster_cpus = float(total.get("CPU", 1))
+    n = options.num_actors or (int(cluster_gpus) if cluster_gpus >= 1 else 2)
+    n = min(n, num_classes) if options.num_actors is None else n
+    shards = shard_classes(num_classes, n)
+    gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if cluster_gpus >= 1 else 0.0)
+    if gpus > 0 and n * gpus > cluster_gpus:
+        raise ClusterError(f"{n} matcher actors x {gpus:g} GPU requested but the cluster has {cluster_gpus:g} GPUs; "
+                           "use --gpus-per-actor 0 or fewer --num-actors")
+    spare = cluster_gpus - n * gpus
+    expert_gpus = options.expert_gpus if options.expert_gpus is not None else (1.0 if spare >= 1 else 0.0)
+    if expert_gpus > spare + 1e-9:
+        raise ClusterError(f"--expert-gpus {expert_gpus:g} does not fit: {spare:g} GPUs left after the matchers")
+    cpus = options.cpus_per_actor
+    if cpus is None:
+        cpus = max(0.01, int(100 * cluster_cpus / (n + 1)) / 100)
+    return Layout(shards, cpus, gpus, expert_gpus)
+
+
+def shard_name(index: int, classes: list[int]) -> str:
+    return f"matcher-{index}[classes {classes[0]}-{classes[-1]}]" if len(classes) > 1 else f"matcher-{index}[class {classes[0]}]"
+
+
+class RayGroup:
+    """Matcher actors + expert actor for one attempt of the schedule (built from a checkpoint)."""
+
+    def __init__(self, cfg: IDCConfig, layout: Layout, pg, ckpt: Checkpoint | None, first_outer: int,
+                 options: RunOptions, faults: list[dict], tag: str):
+        data_spec = get_spec(cfg.data.dataset)
+        self.cfg = cfg
+        match, expert, resolved = build_specs(cfg, data_spec)
+        self.options = options
+        strategy = lambda i: PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
+        self.names = [shard_name(i, cls) for i, cls in enumerate(layout.shards)]
+        self.matchers = []
+        for i, classes in enumerate(layout.shards):
+            state = {c: ckpt.classes[c] for c in classes} if ckpt else None
+            fault = next((f for f in faults if f["actor"] == i), None)
+            self.matchers.append(MatcherActor.options(
+                name=f"{self.names[i]}@{tag}", num_cpus=layout.cpus, num_gpus=layout.gpus, scheduling_strategy=strategy(i),
+            ).remote(self.names[i], match, expert, classes, cfg.data.dataset, cfg.data.data_uri, resolved.init,
+                     cfg.synset.ipc, state, fault))
+        sched = cfg.schedule
+        self.expert = ExpertActor.options(
+            name=f"expert@{tag}", num_cpus=layout.cpus, num_gpus=layout.expert_gpus, scheduling_strategy=strategy(len(layout.shards)),
+        ).remote(expert, cfg.data.dataset, cfg.data.data_uri, sched.inner_iters, first_outer, sched.outer_iters)
+        self.steps = [(o, i) for o in range(first_outer, sched.outer_iters) for i in range(sched.inner_iters)]
+        self.states_ahead: deque = deque()
+        self.requested = 0
+        self.consumed = 0
+
+    def placement(self) -> list[dict]:
+        return ray.get([m.info.remote() for m in self.matchers])
+
+    def _expert_state(self):
+        """The ref of the next expert state, keeping ``lookahead`` more requested ahead."""
+        while len(self.states_ahead) <= self.options.lookahead and self.requested < len(self.steps):
+            self.states_ahead.append(self.expert.produce.remote(self.consumed))
+            self.requested += 1
+        return self.states_ahead.popleft()
+
+    def submit(self, outer: int, inner: int) -> list:
+        state = self._expert_state()  # a ref: matchers wait for it, the driver does not
+        return [m.step.remote(state, outer, inner) for m in self.matchers]
+
+    def collect(self, handle: list) -> dict[int, float]:
+        results = ray.get(handle)
+        self.consumed += 1
+        losses: dict[int, float] = {}
+        for r in results:
+            losses.update(r["losses"])
+        return losses
+
+    def states(self) -> dict[int, dict]:
+        merged: dict[int, dict] = {}
+        for part in ray.get([m.state_dict.remote() for m in self.matchers]):
+            merged.update(part)
+        return merged
+
+    def close(self) -> None:
+        for actor in [*self.matchers, self.expert]:
+            ray.kill(actor, no_restart=True)
+
+
+def is_ray_failure(e: BaseException) -> bool:
+    """Failures worth a restart: lost actors and errors raised in steps. An actor whose
+    constructor raised (missing data, bad input) would fail the same way again."""
+    return isinstance(e, ray.exceptions.RayError) and not getattr(e, "actor_init_failed", False)
+
+
+def setup_error(e: BaseException) -> ValueError:
+    """The one-line error an actor's constructor raised, from Ray's formatted traceback."""
+    lines = [ln.strip() for ln in str(getattr(e, "error_msg", e)).splitlines()]
+    raised = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", ln)]
+    return ValueError(raised[-1].split(": ", 1)[1] if raised else lines[0] if lines else type(e).__name__)
+
+
+def run_on_ray(cfg: IDCConfig, ckpts: CheckpointStore, start: Checkpoint | None, options: RunOptions,
+               on_progress: Callable[[Progress], None] | None):
+    """Place the actors and drive the schedule; returns (states, history, restarts, placement)."""
+    resolve(cfg)
+    layout = plan_layout(get_spec(cfg.data.dataset).num_classes, options)
+    bundles = [{"CPU": layout.cpus, **({"GPU": layout.gpus} if layout.gpus else {})} for _ in layout.shards]
+    bundles.append({"CPU": layout.cpus, **({"GPU": layout.expert_gpus} if layout.expert_gpus else {})})
+    pg = placement_group(bundles, strategy="SPREAD" if options.spread else "PACK")
+    try:
+        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise ClusterError(f"the cluster could not reserve {bundles} within {PLACEMENT_TIMEOUT_S}s "
+                           f"(it has {ray.cluster_resources()}); use fewer --num-actors or smaller shares") from None
+    faults = list(options.faults)
+    placement: list[dict] = []
+    run_id = uuid.uuid4().hex[:6]
+    attempts = itertools.count()
+
+    def make_group(ckpt: Checkpoint | None, first: int) -> RayGroup:
+        # Readable, unique actor names for the dashboard: matcher-0[classes 0-4]@<run>.<attempt>
+        group = RayGroup(cfg, layout, pg, ckpt, first, options, faults, f"{run_id}.{next(attempts)}")
+        faults[:] = [f for f in faults if f.get("repeat")]  # others fire in the first incarnation only
+        placement[:] = group.placement()
+        for p in placement:
+            log.info("%s on node %s (%s, %d threads)", p["name"], p["node"][:12], p["device"], p["threads"])
+        return group
+
+    try:
+        states, history, restarts = run_schedule(cfg, make_group, ckpts=ckpts, start=start, options=options,
+                                                 on_progress=on_progress, is_failure=is_ray_failure)
+    except ray.exceptions.RayActorError as e:
+        if getattr(e, "actor_init_failed", False):
+            raise setup_error(e) from None
+        raise
+    finally:
+        remove_placement_group(pg)
+    return states, history, restarts, placement

@@ -1,0 +1,24 @@
+"""One local Ray cluster for the distributed tests of a session (2 CPUs, like CI's machine)."""
+
+import logging
+
+import pytest
+import ray
+import torch
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """Matching results depend on torch's thread count (parallel reductions add in another order),
+    so the in-process reference runs with the 1 thread each Ray actor gets on this machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
