@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import socket
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -35,11 +36,24 @@ def connect(address: str | None) -> str | None:
     local one; returns the dashboard URL. A bad address is one clear line, not a traceback."""
     if ray.is_initialized():
         return None
+    _check_reachable(address)
     try:
         context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
         return context.dashboard_url or None
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(f"no Ray cluster at --address {address} ({str(e).splitlines()[0][:120]}); "
+                           "start one with `ray start --head` or omit --address to run locally") from None
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
+    match = re.fullmatch(r"(?:ray://)?([^:/]+):(\d+)", address or "")
+    if not match:
+        return  # None, "auto", "local" or another form: ray.init decides
+    try:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterError(f"no Ray cluster at --address {address} ({e.strerror or e}); "
                            "start one with `ray start --head` or omit --address to run locally") from None
 
 

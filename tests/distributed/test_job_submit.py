@@ -1,0 +1,106 @@
+"""`ray job submit` end to end against a real local head started with `ray start`, and the
+job's custom metrics on the head's Prometheus export port."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from idc_ray.artifacts import load_condensed_pt
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+METRICS = ("ray_idc_matching_loss", "ray_idc_class_steps_per_second", "ray_idc_outer_iteration",
+           "ray_idc_expert_queue_depth")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # the job's `python` is this venv's
+    env["RAY_metrics_report_interval_ms"] = "1000"
+    env["RAY_AUTH_MODE"] = "token"  # the head enables token auth; the job CLI must send the token
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _ray(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    ports = {"gcs": _free_port(), "dashboard": _free_port(), "metrics": _free_port()}
+    started = _ray("start", "--head", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
+                   f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
+                   "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats")
+    assert started.returncode == 0, started.stderr
+    try:
+        yield ports
+    finally:
+        _ray("stop", "--force")
+
+
+def _scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def test_job_submit_runs_the_condensation_and_exports_metrics(head, tmp_path):
+    address = f"http://127.0.0.1:{head['dashboard']}"
+    out = tmp_path / "artifact"
+    submitted = _ray("job", "submit", "--address", address, "--working-dir", str(ROOT), "--no-wait",
+                     "--submission-id", "idc-e2e", "--", "python", "jobs/condense.py", "--preset", "smoke",
+                     "--set", "schedule.outer_iters=30", "--checkpoint-every", "5", "--output", str(out))
+    assert submitted.returncode == 0, submitted.stderr
+
+    # Scrape while the job runs (the actors' gauges leave the export when the actors end);
+    # `ray job status` runs alongside, as a user would poll it.
+    seen, status, deadline = "", "", time.monotonic() + 300
+    poll = None
+    while time.monotonic() < deadline:
+        seen += _scrape(head["metrics"])
+        if poll is None:
+            poll = subprocess.Popen([str(BIN / "ray"), "job", "status", "--address", address, "idc-e2e"],
+                                    env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        elif poll.poll() is not None:
+            status = poll.stdout.read().lower()
+            poll = None
+            if any(f"job 'idc-e2e' {word}" in status for word in ("succeeded", "failed", "stopped")):
+                break
+        time.sleep(0.25)
+    logs = _ray("job", "logs", "--address", address, "idc-e2e").stdout
+    assert "job 'idc-e2e' succeeded" in status, status + logs
+    missing = [m for m in METRICS if m not in seen]
+    assert not missing, f"metrics not exported: {missing}"
+    assert 'shard="matcher-0[classes 0-1]"' in seen
+    assert "matcher-1[classes 2-3] on node" in logs and "condensed set written to" in logs
+    assert "checkpoint after outer iteration 30" in logs
+    saved = load_condensed_pt(out)
+    assert saved["data"].shape == (4, 1, 1, 28, 28) and saved["meta"]["backend"] == "ray"
+    assert torch.isfinite(saved["data"]).all()
+
+
+def test_bad_address_is_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "jobs/condense.py", "--preset", "smoke", "--address",
+                           f"127.0.0.1:{_free_port()}", "--output", str(tmp_path / "x")],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "no Ray cluster at --address" in errors[0], done.stderr
+    assert not (tmp_path / "x").exists()

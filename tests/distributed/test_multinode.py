@@ -1,0 +1,31 @@
+"""A head plus two worker nodes with one (declared) GPU each: matchers land on different nodes
+and the stored set equals the in-process one."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_matchers_spread_over_gpu_nodes_and_give_the_same_bytes(tmp_path):
+    done = subprocess.run([sys.executable, str(HERE / "multinode_run.py"), str(tmp_path)], cwd=HERE.parents[1],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    nodes = [p["node"] for p in report["placement"]]
+    assert sorted(nodes) == sorted(report["worker_nodes"])  # one matcher per GPU node
+    assert all(p["device"] == "cpu" for p in report["placement"])  # declared GPUs, no CUDA: CPU
+    assert report["equal"]
+
+
+def test_gpus_requested_on_a_cpu_cluster_is_one_line(ray_cluster, tmp_path):
+    done = subprocess.run([sys.executable, "jobs/condense.py", "--preset", "smoke", "--address", ray_cluster,
+                           "--gpus-per-actor", "1", "--output", str(tmp_path / "x")], cwd=HERE.parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert errors == ["error: 2 matcher actors x 1 GPU requested but the cluster has 0 GPUs; "
+                      "use --gpus-per-actor 0 or fewer --num-actors"], done.stderr
+    assert not (tmp_path / "x").exists()

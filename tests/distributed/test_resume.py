@@ -1,0 +1,69 @@
+"""Kill the driver process mid-run, start it again with --resume: same bytes as one clean run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from idc_ray.artifacts import load_condensed_pt
+from idc_ray.config import apply_overrides, load_preset
+from idc_ray.distributed.driver import RunOptions, condense_job
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = ["--set", "schedule.outer_iters=12", "--set", "schedule.inner_iters=2"]
+
+
+def _condense(address: str, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "jobs/condense.py", "--preset", "smoke", *SETTINGS, "--address", address,
+           "--num-actors", "2", "--checkpoint-every", "1", "--output", str(out), "--quiet", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _checkpoint_outer(out: Path) -> int:
+    pointer = out / "checkpoints" / "latest.json"
+    try:
+        return json.loads(pointer.read_text())["outer"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def test_resume_after_killing_the_driver_gives_the_same_bytes(ray_cluster, one_thread, tmp_path):
+    cfg = apply_overrides(load_preset("smoke"), ["schedule.outer_iters=12", "schedule.inner_iters=2"])
+    clean = condense_job(cfg, str(tmp_path / "clean"), RunOptions(backend="local"))
+
+    out = tmp_path / "run"
+    driver = _condense(ray_cluster, out)
+    deadline = time.monotonic() + 120
+    while _checkpoint_outer(out) < 3 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert driver.poll() is None, f"the run ended before it could be interrupted: {driver.stderr.read()}"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    interrupted_at = _checkpoint_outer(out)
+    assert 3 <= interrupted_at < 12 and not (out / "condensed.pt").exists()
+
+    resumed = _condense(ray_cluster, out, "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming from the checkpoint after outer iteration {interrupted_at}" in err
+    saved = load_condensed_pt(out)
+    assert torch.equal(saved["data"], clean.stored)
+    assert saved["meta"]["loss_history"] == pytest.approx(clean.loss_history, abs=0)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(ray_cluster, tmp_path):
+    out = tmp_path / "run"
+    first = _condense(ray_cluster, out)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    other = _condense(ray_cluster, out, "--resume", "--set", "match.lr_img=0.5")
+    _, err = other.communicate(timeout=300)
+    assert other.returncode == 2
+    assert err.strip().splitlines() == [
+        "error: --resume: the checkpoint in the output folder was written with another config; "
+        "use the same --preset/--config/--set, or another --output"]
