@@ -1,74 +1,249 @@
-"""Writing and reading a condensation's output folder.
+"""The condensed-data artifact: what a condensation writes and any training code reads back.
 
-Layout of ``DIR`` (this release): ``condensed.pt`` (stored tensor, labels, metadata),
-``config.yaml`` (the exact config, loadable with ``--config``), ``preview.png`` (one row of stored
-samples per class). Every file is written under a temporary name and renamed into place, and
-``condensed.pt`` comes last, so its presence means the folder is complete.
+A folder (local path or fsspec URL such as ``s3://bucket/run``) holding:
+
+* ``condensed.parquet``: one row per stored sample, class-major (every sample of the lowest
+  label first): ``label`` int64, ``class_name`` string, ``data`` fixed_size_list<float32>[C*H*W]
+  (CHW order, un-normalised, in [0, 1]);
+* ``manifest.json``, written LAST, so its presence means the folder is complete: format and
+  version, dataset, class names, ipc, factor, formation (mode, axis, bound), shape, mean/std,
+  the full config, code version, metrics, and the sha256 of ``condensed.parquet``;
+* ``preview.png`` (stored samples, one row per class), ``preview_formed.png`` (formed samples,
+  one row per class), ``config.yaml`` (loadable with ``--config``).
+
+Rewriting a folder first deletes its manifest, so a reader never pairs an old manifest with new
+data. The schema and a torch + pyarrow-only reader are in docs/artifact.md.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+import yaml
 from torchvision.utils import save_image
 
-FORMAT_VERSION = 1
+from idc_ray import __version__, storage
+from idc_ray.data import DatasetSpec, get_spec
+from idc_ray.engine.formation import get_former
+
+FORMAT = "idc-ray/condensed"
+FORMAT_VERSION = 2  # 1 was the condensed.pt of the first release
+PARQUET = "condensed.parquet"
+MANIFEST = "manifest.json"
+PREVIEW = "preview.png"
+PREVIEW_FORMED = "preview_formed.png"
+CONFIG = "config.yaml"
+_PREVIEW_FORMED_PER_CLASS = 32  # columns of the formed preview: a readable image at any factor
+
+
+class ArtifactError(ValueError):
+    """A condensed-data folder that is missing, incomplete, corrupt or of a foreign format."""
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(tmp_path)`` then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a local file through ``write(tmp_path)`` then rename: readers never see half a file."""
+    with storage.atomic_local_path(path) as tmp:
+        write(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _png(images: torch.Tensor, per_row: int) -> bytes:
+    buffer = io.BytesIO()
+    save_image(images.detach().cpu().clamp(0, 1), buffer, nrow=per_row, padding=2, format="png")
+    return buffer.getvalue()
 
 
-def save_preview(path: Path, stored: torch.Tensor) -> None:
+def _formed(stored: torch.Tensor, labels: torch.Tensor, formation: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Formed samples of each class in turn, as evaluation forms them (per class, crop-major)."""
+    former = get_former(formation["mode"], formation["factor"], axis=formation["axis"], bound=formation["bound"])
+    with torch.no_grad():
+        parts = [former(stored[i], labels.view(stored.shape[:2])[i]) for i in range(stored.shape[0])]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def save_preview(uri: str | os.PathLike, stored: torch.Tensor, storage_options: Mapping | None = None) -> None:
     """A PNG grid of stored samples (classes, ipc, C, H, W): one row per class."""
-    rows = stored.flatten(0, 1).clamp(0, 1)
-    _atomic_write(path, lambda tmp: save_image(rows, str(tmp), nrow=stored.shape[1], padding=2, format="png"))
+    storage.atomic_write_bytes(uri, _png(stored.flatten(0, 1), stored.shape[1]), storage_options)
 
 
-def save_condensed(out_dir: str | Path, stored: torch.Tensor, labels: torch.Tensor, *, config_yaml: str,
-                   meta: dict[str, Any]) -> Path:
-    """Write the run's folder; returns the path of condensed.pt."""
-    out = Path(out_dir)
-    _atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(config_yaml))
-    save_preview(out / "preview.png", stored)
-    payload = {"format_version": FORMAT_VERSION, "data": stored.detach().cpu().contiguous(),
-               "labels": labels.detach().cpu(), "meta": meta}
-    target = out / "condensed.pt"
-    _atomic_write(target, lambda tmp: torch.save(payload, tmp))
+def _spec_for(meta: Mapping[str, Any], config: Mapping[str, Any], storage_options: Mapping | None) -> DatasetSpec:
+    spec = get_spec(meta["dataset"], (config.get("data") or {}).get("data_uri"), storage_options)
+    if spec.measure_stats:
+        raise ValueError(f"save_condensed needs spec=data.spec for dataset '{spec.name}': its mean/std are "
+                         "measured when the data is loaded")
+    return spec
+
+
+def _table(stored: torch.Tensor, labels: torch.Tensor, class_names: tuple[str, ...]) -> bytes:
+    flat = stored.detach().cpu().to(torch.float32).contiguous().reshape(-1).numpy()
+    table = pa.table({
+        "label": pa.array(labels.cpu().numpy().astype(np.int64)),
+        "class_name": pa.array([class_names[int(c)] for c in labels.tolist()], type=pa.string()),
+        "data": pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), int(np.prod(stored.shape[2:]))),
+    })
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, write_statistics=False)
+    return buffer.getvalue().to_pybytes()
+
+
+def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: torch.Tensor, *, config_yaml: str,
+                   meta: dict[str, Any], spec: DatasetSpec | None = None,
+                   storage_options: Mapping | None = None) -> str:
+    """Write the artifact folder ``out_dir`` (local or URL); returns the URI of manifest.json.
+
+    Args:
+        stored: (classes, ipc, C, H, W) in [0, 1]; labels: (classes * ipc,), class-major.
+        config_yaml: the run's config (saved as config.yaml and inside the manifest).
+        meta: ``dataset`` (required), ``ipc``/``factor``/``formation``/``formation_axis``/``bound``
+            (default: the config's synset section), ``code_version``, ``resolved``; every other
+            key (loss_history, seconds, ...) is recorded under ``metrics``.
+        spec: the dataset spec the run used (``RealData.spec``); default: looked up by name,
+            which cannot know measured statistics (speech needs it passed).
+    Raises:
+        ValueError on inconsistent inputs; idc_ray.storage.StorageError when writing fails, in
+        which case no manifest exists and readers see no artifact.
+    """
+    out = os.fspath(out_dir)
+    if stored.dim() != 5 or labels.shape != (stored.shape[0] * stored.shape[1],):
+        raise ValueError(f"stored must be (classes, ipc, C, H, W) with labels (classes*ipc,), "
+                         f"got {tuple(stored.shape)} and {tuple(labels.shape)}")
+    per_class = labels.view(stored.shape[:2])
+    if not (per_class == per_class[:, :1]).all() or not (per_class[1:, 0] > per_class[:-1, 0]).all():
+        raise ValueError("labels must be class-major: ipc equal labels per class, classes ascending")
+    config = yaml.safe_load(config_yaml) or {}
+    spec = spec or _spec_for(meta, config, storage_options)
+    if tuple(stored.shape[2:]) != (spec.channels, spec.size, spec.size):
+        raise ValueError(f"stored samples are {tuple(stored.shape[2:])}, dataset '{spec.name}' has "
+                         f"{(spec.channels, spec.size, spec.size)}")
+    synset = config.get("synset") or {}
+    formation = {field: meta.get(key, synset.get(key)) for field, key in
+                 (("mode", "formation"), ("factor", "factor"), ("axis", "formation_axis"), ("bound", "bound"))}
+    consumed = {"dataset", "ipc", "factor", "formation", "formation_axis", "bound", "code_version", "resolved"}
+
+    storage.remove(storage.join(out, MANIFEST), storage_options)  # from here on, readers see no artifact
+    storage.atomic_write_bytes(storage.join(out, CONFIG), config_yaml.encode(), storage_options)
+    save_preview(storage.join(out, PREVIEW), stored, storage_options)
+    formed, _ = _formed(stored, labels, formation)
+    per_row = len(formed) // stored.shape[0]
+    shown = formed.view(stored.shape[0], per_row, *formed.shape[1:])[:, :_PREVIEW_FORMED_PER_CLASS]
+    storage.atomic_write_bytes(storage.join(out, PREVIEW_FORMED), _png(shown.flatten(0, 1), shown.shape[1]), storage_options)
+    data = _table(stored, labels, spec.class_names)
+    storage.atomic_write_bytes(storage.join(out, PARQUET), data, storage_options)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "dataset": meta["dataset"], "classes": list(spec.class_names), "num_classes": spec.num_classes,
+        "ipc": int(stored.shape[1]), "factor": formation["factor"], "formation": formation,
+        "shape": [spec.channels, spec.size, spec.size], "mean": list(spec.mean), "std": list(spec.std),
+        "config": config, "resolved": meta.get("resolved"), "code_version": meta.get("code_version", __version__),
+        "metrics": {k: v for k, v in meta.items() if k not in consumed},
+        "files": {PARQUET: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": len(labels)}},
+    }
+    target = storage.join(out, MANIFEST)
+    storage.atomic_write_bytes(target, json.dumps(manifest, indent=1).encode(), storage_options)
     return target
 
 
-def load_condensed_pt(path: str | Path) -> dict[str, Any]:
-    """Read a condensed.pt written by :func:`save_condensed`: keys data, labels, meta."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "condensed.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"no condensed set at '{p}'; pass the output folder of jobs/condense.py")
+def _folder(uri: str | os.PathLike) -> str:
+    uri = os.fspath(uri)
+    return uri.rstrip("/").rsplit("/", 1)[0] if uri.rstrip("/").endswith("/" + MANIFEST) else uri
+
+
+def read_manifest(uri: str | os.PathLike, storage_options: Mapping | None = None) -> dict[str, Any]:
+    """The manifest of the artifact at ``uri`` (its folder or its manifest.json), format-checked."""
+    folder = _folder(uri)
+    target = storage.join(folder, MANIFEST)
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"'{p}' is not a readable condensed set ({type(e).__name__}); rerun jobs/condense.py") from None
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"'{p}' has an unknown format (expected format_version {FORMAT_VERSION}); rerun jobs/condense.py")
-    return payload
+        raw = storage.read_bytes(target, storage_options)
+    except storage.StorageError as e:
+        if e.kind != "missing":
+            raise
+        raise ArtifactError(f"no {MANIFEST} at '{folder}': not a condensed set, or its writing did not finish; "
+                            "pass the output folder of a completed jobs/condense.py run") from None
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"'{target}' is not an idc-ray condensed-set manifest (foreign or damaged file)")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"'{target}' has format version {manifest.get('format_version')!r}; this idc_ray "
+                            f"{__version__} reads version {FORMAT_VERSION}: load it with the idc_ray that wrote it")
+    return manifest
+
+
+def load_condensed(uri: str | os.PathLike, storage_options: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Read a condensed set: ``(stored, labels, manifest)``.
+
+    Args:
+        uri: the artifact folder (or its manifest.json), a local path or URL (``s3://...``).
+        storage_options: fsspec options (endpoint, credentials); AWS env vars apply otherwise.
+    Returns:
+        stored float32 (classes, ipc, C, H, W) in [0, 1], labels int64 (classes * ipc,)
+        class-major, and the manifest dict.
+    Raises:
+        ArtifactError (a ValueError) when the folder is incomplete, the Parquet file does not
+        match its checksum, or the format is foreign or of another version;
+        idc_ray.storage.StorageError when the storage cannot be read.
+    """
+    folder = _folder(uri)
+    manifest = read_manifest(folder, storage_options)
+    target = storage.join(folder, PARQUET)
+    try:
+        data = storage.read_bytes(target, storage_options)
+    except storage.StorageError as e:
+        if e.kind != "missing":
+            raise
+        raise ArtifactError(f"'{target}' is missing although its manifest exists; the folder was altered, rerun jobs/condense.py") from None
+    expected = manifest.get("files", {}).get(PARQUET, {}).get("sha256")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ArtifactError(f"'{target}' does not match the sha256 in its manifest: the file is corrupt or was modified")
+    try:
+        table = pq.read_table(pa.BufferReader(data), columns=["label", "data"])
+    except (pa.ArrowException, OSError) as e:
+        raise ArtifactError(f"'{target}' is not readable Parquet ({type(e).__name__}) despite its checksum") from None
+    c, h, w = manifest["shape"]
+    labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
+    values = table.column("data").combine_chunks().flatten().to_numpy()
+    ipc = manifest["ipc"]
+    if len(values) != len(labels) * c * h * w or len(labels) % ipc:
+        raise ArtifactError(f"'{target}' holds {len(labels)} rows of {len(values) // max(1, len(labels))} values; "
+                            f"the manifest says rows of {c * h * w} values in groups of ipc {ipc}")
+    stored = torch.from_numpy(values.astype(np.float32).reshape(len(labels) // ipc, ipc, c, h, w))
+    return stored, labels, manifest
+
+
+def formed_dataset(uri: str | os.PathLike, storage_options: Mapping | None = None, *,
+                   normalize: bool = True) -> torch.utils.data.TensorDataset:
+    """The formed training samples of a condensed set as a ``TensorDataset`` of (image, label).
+
+    Each class's stored samples are formed with the manifest's formation (mode, factor, axis,
+    bound), exactly as IDC evaluates them, then normalised with the manifest's mean/std
+    (``normalize=False``: left in [0, 1], e.g. to apply your own augmentation first).
+    """
+    stored, labels, manifest = load_condensed(uri, storage_options)
+    x, y = _formed(stored, labels, manifest["formation"])
+    if normalize:
+        mean = torch.tensor(manifest["mean"], dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(manifest["std"], dtype=x.dtype).view(1, -1, 1, 1)
+        x = (x - mean) / std
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def load_condensed_pt(uri: str | os.PathLike, storage_options: Mapping | None = None) -> dict[str, Any]:
+    """The first release's dict view of a condensed set, for callers not yet moved to
+    :func:`load_condensed`: ``data`` (stored), ``labels`` and ``meta`` (the ``meta`` given to
+    :func:`save_condensed`, rebuilt from the manifest)."""
+    stored, labels, manifest = load_condensed(uri, storage_options)
+    formation = manifest["formation"]
+    meta = {"dataset": manifest["dataset"], "ipc": manifest["ipc"], "factor": formation["factor"],
+            "formation": formation["mode"], "formation_axis": formation["axis"], "bound": formation["bound"],
+            "resolved": manifest["resolved"], "code_version": manifest["code_version"], **manifest["metrics"]}
+    return {"format_version": manifest["format_version"], "data": stored, "labels": labels, "meta": meta}

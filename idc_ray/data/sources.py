@@ -28,11 +28,8 @@ class DatasetNotFoundError(ValueError):
     """The files a dataset needs are not where they were looked for (one-line message)."""
 
 
-class LoaderNotImplementedError(DatasetNotFoundError):
-    """The dataset is registered (spec known) but its loader has not been written yet.
-
-    Subclasses DatasetNotFoundError so a caller that reports "no data" handles it too.
-    """
+class DatasetFormatError(ValueError):
+    """A dataset file exists but its content is not what its format promises (one-line message)."""
 
 
 def _require_root(name: str, root: str | os.PathLike | None, expected: str) -> str:
@@ -45,8 +42,9 @@ def _require_root(name: str, root: str | os.PathLike | None, expected: str) -> s
     root = os.fspath(root)
     if "://" in root:
         raise DatasetNotFoundError(
-            f"dataset '{name}': loaders read local paths only, got URI {root!r}; "
-            f"stage the files locally first (expected {os.path.join('<root>', expected)})"
+            f"dataset '{name}': {root!r} holds no dataset.json (the Parquet form jobs/prepare_data.py writes) "
+            f"and the original files are read from local paths only; convert them with jobs/prepare_data.py "
+            f"or stage them locally (expected {os.path.join('<root>', expected)})"
         )
     return root
 
@@ -243,14 +241,3 @@ def load_tiny(root=None) -> Arrays:
     """
     g = torch.Generator().manual_seed(TINY_SEED)
     return (*_tiny_split(TINY_TRAIN_PER_CLASS, g), *_tiny_split(TINY_TEST_PER_CLASS, g))
-
-
-# ---------------------------------------------------------------------------------------------
-# Registered but not yet loadable.
-# ---------------------------------------------------------------------------------------------
-def load_unavailable(root=None, *, name: str) -> Arrays:
-    """Loader stub for datasets whose reader arrives with the data-layer work (issue 4)."""
-    raise LoaderNotImplementedError(
-        f"dataset '{name}': spec is registered but its loader is not implemented yet "
-        f"(arrives with the data-layer work, issue 4); use mnist5k, mnist, fashion, cifar10, cifar100 or svhn"
-    )

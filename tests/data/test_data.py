@@ -14,7 +14,6 @@ from idc_ray.data import (
     DATASETS,
     ClassStore,
     DatasetNotFoundError,
-    LoaderNotImplementedError,
     RealData,
     UnknownDatasetError,
     get_spec,
@@ -219,10 +218,13 @@ def test_unknown_dataset_lists_valid_names():
         load_dataset("cifar11")
 
 
-@pytest.mark.parametrize("name", ["imagenet10", "imagenet100", "speech"])
-def test_placeholder_loaders_say_so(name):
-    with pytest.raises(LoaderNotImplementedError, match="issue 4"):
+@pytest.mark.parametrize("name,expected_part", [
+    ("imagenet10", "train"), ("imagenet100", "train"), ("speech", "<label>/*.wav"), ("parquet", "dataset.json"),
+])
+def test_file_datasets_without_root_say_what_they_need(name, expected_part):
+    with pytest.raises(DatasetNotFoundError) as err:
         load_dataset(name)
+    assert name in str(err.value) and expected_part in str(err.value) and "--data-uri" in str(err.value)
 
 
 # ------------------------------------------------------------------ specs

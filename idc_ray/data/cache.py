@@ -1,0 +1,54 @@
+"""Decode-once cache for sources that are slow to decode (ImageNet JPEGs, speech WAVs).
+
+The decoded uint8 arrays are saved with ``torch.save`` and read back memory-mapped, so a second
+load costs a file open rather than minutes of decoding. The cache file name holds a digest of
+everything the arrays depend on (loader settings and the list of input files with their sizes),
+so changed inputs or settings never read a stale cache.
+
+Location, in order: the ``IDC_CACHE_DIR`` environment variable, else ``<root>/.idc_cache``
+(next to the data). A cache that cannot be written only costs a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from idc_ray.storage import atomic_local_path
+
+from .sources import Arrays
+
+CACHE_ENV = "IDC_CACHE_DIR"
+CACHE_VERSION = 1
+
+
+def cache_path(root: str, name: str, key: dict[str, Any]) -> Path:
+    """Where the decoded arrays of ``name`` with settings/inputs ``key`` live."""
+    folder = os.environ.get(CACHE_ENV) or os.path.join(root, ".idc_cache")
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True).encode()).hexdigest()
+    return Path(folder) / f"{name}-{digest[:16]}.pt"
+
+
+def cached(path: Path, build: Callable[[], tuple[Arrays, dict[str, Any]]]) -> tuple[Arrays, dict[str, Any]]:
+    """The arrays and metadata at ``path``, or ``build()``'s result, saved there for next time."""
+    if path.is_file():
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return tuple(payload[k] for k in ("train_x", "train_y", "test_x", "test_y")), payload["meta"]
+        except Exception as e:  # a damaged cache is rebuilt, never half-used
+            warnings.warn(f"ignoring unreadable cache {path} ({type(e).__name__}); decoding again", stacklevel=2)
+    arrays, meta = build()
+    payload = dict(zip(("train_x", "train_y", "test_x", "test_y"), arrays), meta=meta)
+    try:
+        with atomic_local_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as e:
+        warnings.warn(f"could not write the decoded-data cache {path} ({e.strerror or e}); "
+                      f"set {CACHE_ENV} to a writable folder to decode only once", stacklevel=2)
+    return arrays, meta

@@ -1,0 +1,377 @@
+"""One storage layer for every file idc-ray reads or writes: local paths and fsspec URLs (``s3://``).
+
+Connection settings are never hard-coded. They come from, in order of precedence:
+
+* ``storage_options``: a dict handed to fsspec (``--storage-options '{"endpoint_url": ...}'`` on
+  the command line, parsed by :func:`parse_storage_options`);
+* the usual AWS environment: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read here, so the
+  endpoint works whatever the installed botocore honours), and ``AWS_ACCESS_KEY_ID``,
+  ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, ``AWS_MAX_ATTEMPTS`` ... which
+  botocore reads itself.
+
+Atomicity: a local file is written under a temporary name in the same folder, fsynced and renamed
+(``os.replace`` is atomic on POSIX). An S3 object appears only when its PUT (or multipart upload)
+completes, so an interrupted upload leaves nothing; a failed streaming upload is aborted. A set of
+files is committed by writing the files first and a small pointer or manifest LAST
+(:func:`commit_checkpoint`, the artifact's ``manifest.json``, the dataset's ``dataset.json``).
+
+Every failure of the backend surfaces as one :class:`StorageError` line naming the URI and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import tempfile
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterator, Mapping
+
+import fsspec
+from fsspec.core import split_protocol
+
+LOCAL_PROTOCOLS = (None, "file", "local")
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+class StorageError(ValueError):
+    """A storage operation failed; the message is one line naming the URI and the fix.
+
+    ``kind`` is one of ``bucket`` (bucket missing), ``credentials`` (none found), ``endpoint``
+    (service unreachable), ``permission``, ``missing`` (object/file absent), ``options`` (bad
+    storage options) or ``io`` (anything else the backend reported).
+    """
+
+    def __init__(self, message: str, kind: str = "io"):
+        super().__init__(" ".join(message.split()))
+        self.kind = kind
+
+
+# ---------------------------------------------------------------------------------------------
+# URIs and filesystems
+# ---------------------------------------------------------------------------------------------
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """Parse a ``--storage-options`` JSON object (None or empty: None)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StorageError(f"--storage-options is not valid JSON ({e.msg} at char {e.pos}); "
+                           'pass an object such as \'{"endpoint_url": "http://host:9000"}\'', "options") from None
+    if not isinstance(value, dict):
+        raise StorageError(f"--storage-options must be a JSON object, got {type(value).__name__}", "options")
+    return value
+
+
+def is_local(uri: str | os.PathLike) -> bool:
+    """True for plain paths and ``file://`` URLs."""
+    return split_protocol(os.fspath(uri))[0] in LOCAL_PROTOCOLS
+
+
+def join(uri: str | os.PathLike, *names: str) -> str:
+    """``uri`` with path components appended (``/`` separated for URLs, os.path for local paths)."""
+    uri = os.fspath(uri)
+    if split_protocol(uri)[0] is None:
+        return os.path.join(uri, *names)
+    return posixpath.join(uri.rstrip("/"), *names)
+
+
+def _options(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """fsspec keyword arguments for ``uri``: the caller's options plus the endpoint from the env."""
+    options = dict(storage_options or {})
+    protocol = split_protocol(uri)[0]
+    if protocol in ("s3", "s3a"):
+        nested = (options.get("client_kwargs") or {}).get("endpoint_url")
+        if "endpoint_url" not in options and not nested:
+            endpoint = next((os.environ[k] for k in ENDPOINT_ENV if os.environ.get(k)), None)
+            if endpoint:
+                options["endpoint_url"] = endpoint
+        # A fresh instance per call: fsspec's instance cache would keep credentials and listings
+        # from before an environment change or another process's write.
+        options.setdefault("skip_instance_cache", True)
+    return options
+
+
+def _endpoint(uri: str, storage_options: Mapping[str, Any] | None) -> str:
+    options = _options(uri, storage_options)
+    return options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url") or "the default AWS endpoint"
+
+
+def open_fs(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path within it (``bucket/key`` for S3)."""
+    uri = os.fspath(uri)
+    try:
+        return fsspec.core.url_to_fs(uri, **_options(uri, storage_options))
+    except (TypeError, ValueError) as e:
+        raise StorageError(f"cannot open '{uri}' with storage options {sorted(storage_options or {})}: {e}; "
+                           "fix --storage-options (keys are fsspec/s3fs arguments)", "options") from None
+    except ImportError as e:
+        raise StorageError(f"no filesystem for '{uri}' ({e}); install the fsspec backend for this protocol", "options") from None
+
+
+def _translate(err: BaseException, uri: str, action: str, storage_options: Mapping[str, Any] | None) -> StorageError:
+    """One clear line for a backend exception (botocore errors recognised without importing it)."""
+    names = {c.__name__ for c in type(err).__mro__}
+    detail = " ".join(str(err).split())[:200] or type(err).__name__
+    remote = not is_local(uri)
+    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+        return StorageError(f"no credentials to {action} '{uri}': set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                            "(or AWS_PROFILE), or pass key and secret in --storage-options", "credentials")
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ClientConnectorError",
+                "ConnectionRefusedError", "ServerDisconnectedError"} or (remote and isinstance(err, ConnectionError)):
+        return StorageError(f"cannot reach the storage endpoint {_endpoint(uri, storage_options)} to {action} '{uri}' "
+                            "(connection refused or timed out): start the service or fix AWS_ENDPOINT_URL / "
+                            "endpoint_url in --storage-options", "endpoint")
+    if isinstance(err, FileNotFoundError) and remote and ("bucket" in detail.lower() or "NoSuchBucket" in detail):
+        bucket = split_protocol(uri)[1].split("/", 1)[0]
+        return StorageError(f"bucket '{bucket}' does not exist (while trying to {action} '{uri}'): "
+                            "create it first or fix the URI", "bucket")
+    if isinstance(err, FileNotFoundError):
+        return StorageError(f"'{uri}' does not exist (while trying to {action} it): check the path", "missing")
+    if isinstance(err, PermissionError):
+        where = "bucket policy and the credentials' permissions" if remote else "file permissions"
+        return StorageError(f"permission denied to {action} '{uri}' ({detail}): check the {where}", "permission")
+    return StorageError(f"cannot {action} '{uri}': {detail}", "io")
+
+
+@contextmanager
+def _errors(uri: str, action: str, storage_options: Mapping[str, Any] | None) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as e:
+        names = {c.__name__ for c in type(e).__mro__}
+        if isinstance(e, OSError) or "BotoCoreError" in names or "ClientError" in names:
+            raise _translate(e, uri, action, storage_options) from e
+        if isinstance(e, TypeError) and "keyword argument" in str(e):  # s3fs passes options on lazily
+            raise StorageError(f"cannot {action} '{uri}': storage options {sorted(storage_options or {})} were "
+                               f"rejected ({e}); fix --storage-options (keys are fsspec/s3fs arguments)", "options") from e
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Single objects
+# ---------------------------------------------------------------------------------------------
+def _check_bucket(fs: fsspec.AbstractFileSystem, uri: str, path: str) -> None:
+    """Raise the ``bucket`` StorageError when ``uri``'s bucket is missing (s3fs reports a missing
+    bucket and a missing key alike, as False or FileNotFoundError)."""
+    if not is_local(uri) and not fs.exists(path.split("/", 1)[0]):
+        raise _translate(FileNotFoundError("The specified bucket does not exist"), uri, "access", None)
+
+
+def exists(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether a file (or folder/prefix) exists. A missing bucket is an error, not False."""
+    uri = os.fspath(uri)
+    fs, path = open_fs(uri, storage_options)
+    with _errors(uri, "check", storage_options):
+        if fs.exists(path):
+            return True
+        _check_bucket(fs, uri, path)
+    return False
+
+
+def read_bytes(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> bytes:
+    """The whole content of one file."""
+    uri = os.fspath(uri)
+    fs, path = open_fs(uri, storage_options)
+    with _errors(uri, "read", storage_options):
+        return fs.cat_file(path)
+
+
+@contextmanager
+def open_input(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Iterator[IO[bytes]]:
+    """A seekable binary file for streaming reads (what pyarrow's ParquetFile takes)."""
+    uri = os.fspath(uri)
+    fs, path = open_fs(uri, storage_options)
+    with _errors(uri, "read", storage_options):
+        f = fs.open(path, "rb")
+    try:
+        with _errors(uri, "read", storage_options):
+            yield f
+    finally:
+        f.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_local_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path next to ``path``; renamed onto ``path`` when the block succeeds.
+
+    Readers never see a half-written file: the data is fsynced before the atomic ``os.replace``,
+    and the temporary file is removed if the block raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_open(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Iterator[IO[bytes]]:
+    """A writable binary file whose content appears at ``uri`` only if the block succeeds.
+
+    Use it to stream large files (Parquet shards); :func:`atomic_write_bytes` for small ones.
+    """
+    uri = os.fspath(uri)
+    fs, path = open_fs(uri, storage_options)
+    if is_local(uri):
+        with _errors(uri, "write", storage_options), atomic_local_path(path) as tmp, open(tmp, "wb") as f:
+            yield f
+        return
+    with _errors(uri, "write", storage_options):
+        f = fs.open(path, "wb")
+        try:
+            yield f
+        except BaseException:
+            # fsspec's close() would commit what was buffered; abort the upload instead.
+            discard = getattr(f, "discard", None)
+            if discard is not None:
+                discard()
+                f.closed = True  # so the file's __del__ does not try to flush the discarded buffer
+            raise
+        f.close()
+
+
+def atomic_write_bytes(uri: str | os.PathLike, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write ``data`` to ``uri`` all-or-nothing (local: temp + rename; S3: one PUT)."""
+    uri = os.fspath(uri)
+    if is_local(uri):
+        with atomic_open(uri, storage_options) as f:
+            f.write(data)
+        return
+    fs, path = open_fs(uri, storage_options)
+    with _errors(uri, "write", storage_options):
+        fs.pipe_file(path, data)
+
+
+def listdir(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Sorted names (not paths) directly under ``uri``; [] when the folder/prefix does not exist
+    (a missing bucket is an error)."""
+    uri = os.fspath(uri)
+    fs, path = open_fs(uri, storage_options)
+    with _errors(uri, "list", storage_options):
+        try:
+            entries = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            _check_bucket(fs, uri, path)
+            return []
+    return sorted(posixpath.basename(e.rstrip("/")) for e in entries if e.rstrip("/") != path.rstrip("/"))
+
+
+def remove(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *,
+           recursive: bool = False, missing_ok: bool = True) -> None:
+    """Delete a file (``recursive=True``: a folder/prefix and everything under it)."""
+    uri = os.fspath(uri)
+    fs, path = open_fs(uri, storage_options)
+    with _errors(uri, "remove", storage_options):
+        try:
+            fs.rm(path, recursive=recursive)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-file commits: checkpoints
+# ---------------------------------------------------------------------------------------------
+CHECKPOINT_POINTER = "latest.json"
+CHECKPOINT_FORMAT = "idc-ray/checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A committed checkpoint as read back: its step, folder URI, files and metadata."""
+
+    step: int
+    uri: str
+    files: dict[str, bytes]
+    meta: dict[str, Any]
+
+
+def commit_checkpoint(root: str | os.PathLike, step: int, files: Mapping[str, bytes],
+                      storage_options: Mapping[str, Any] | None = None, *, meta: Mapping[str, Any] | None = None,
+                      keep: int = 2) -> str:
+    """Write ``files`` as checkpoint ``step`` under ``root`` and publish it atomically.
+
+    The files go to a new folder ``ckpt-<step>-<random>/`` (never one a reader may be using, even
+    when the same step is saved twice); then ``latest.json`` (step, folder, sha256 of each file)
+    is rewritten LAST, in one atomic write. A crash before that leaves the previous checkpoint
+    published and intact; the orphan folder is removed by the next commit. Folders other than the
+    newest ``keep`` published ones are pruned after the pointer moves. Returns the folder URI.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    root = os.fspath(root)
+    previous = _read_pointer(root, storage_options)
+    folder = f"ckpt-{step:08d}-{uuid.uuid4().hex[:8]}"
+    for name, data in files.items():
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"checkpoint file names must be plain names, got {name!r}")
+        atomic_write_bytes(join(root, folder, name), data, storage_options)
+    older = [previous["folder"], *previous.get("history", [])] if previous else []
+    kept = [folder, *older][:keep]
+    pointer = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, "folder": folder,
+               "files": {n: hashlib.sha256(d).hexdigest() for n, d in files.items()},
+               "meta": dict(meta or {}), "history": kept[1:]}
+    atomic_write_bytes(join(root, CHECKPOINT_POINTER), json.dumps(pointer, indent=1).encode(), storage_options)
+    for name in listdir(root, storage_options):
+        if name.startswith("ckpt-") and name not in kept:
+            remove(join(root, name), storage_options, recursive=True)
+    return join(root, folder)
+
+
+def _read_pointer(root: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    uri = join(root, CHECKPOINT_POINTER)
+    try:
+        pointer = json.loads(read_bytes(uri, storage_options))
+    except StorageError as e:
+        if e.kind == "missing":
+            return None
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pointer = None
+    if not isinstance(pointer, dict) or pointer.get("format") != CHECKPOINT_FORMAT:
+        raise StorageError(f"'{uri}' is not an idc-ray checkpoint pointer: remove it or choose another folder", "io")
+    if pointer.get("version") != CHECKPOINT_VERSION:
+        raise StorageError(f"'{uri}' has checkpoint version {pointer.get('version')}, this idc_ray reads "
+                           f"{CHECKPOINT_VERSION}: resume with the matching idc_ray or start a new run", "io")
+    return pointer
+
+
+def latest_checkpoint(root: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> StoredCheckpoint | None:
+    """The checkpoint ``latest.json`` points at, its files checked against their sha256; None if
+    no checkpoint was ever committed under ``root``."""
+    root = os.fspath(root)
+    pointer = _read_pointer(root, storage_options)
+    if pointer is None:
+        return None
+    folder = join(root, pointer["folder"])
+    files = {}
+    for name, digest in pointer["files"].items():
+        data = read_bytes(join(folder, name), storage_options)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise StorageError(f"checkpoint file '{join(folder, name)}' does not match its checksum (corrupt or "
+                               "modified): remove the checkpoint folder to start over", "io")
+        files[name] = data
+    return StoredCheckpoint(step=int(pointer["step"]), uri=folder, files=files, meta=pointer.get("meta", {}))
