@@ -9,12 +9,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from idc_ray.artifacts import _atomic_write, load_condensed_pt
+from idc_ray.artifacts import _atomic_write, load_condensed
 from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import ClassStore, load_dataset
 from idc_ray.engine.loop import initial_synset, stack_stored
 from idc_ray.evaluation.protocol import evaluate_set, form_stored, random_real
-from idc_ray.runner import condense_to, resolve_device
+from idc_ray.distributed.driver import RunOptions
+from idc_ray.runner import condense_to, connect, resolve_device
 
 
 @dataclass
@@ -27,19 +28,19 @@ class Row:
 
 
 def compare(cfg: IDCConfig, out: Path, *, device: str = "auto", repeat: int | None = None,
-            log=print) -> list[Row]:
+            log=print, options: RunOptions | None = None) -> list[Row]:
     """Condense with ``cfg`` into ``out`` and score the condensed set, its initialisation and
     ``ipc`` random real images per class with the config's evaluation protocol."""
 
     data = load_dataset(cfg.data.dataset, cfg.data.data_uri)
     ipc, model = cfg.synset.ipc, cfg.eval.models[0]
     log(f"[ipc {ipc}] condensing {cfg.data.dataset} ({cfg.schedule.outer_iters} x {cfg.schedule.inner_iters} iterations)")
-    saved = load_condensed_pt(condense_to(cfg, out, device=device))
+    stored, stored_labels, _ = load_condensed(condense_to(cfg, out, device=device, options=options))
     store = ClassStore(data.train_x, data.train_y)
     init, labels = stack_stored(initial_synset(cfg, store, store.classes))
     random_x, random_y = random_real(data, ipc, cfg.schedule.seed)
     sets = {
-        f"IDC (factor {cfg.synset.factor})": form_stored(cfg, saved["data"], saved["labels"]),
+        f"IDC (factor {cfg.synset.factor})": form_stored(cfg, stored, stored_labels),
         "its initialisation": form_stored(cfg, init, labels),
         "random real": (random_x.flatten(0, 1), random_y),
     }
@@ -58,13 +59,20 @@ def table(rows: list[Row], model: str) -> str:
     return "\n".join(lines)
 
 
-def run_demo(cfg: IDCConfig, out: str | Path, *, device: str = "auto", ipc10_repeat: int = 1) -> str:
+def run_demo(cfg: IDCConfig, out: str | Path, *, device: str = "auto", ipc10_repeat: int = 1,
+             options: RunOptions | None = None, address: str | None = None) -> str:
+    """Both comparisons; condensation on Ray (local cluster unless ``address``) by default."""
     out = Path(out)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     device = str(resolve_device(device))
-    rows = compare(cfg, out / "ipc1", device=device, log=log)
+    options = options or RunOptions(backend="ray")
+    if options.backend == "ray":
+        url = connect(address)
+        if url:
+            log(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url} (open it while the demo runs)")
+    rows = compare(cfg, out / "ipc1", device=device, log=log, options=options)
     cfg10 = apply_overrides(cfg, {"synset.ipc": 10})
-    rows += compare(cfg10, out / "ipc10", device=device, repeat=ipc10_repeat, log=log)
+    rows += compare(cfg10, out / "ipc10", device=device, repeat=ipc10_repeat, log=log, options=options)
     text = table(rows, cfg.eval.models[0])
     _atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps([r.__dict__ for r in rows], indent=2)))
     _atomic_write(out / "results.md", lambda tmp: tmp.write_text(text + "\n"))

@@ -12,8 +12,7 @@ from idc_ray import __version__
 from idc_ray.artifacts import save_condensed
 from idc_ray.config import IDCConfig, resolve
 from idc_ray.distributed.driver import RunOptions, condense_job
-from idc_ray.data import load_dataset
-from idc_ray.engine.loop import CondenseResult, Progress, condense
+from idc_ray.engine.loop import CondenseResult, Progress
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -48,9 +47,10 @@ class ProgressPrinter:
         total = self.outer_iters * self.inner_iters
         width = 24
         bar = "#" * (width * done // total) + "." * (width - width * done // total)
+        shards = "".join(f" {name} {loss:.4g}" for name, loss in p.shards.items())
         line = (f"[{bar}] outer {p.outer + 1}/{self.outer_iters} inner {p.inner + 1}/{self.inner_iters} "
-                f"loss {sum(self.losses) / len(self.losses):.4g} {p.class_steps_per_s:.1f} class-steps/s "
-                f"{time.perf_counter() - self.started:.0f}s")
+                f"loss {sum(self.losses) / len(self.losses):.4g}{' (' + shards.strip() + ')' if shards else ''} "
+                f"{p.class_steps_per_s:.1f} class-steps/s {time.perf_counter() - self.started:.0f}s")
         if self.tty:
             self.stream.write("\r" + line + ("\n" if done == total else ""))
         elif p.inner + 1 == self.inner_iters:
@@ -60,14 +60,9 @@ class ProgressPrinter:
             self.losses = []
 
 
-def condense_config(cfg: IDCConfig, device: str = "auto", progress: bool = True) -> CondenseResult:
-    data = load_dataset(cfg.data.dataset, cfg.data.data_uri)
-    printer = ProgressPrinter(cfg.schedule.outer_iters, cfg.schedule.inner_iters) if progress else None
-    return condense(cfg, data, device=resolve_device(device), on_progress=printer)
-
-
 def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progress: bool = True,
-                options: RunOptions | None = None, address: str | None = None) -> Path:
+                options: RunOptions | None = None, address: str | None = None,
+                storage_options: dict | None = None) -> str:
     """Condense with ``cfg`` on the chosen backend and write the output folder.
 
     Checkpoints go to ``out_dir/checkpoints`` as the run goes; the artifact is written at the end.
@@ -84,7 +79,8 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
             print(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}", file=sys.stderr, flush=True)
     printer = ProgressPrinter(cfg.schedule.outer_iters, cfg.schedule.inner_iters) if progress else None
     try:
-        job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=printer)
+        job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=printer,
+                           storage_options=storage_options)
     finally:
         if started_ray:  # leave a cluster we joined alone; shut down what we started, quietly
             import ray
@@ -107,4 +103,5 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
         "restarts": job.restarts,
         "code_version": __version__,
     }
-    return save_condensed(out_dir, result.stored, result.labels, config_yaml=cfg.to_yaml(), meta=meta)
+    return save_condensed(out_dir, result.stored, result.labels, config_yaml=cfg.to_yaml(), meta=meta,
+                          spec=job.spec, storage_options=storage_options)

@@ -6,8 +6,9 @@ On a cluster:
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python jobs/condense.py --preset cifar10 --data-uri s3://bucket/cifar10 --output s3://bucket/runs/c10
 
-Writes DIR/condensed.pt (stored tensor + labels), DIR/config.yaml, DIR/preview.png, and
-checkpoints under DIR/checkpoints every --checkpoint-every outer iterations (--resume continues).
+Writes the artifact to DIR (a local path or s3://...): condensed.parquet, config.yaml,
+preview.png, preview_formed.png and manifest.json (last), and checkpoints under DIR/checkpoints
+every --checkpoint-every outer iterations (--resume continues from the last one).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 from idc_ray.cli import add_config_arguments, config_from_args, run_main
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.runner import condense_to
+from idc_ray.storage import parse_storage_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created; files replaced atomically)")
     parser.add_argument("--device", default="auto", help="local backend: auto (CUDA when available, else CPU), cpu, cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--storage-options", metavar="JSON",
+                        help='fsspec/s3fs options for s3:// paths, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
+                             "(default: the usual AWS environment variables)")
     add_config_arguments(parser)
     ray_args = parser.add_argument_group("Ray")
     ray_args.add_argument("--backend", choices=("ray", "local"), default="ray",
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     options = run_options(args)
     path = condense_to(cfg, args.output, device=args.device, progress=not args.quiet, options=options,
-                       address=args.address)
+                       address=args.address, storage_options=parse_storage_options(args.storage_options))
     print(f"condensed set written to {path}")
     return 0
 

@@ -1,19 +1,22 @@
-"""The `make demo` run: condense the embedded MNIST subset at ipc 1 and ipc 10 and compare the
-condensed set with its own initialisation and with random real images (ConvNet-3, same recipe).
+"""The `make demo` run: condense the embedded MNIST subset at ipc 1 and ipc 10 on a local Ray
+(matcher actors + expert actor) and compare the condensed set with its own initialisation and
+with random real images (ConvNet-3, same recipe).
 
     python jobs/demo.py --output runs/demo
 
-Writes OUTPUT/ipc1/ and OUTPUT/ipc10/ (condensed.pt, config.yaml, preview.png) and
+Writes OUTPUT/ipc1/ and OUTPUT/ipc10/ (condensed.parquet, manifest.json, config.yaml, previews) and
 OUTPUT/results.md / results.json, and prints the results table.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from idc_ray.cli import add_config_arguments, config_from_args, run_main
 from idc_ray.demo import run_demo
+from idc_ray.distributed.driver import RunOptions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--ipc10-repeat", type=int, default=1,
                         help="evaluation runs per set at ipc 10 (default 1, to fit the demo's time budget)")
+    parser.add_argument("--backend", choices=("ray", "local"), default="ray",
+                        help="ray: matcher actors + expert actor on a local (or --address) Ray (default); local: one process")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     add_config_arguments(parser, default_preset="mnist5k-demo")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[idc-ray] %(message)s", stream=sys.stderr)
     cfg = config_from_args(args)
-    print(run_demo(cfg, args.output, device=args.device, ipc10_repeat=args.ipc10_repeat))
+    options = RunOptions(backend=args.backend, checkpoint_every=5)
+    print(run_demo(cfg, args.output, device=args.device, ipc10_repeat=args.ipc10_repeat, options=options,
+                   address=args.address))
     print(f"\nstored sets, previews and results in {args.output}/")
     return 0
 

@@ -37,11 +37,13 @@ class MatcherActor:
     optimiser state. ``step`` updates the shard against one expert state from the object store."""
 
     def __init__(self, name: str, match: MatchSpec, expert: ExpertSpec, classes: list[int], dataset: str,
-                 data_uri: str | None, init: str, ipc: int, state: dict | None, fault: dict | None = None):
+                 data_uri: str | None, init: str, ipc: int, state: dict | None, fault: dict | None = None,
+                 storage_options: dict | None = None):
         self.name = name
         self.threads = use_assigned_cpus()
         self.device = actor_device()
-        store = load_dataset(dataset, data_uri).train_store(classes)
+        # Only this shard's classes are read and held (Parquet sources read just their rows).
+        store = load_dataset(dataset, data_uri, storage_options=storage_options, classes=classes).train_store(classes)
         start = init_synset(store, classes, ipc, match.factor, init, match.seed,
                             formation=match.formation, axis=match.formation_axis)
         self.matcher = Matcher(match, store, start, self.device)
@@ -84,10 +86,10 @@ class ExpertActor:
     to the object store once and every matcher reads it from there (one copy per node)."""
 
     def __init__(self, expert: ExpertSpec, dataset: str, data_uri: str | None, inner_iters: int,
-                 start_outer: int, end_outer: int):
+                 start_outer: int, end_outer: int, storage_options: dict | None = None):
         use_assigned_cpus()
         self.device = actor_device()
-        store = load_dataset(dataset, data_uri).train_store()
+        store = load_dataset(dataset, data_uri, storage_options=storage_options).train_store()
         self.trajectory = expert_trajectory(expert, store, inner_iters, start_outer, end_outer, self.device)
         self.produced = 0
         self.m_depth = metrics.Gauge("idc_expert_queue_depth", "expert states produced but not yet consumed by the matchers")

@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 import torch
 
 from idc_ray.config import IDCConfig, resolve
-from idc_ray.data import ClassStore, load_dataset
+from idc_ray.data import ClassStore, DatasetSpec, get_spec, load_dataset
 from idc_ray.distributed.checkpoint import Checkpoint, CheckpointStore
 from idc_ray.engine.expert import expert_trajectory
 from idc_ray.engine.loop import Matcher, Progress, build_specs, initial_synset, stack_stored
@@ -51,6 +51,7 @@ class RunOptions:
 
 @dataclass
 class JobResult:
+    spec: DatasetSpec
     stored: torch.Tensor
     labels: torch.Tensor
     loss_history: list[float]
@@ -63,7 +64,7 @@ class Group(Protocol):
     """What the schedule needs from a backend."""
 
     def submit(self, outer: int, inner: int) -> object: ...
-    def collect(self, handle: object) -> dict[int, float]: ...
+    def collect(self, handle: object) -> tuple[dict[int, float], dict[str, float]]: ...
     def states(self) -> dict[int, dict]: ...
     def close(self) -> None: ...
 
@@ -83,11 +84,21 @@ def shard_classes(num_classes: int, num_shards: int) -> list[list[int]]:
     return shards
 
 
+def dataset_spec(cfg: IDCConfig, storage_options: dict | None = None) -> DatasetSpec:
+    """The spec every process must share. Datasets whose statistics are measured at load
+    (speech) are loaded once here, so all matchers normalise with the same numbers."""
+    spec = get_spec(cfg.data.dataset, cfg.data.data_uri, storage_options)
+    if spec.measure_stats:
+        spec = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options).spec
+    return spec
+
+
 class LocalGroup:
     """The in-process reference: one matcher for every class and the live expert."""
 
-    def __init__(self, cfg: IDCConfig, ckpt: Checkpoint | None, start_outer: int, device="cpu"):
-        data = load_dataset(cfg.data.dataset, cfg.data.data_uri)
+    def __init__(self, cfg: IDCConfig, ckpt: Checkpoint | None, start_outer: int, device="cpu",
+                 storage_options: dict | None = None):
+        data = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)
         match, expert, _ = build_specs(cfg, data.spec)
         store = ClassStore(data.train_x, data.train_y)
         self.matcher = Matcher(match, store, initial_synset(cfg, store, store.classes), device)
@@ -103,8 +114,8 @@ class LocalGroup:
             self.matcher.begin_outer()
         return self.matcher.step(model, outer, inner)
 
-    def collect(self, handle: dict[int, float]) -> dict[int, float]:
-        return handle
+    def collect(self, handle: dict[int, float]) -> tuple[dict[int, float], dict[str, float]]:
+        return handle, {}
 
     def states(self) -> dict[int, dict]:
         return self.matcher.state_dict()
@@ -159,11 +170,11 @@ def _run_outer(group: Group, outer: int, inner_iters: int, window: int,
 
     def drain_one() -> None:
         inner, submitted, handle = pending.popleft()
-        step = group.collect(handle)
+        step, shards = group.collect(handle)
         losses.extend(step.values())
         if on_progress:
             elapsed = max(time.perf_counter() - submitted, 1e-9)
-            on_progress(Progress(outer, inner, step, len(step) / elapsed))
+            on_progress(Progress(outer, inner, step, len(step) / elapsed, shards))
 
     for inner in range(inner_iters):
         pending.append((inner, time.perf_counter(), group.submit(outer, inner)))
@@ -203,6 +214,7 @@ def condense_job(cfg: IDCConfig, output: str, options: RunOptions, *, device: st
                  on_progress: Callable[[Progress], None] | None = None) -> JobResult:
     """Run the whole schedule on the chosen backend, checkpointing under ``output``."""
     resolve(cfg)
+    spec = dataset_spec(cfg, storage_options)
     ckpts = CheckpointStore(output, storage_options)
     start = ckpts.latest() if options.resume else None
     if start is not None:
@@ -213,12 +225,13 @@ def condense_job(cfg: IDCConfig, output: str, options: RunOptions, *, device: st
     started = time.perf_counter()
     if options.backend == "local":
         states, history, restarts = run_schedule(
-            cfg, lambda ckpt, first: LocalGroup(cfg, ckpt, first, device),
+            cfg, lambda ckpt, first: LocalGroup(cfg, ckpt, first, device, storage_options),
             ckpts=ckpts, start=start, options=options, on_progress=on_progress)
         placement: list[dict] = [{"name": "local", "device": str(device)}]
     else:
         from idc_ray.distributed.ray_group import run_on_ray
 
-        states, history, restarts, placement = run_on_ray(cfg, ckpts, start, options, on_progress)
+        states, history, restarts, placement = run_on_ray(cfg, spec, ckpts, start, options, on_progress,
+                                                          storage_options)
     stored, labels = stack_stored({c: s["data"] for c, s in states.items()})
-    return JobResult(stored, labels, history, time.perf_counter() - started, restarts, placement)
+    return JobResult(spec, stored, labels, history, time.perf_counter() - started, restarts, placement)

@@ -17,7 +17,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from idc_ray.config import IDCConfig, resolve
-from idc_ray.data import get_spec
+from idc_ray.data import DatasetSpec
 from idc_ray.distributed.actors import ExpertActor, MatcherActor
 from idc_ray.distributed.checkpoint import Checkpoint, CheckpointStore
 from idc_ray.distributed.driver import RunOptions, run_schedule, shard_classes
@@ -94,11 +94,10 @@ def shard_name(index: int, classes: list[int]) -> str:
 class RayGroup:
     """Matcher actors + expert actor for one attempt of the schedule (built from a checkpoint)."""
 
-    def __init__(self, cfg: IDCConfig, layout: Layout, pg, ckpt: Checkpoint | None, first_outer: int,
-                 options: RunOptions, faults: list[dict], tag: str):
-        data_spec = get_spec(cfg.data.dataset)
+    def __init__(self, cfg: IDCConfig, spec: DatasetSpec, layout: Layout, pg, ckpt: Checkpoint | None,
+                 first_outer: int, options: RunOptions, faults: list[dict], tag: str, storage_options: dict | None):
         self.cfg = cfg
-        match, expert, resolved = build_specs(cfg, data_spec)
+        match, expert, resolved = build_specs(cfg, spec)
         self.options = options
         strategy = lambda i: PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
         self.names = [shard_name(i, cls) for i, cls in enumerate(layout.shards)]
@@ -109,11 +108,12 @@ class RayGroup:
             self.matchers.append(MatcherActor.options(
                 name=f"{self.names[i]}@{tag}", num_cpus=layout.cpus, num_gpus=layout.gpus, scheduling_strategy=strategy(i),
             ).remote(self.names[i], match, expert, classes, cfg.data.dataset, cfg.data.data_uri, resolved.init,
-                     cfg.synset.ipc, state, fault))
+                     cfg.synset.ipc, state, fault, storage_options))
         sched = cfg.schedule
         self.expert = ExpertActor.options(
             name=f"expert@{tag}", num_cpus=layout.cpus, num_gpus=layout.expert_gpus, scheduling_strategy=strategy(len(layout.shards)),
-        ).remote(expert, cfg.data.dataset, cfg.data.data_uri, sched.inner_iters, first_outer, sched.outer_iters)
+        ).remote(expert, cfg.data.dataset, cfg.data.data_uri, sched.inner_iters, first_outer, sched.outer_iters,
+                 storage_options)
         self.steps = [(o, i) for o in range(first_outer, sched.outer_iters) for i in range(sched.inner_iters)]
         self.states_ahead: deque = deque()
         self.requested = 0
@@ -133,13 +133,15 @@ class RayGroup:
         state = self._expert_state()  # a ref: matchers wait for it, the driver does not
         return [m.step.remote(state, outer, inner) for m in self.matchers]
 
-    def collect(self, handle: list) -> dict[int, float]:
+    def collect(self, handle: list) -> tuple[dict[int, float], dict[str, float]]:
         results = ray.get(handle)
         self.consumed += 1
         losses: dict[int, float] = {}
-        for r in results:
+        shards: dict[str, float] = {}
+        for name, r in zip(self.names, results):
             losses.update(r["losses"])
-        return losses
+            shards[name.split("[")[0]] = sum(r["losses"].values()) / len(r["losses"])
+        return losses, shards
 
     def states(self) -> dict[int, dict]:
         merged: dict[int, dict] = {}
@@ -165,11 +167,12 @@ def setup_error(e: BaseException) -> ValueError:
     return ValueError(raised[-1].split(": ", 1)[1] if raised else lines[0] if lines else type(e).__name__)
 
 
-def run_on_ray(cfg: IDCConfig, ckpts: CheckpointStore, start: Checkpoint | None, options: RunOptions,
-               on_progress: Callable[[Progress], None] | None):
+def run_on_ray(cfg: IDCConfig, spec: DatasetSpec, ckpts: CheckpointStore, start: Checkpoint | None,
+               options: RunOptions, on_progress: Callable[[Progress], None] | None,
+               storage_options: dict | None = None):
     """Place the actors and drive the schedule; returns (states, history, restarts, placement)."""
     resolve(cfg)
-    layout = plan_layout(get_spec(cfg.data.dataset).num_classes, options)
+    layout = plan_layout(spec.num_classes, options)
     bundles = [{"CPU": layout.cpus, **({"GPU": layout.gpus} if layout.gpus else {})} for _ in layout.shards]
     bundles.append({"CPU": layout.cpus, **({"GPU": layout.expert_gpus} if layout.expert_gpus else {})})
     pg = placement_group(bundles, strategy="SPREAD" if options.spread else "PACK")
@@ -186,7 +189,8 @@ def run_on_ray(cfg: IDCConfig, ckpts: CheckpointStore, start: Checkpoint | None,
 
     def make_group(ckpt: Checkpoint | None, first: int) -> RayGroup:
         # Readable, unique actor names for the dashboard: matcher-0[classes 0-4]@<run>.<attempt>
-        group = RayGroup(cfg, layout, pg, ckpt, first, options, faults, f"{run_id}.{next(attempts)}")
+        group = RayGroup(cfg, spec, layout, pg, ckpt, first, options, faults, f"{run_id}.{next(attempts)}",
+                         storage_options)
         faults[:] = [f for f in faults if f.get("repeat")]  # others fire in the first incarnation only
         placement[:] = group.placement()
         for p in placement:

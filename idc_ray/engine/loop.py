@@ -145,8 +145,9 @@ class Matcher:
 class Progress:
     outer: int
     inner: int
-    losses: dict[int, float]
+    losses: dict[int, float]  # per class
     class_steps_per_s: float
+    shards: dict[str, float] = field(default_factory=dict)  # mean loss per shard (Ray backend)
 
 
 @dataclass

@@ -42,9 +42,15 @@ def _ray(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    ports = {"gcs": _free_port(), "dashboard": _free_port(), "metrics": _free_port()}
+    names = ("gcs", "dashboard", "metrics", "agent-listen", "agent-grpc", "runtime-env", "client")
+    ports = {name: _free_port() for name in names}
+    # Every port explicit: the session's other Ray cluster (ray.init) holds the default ones.
     started = _ray("start", "--head", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
                    f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
+                   f"--dashboard-agent-listen-port={ports['agent-listen']}",
+                   f"--dashboard-agent-grpc-port={ports['agent-grpc']}",
+                   f"--runtime-env-agent-port={ports['runtime-env']}",
+                   f"--ray-client-server-port={ports['client']}",
                    "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats")
     assert started.returncode == 0, started.stderr
     try:
@@ -64,9 +70,14 @@ def _scrape(port: int) -> str:
 def test_job_submit_runs_the_condensation_and_exports_metrics(head, tmp_path):
     address = f"http://127.0.0.1:{head['dashboard']}"
     out = tmp_path / "artifact"
-    submitted = _ray("job", "submit", "--address", address, "--working-dir", str(ROOT), "--no-wait",
-                     "--submission-id", "idc-e2e", "--", "python", "jobs/condense.py", "--preset", "smoke",
-                     "--set", "schedule.outer_iters=30", "--checkpoint-every", "5", "--output", str(out))
+    submit = ("job", "submit", "--address", address, "--working-dir", str(ROOT), "--no-wait",
+              "--submission-id", "idc-e2e", "--", "python", "jobs/condense.py", "--preset", "smoke",
+              "--set", "schedule.outer_iters=30", "--checkpoint-every", "5", "--output", str(out))
+    for _ in range(20):  # the head's job agent needs a moment after `ray start` on a busy machine
+        submitted = _ray(*submit)
+        if submitted.returncode == 0 or "No available agent" not in submitted.stderr:
+            break
+        time.sleep(2)
     assert submitted.returncode == 0, submitted.stderr
 
     # Scrape while the job runs (the actors' gauges leave the export when the actors end);

@@ -46,7 +46,7 @@ def test_resume_after_killing_the_driver_gives_the_same_bytes(ray_cluster, one_t
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     interrupted_at = _checkpoint_outer(out)
-    assert 3 <= interrupted_at < 12 and not (out / "condensed.pt").exists()
+    assert 3 <= interrupted_at < 12 and not (out / "manifest.json").exists()
 
     resumed = _condense(ray_cluster, out, "--resume")
     _, err = resumed.communicate(timeout=300)

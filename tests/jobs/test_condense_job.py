@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from idc_ray.artifacts import load_condensed_pt
+from idc_ray.artifacts import load_condensed
 from idc_ray.config import load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,26 +20,27 @@ def run_job(*args: str, script: str = "jobs/condense.py") -> subprocess.Complete
 
 def test_condense_writes_a_loadable_artifact_and_its_config_reruns_to_the_same_bytes(tmp_path):
     out = tmp_path / "run"
-    done = run_job("--preset", "smoke", "--ipc", "2", "--output", str(out), "--quiet")
+    done = run_job("--preset", "smoke", "--ipc", "2", "--output", str(out), "--quiet", "--backend", "local")
     assert done.returncode == 0, done.stderr
-    assert {p.name for p in out.iterdir()} >= {"condensed.pt", "config.yaml", "preview.png"}
-    saved = load_condensed_pt(out)
-    assert saved["data"].shape == (4, 2, 1, 28, 28)
-    assert saved["labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert saved["meta"]["resolved"]["init"] == "mix"
+    assert {p.name for p in out.iterdir()} >= {"condensed.parquet", "manifest.json", "config.yaml", "preview.png"}
+    stored, labels, manifest = load_condensed(out)
+    assert stored.shape == (4, 2, 1, 28, 28)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert manifest["resolved"]["init"] == "mix"
     assert load_yaml(out / "config.yaml").synset.ipc == 2
     assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     again = tmp_path / "again"
-    done = run_job("--config", str(out / "config.yaml"), "--output", str(again), "--quiet")
+    done = run_job("--config", str(out / "config.yaml"), "--output", str(again), "--quiet", "--backend", "local")
     assert done.returncode == 0, done.stderr
-    assert torch.equal(load_condensed_pt(again)["data"], saved["data"])
+    assert torch.equal(load_condensed(again)[0], stored)
 
 
 def test_outer_iters_zero_writes_the_initialisation(tmp_path):
-    done = run_job("--preset", "smoke", "--outer-iters", "0", "--output", str(tmp_path / "init"), "--quiet")
+    done = run_job("--preset", "smoke", "--outer-iters", "0", "--output", str(tmp_path / "init"), "--quiet",
+                   "--backend", "local")
     assert done.returncode == 0, done.stderr
-    assert load_condensed_pt(tmp_path / "init")["meta"]["loss_history"] == []
+    assert load_condensed(tmp_path / "init")[2]["metrics"]["loss_history"] == []
 
 
 @pytest.mark.parametrize(
@@ -53,6 +54,10 @@ def test_outer_iters_zero_writes_the_initialisation(tmp_path):
         (["--preset", "nope"], "unknown preset 'nope'"),
         (["--config", "/nonexistent/x.yaml"], "not found"),
         (["--dataset", "cifar10", "--data-uri", "/nonexistent/data"], "/nonexistent/data"),
+        (["--dataset", "cifar10", "--data-uri", "/nonexistent/data", "--backend", "local"], "/nonexistent/data"),
+        (["--num-actors", "5"], "--num-actors 5 is more than the 4 classes"),
+        (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
+        (["--inject-fault", "{actor: 1"], "--inject-fault must be JSON"),
     ],
 )
 def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, args, message):
@@ -68,7 +73,8 @@ def test_help_lists_every_flag():
     done = run_job("--help")
     assert done.returncode == 0
     for flag in ("--preset", "--dataset", "--ipc", "--factor", "--seed", "--outer-iters", "--inner-iters",
-                 "--output", "--config", "--set"):
+                 "--output", "--config", "--set", "--backend", "--address", "--num-actors", "--gpus-per-actor",
+                 "--checkpoint-every", "--resume", "--max-restarts"):
         assert flag in done.stdout
 
 
@@ -81,7 +87,7 @@ def test_pretrain_pool_feeds_the_expert(tmp_path):
         "seed0/epoch0.pt", "seed0/epoch1.pt", "seed1/epoch0.pt", "seed1/epoch1.pt"]
     out = tmp_path / "run"
     done = run_job("--preset", "smoke", "--set", f"expert.pretrained={pool}", "--set", "expert.pt_from=1",
-                   "--output", str(out), "--quiet")
+                   "--output", str(out), "--quiet", "--backend", "local")
     assert done.returncode == 0, done.stderr
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["expert"]["pretrained"] == str(pool)
