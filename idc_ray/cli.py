@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Callable
 
@@ -49,6 +50,18 @@ def config_from_args(args: argparse.Namespace) -> IDCConfig:
     if args.set:
         cfg = apply_overrides(cfg, args.set)
     return cfg
+
+
+def setup_logging() -> None:
+    """Our messages at INFO on stderr as ``[idc-ray] ...``; other libraries' loggers (botocore,
+    ray) keep their own levels instead of inheriting a root INFO handler."""
+    logger = logging.getLogger("idc_ray")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[idc-ray] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def run_main(main: Callable[[], int]) -> None:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
-from idc_ray.cli import add_config_arguments, config_from_args, run_main
+from idc_ray.cli import add_config_arguments, config_from_args, run_main, setup_logging
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.runner import condense_to
 from idc_ray.storage import parse_storage_options
@@ -67,7 +66,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[idc-ray] %(message)s", stream=sys.stderr)
+    setup_logging()
     cfg = config_from_args(args)
     options = run_options(args)
     path = condense_to(cfg, args.output, device=args.device, progress=not args.quiet, options=options,

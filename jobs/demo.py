@@ -11,10 +11,9 @@ OUTPUT/results.md / results.json, and prints the results table.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from idc_ray.cli import add_config_arguments, config_from_args, run_main
+from idc_ray.cli import add_config_arguments, config_from_args, run_main, setup_logging
 from idc_ray.demo import run_demo
 from idc_ray.distributed.driver import RunOptions
 
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     add_config_arguments(parser, default_preset="mnist5k-demo")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[idc-ray] %(message)s", stream=sys.stderr)
+    setup_logging()
     cfg = config_from_args(args)
     options = RunOptions(backend=args.backend, checkpoint_every=5)
     print(run_demo(cfg, args.output, device=args.device, ipc10_repeat=args.ipc10_repeat, options=options,

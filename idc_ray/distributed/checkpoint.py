@@ -37,6 +37,11 @@ class CheckpointStore:
         self.options = storage_options
         self.keep = keep
 
+    def check_reachable(self) -> None:
+        """Fail before any work when the output cannot be listed (missing bucket, no credentials,
+        endpoint down): the storage layer raises one clear line."""
+        storage.listdir(self.root, self.options)
+
     def save(self, ckpt: Checkpoint) -> str:
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "outer": ckpt.outer, "classes": ckpt.classes, "config": ckpt.config,

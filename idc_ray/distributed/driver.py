@@ -216,6 +216,7 @@ def condense_job(cfg: IDCConfig, output: str, options: RunOptions, *, device: st
     resolve(cfg)
     spec = dataset_spec(cfg, storage_options)
     ckpts = CheckpointStore(output, storage_options)
+    ckpts.check_reachable()
     start = ckpts.latest() if options.resume else None
     if start is not None:
         check_resume(cfg, start)
