@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install lock clean
+.PHONY: demo test bench install lock clean
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Speed measurements (minutes; JSON in benchmarks/results/). Not part of the tests.
+bench: $(STAMP)
+	$(PY) benchmarks/matching.py
+	$(PY) benchmarks/roofline.py
+	$(PY) benchmarks/scaling.py
 
 # Refresh the exact tested set after changing the ranges in pyproject.toml.
 lock: $(STAMP)

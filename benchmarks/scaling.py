@@ -1,0 +1,72 @@
+"""The same condensation in-process and as the Ray job (same config and iterations).
+
+    python benchmarks/scaling.py [--outer 2] [--inner 5]
+
+(a) in-process, 2 torch threads (how a single-process implementation runs);
+(b) Ray, 2 matcher actors of 1 thread each plus the expert actor overlapping them;
+(c) Ray, 1 matcher actor of 1 thread; (d) in-process, 1 thread.
+Reports speedup (a)/(b) (goal >= 1.6), sharding efficiency (c)/(2 x (b)) (goal >= 0.85) and
+Ray's orchestration overhead (c)/(d) - 1 (goal <= 10%). The cluster is started before timing;
+actor start-up is inside the timings. Writes benchmarks/results/scaling.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write  # noqa: E402
+
+from idc_ray.config import apply_overrides, load_preset  # noqa: E402
+from idc_ray.distributed.driver import RunOptions, condense_job  # noqa: E402
+
+
+def timed(cfg, options: RunOptions, threads: int | None = None) -> float:
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            condense_job(cfg, out, options)
+            return time.perf_counter() - started
+    finally:
+        torch.set_num_threads(before)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--outer", type=int, default=2)
+    parser.add_argument("--inner", type=int, default=5)
+    args = parser.parse_args()
+    cfg = apply_overrides(load_preset("mnist5k-demo"), {
+        "synset.ipc": 10, "expert.width": 128, "schedule.outer_iters": args.outer, "schedule.inner_iters": args.inner})
+    many = RunOptions(checkpoint_every=10**6)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    a = timed(cfg, RunOptions(backend="local", checkpoint_every=10**6), threads=2)
+    d = timed(cfg, RunOptions(backend="local", checkpoint_every=10**6), threads=1)
+    b = timed(cfg, RunOptions(num_actors=2, cpus_per_actor=0.66, checkpoint_every=many.checkpoint_every))
+    c = timed(cfg, RunOptions(num_actors=1, cpus_per_actor=1, checkpoint_every=many.checkpoint_every))
+    ray.shutdown()
+    result = {
+        "setting": f"mnist5k, ConvNet-3 width 128, ipc 10, factor 2, {args.outer} x {args.inner} iterations",
+        "seconds": {"a_inprocess_2threads": a, "b_ray_2actors_1thread": b, "c_ray_1actor_1thread": c,
+                    "d_inprocess_1thread": d},
+        "speedup_b_over_a": a / b, "goal_speedup": 1.6,
+        "sharding_efficiency": c / (2 * b), "goal_sharding_efficiency": 0.85,
+        "ray_overhead": c / d - 1, "goal_ray_overhead": 0.10,
+    }
+    print(write("scaling", result))
+    print({k: round(v, 3) for k, v in result.items() if isinstance(v, float)})
+
+
+if __name__ == "__main__":
+    main()
