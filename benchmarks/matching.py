@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import paper_config, write  # noqa: E402
 
-from idc_ray.data import ClassStore, DatasetSpec, RealData, get_spec, load_dataset  # noqa: E402
+from idc_ray.data import ClassStore, RealData, get_spec, load_dataset  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert  # noqa: E402
 from idc_ray.engine.loop import Matcher, build_specs, initial_synset  # noqa: E402
 

@@ -14,6 +14,19 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def local_reference(cfg, tmp_path_factory):
+    """The in-process run of the module's ``cfg`` with 1 torch thread (see ``one_thread``)."""
+    from idc_ray.distributed.driver import RunOptions, condense_job
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return condense_job(cfg, str(tmp_path_factory.mktemp("local")), RunOptions(backend="local"))
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Matching results depend on torch's thread count (parallel reductions add in another order),

@@ -23,13 +23,8 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def reference(cfg, tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return condense_job(cfg, str(tmp_path_factory.mktemp("local")), RunOptions(backend="local"))
-    finally:
-        torch.set_num_threads(before)
+def reference(local_reference):
+    return local_reference
 
 
 def test_shards_are_contiguous_and_balanced():
