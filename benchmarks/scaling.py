@@ -50,7 +50,7 @@ def main() -> None:
     cfg = apply_overrides(load_preset("mnist5k-demo"), {
         "synset.ipc": 10, "expert.width": 128, "schedule.outer_iters": args.outer, "schedule.inner_iters": args.inner})
     many = RunOptions(checkpoint_every=10**6)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     a = timed(cfg, RunOptions(backend="local", checkpoint_every=10**6), threads=2)
     d = timed(cfg, RunOptions(backend="local", checkpoint_every=10**6), threads=1)
     b = timed(cfg, RunOptions(num_actors=2, cpus_per_actor=0.66, checkpoint_every=many.checkpoint_every))

@@ -43,7 +43,12 @@ class MatcherActor:
         self.threads = use_assigned_cpus()
         self.device = actor_device()
         # Only this shard's classes are read and held (Parquet sources read just their rows).
-        store = load_dataset(dataset, data_uri, storage_options=storage_options, classes=classes).train_store(classes)
+        self.setup_error = None
+        try:
+            store = load_dataset(dataset, data_uri, storage_options=storage_options, classes=classes).train_store(classes)
+        except ValueError as e:  # bad data (one line, see setup_failure); raising would print Ray's traceback
+            self.setup_error = str(e)
+            return
         start = init_synset(store, classes, ipc, match.factor, init, match.seed,
                             formation=match.formation, axis=match.formation_axis)
         self.matcher = Matcher(match, store, start, self.device)
@@ -60,7 +65,8 @@ class MatcherActor:
 
     def info(self) -> dict:
         ctx = ray.get_runtime_context()
-        return {"name": self.name, "node": ctx.get_node_id(), "device": str(self.device), "threads": self.threads}
+        return {"name": self.name, "node": ctx.get_node_id(), "device": str(self.device), "threads": self.threads,
+                "error": self.setup_error}
 
     def step(self, expert_state: dict, outer: int, inner: int) -> dict:
         if self.fault and (outer, inner) == (self.fault["outer"], self.fault["inner"]):
@@ -89,10 +95,19 @@ class ExpertActor:
                  start_outer: int, end_outer: int, storage_options: dict | None = None):
         use_assigned_cpus()
         self.device = actor_device()
-        store = load_dataset(dataset, data_uri, storage_options=storage_options).train_store()
+        self.setup_error = None
+        try:
+            store = load_dataset(dataset, data_uri, storage_options=storage_options).train_store()
+        except ValueError as e:  # as in MatcherActor: reported by ready(), not raised
+            self.setup_error = str(e)
+            return
         self.trajectory = expert_trajectory(expert, store, inner_iters, start_outer, end_outer, self.device)
         self.produced = 0
         self.m_depth = metrics.Gauge("idc_expert_queue_depth", "expert states produced but not yet consumed by the matchers")
+
+    def ready(self) -> str | None:
+        """None, or the one-line error that kept this actor from loading its data."""
+        return self.setup_error
 
     def produce(self, consumed: int) -> dict:
         """The next expert state (CPU tensors). ``consumed`` is how many the matchers finished."""

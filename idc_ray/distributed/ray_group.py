@@ -120,7 +120,14 @@ class RayGroup:
         self.consumed = 0
 
     def placement(self) -> list[dict]:
-        return ray.get([m.info.remote() for m in self.matchers])
+        """Where each matcher runs; raises ValueError (one line) when an actor could not load its
+        data (a wrong --data-uri, say), which is a user error, not a failure to recover from."""
+        infos = ray.get([m.info.remote() for m in self.matchers])
+        errors = [i.pop("error") for i in infos] + [ray.get(self.expert.ready.remote())]
+        failed = next((e for e in errors if e), None)
+        if failed:
+            raise ValueError(failed)
+        return infos
 
     def _expert_state(self):
         """The ref of the next expert state, keeping ``lookahead`` more requested ahead."""

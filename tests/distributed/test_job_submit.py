@@ -2,9 +2,12 @@
 job's custom metrics on the head's Prometheus export port."""
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,23 +43,47 @@ def _ray(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
+    """A head of its own, stopped by signalling its process group: `ray stop` would also kill the
+    session's other cluster (the ray_cluster fixture), since it stops every Ray process of the user."""
     names = ("gcs", "dashboard", "metrics", "agent-listen", "agent-grpc", "runtime-env", "client")
     ports = {name: _free_port() for name in names}
     # Every port explicit: the session's other Ray cluster (ray.init) holds the default ones.
-    started = _ray("start", "--head", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
-                   f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
-                   f"--dashboard-agent-listen-port={ports['agent-listen']}",
-                   f"--dashboard-agent-grpc-port={ports['agent-grpc']}",
-                   f"--runtime-env-agent-port={ports['runtime-env']}",
-                   f"--ray-client-server-port={ports['client']}",
-                   "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats")
-    assert started.returncode == 0, started.stderr
+    log = open(tmp_path_factory.mktemp("head") / "ray-start.log", "w+")
+    # Its own (short: socket paths) temp dir, so its address file never redirects a later ray.init().
+    temp_dir = tempfile.mkdtemp(prefix="rayh")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
+         f"--dashboard-agent-listen-port={ports['agent-listen']}", f"--dashboard-agent-grpc-port={ports['agent-grpc']}",
+         f"--runtime-env-agent-port={ports['runtime-env']}", f"--ray-client-server-port={ports['client']}",
+         f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats"],
+        cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        deadline = time.monotonic() + 120
+        while not (_listening(ports["gcs"]) and _listening(ports["dashboard"])):
+            log.seek(0)
+            assert proc.poll() is None and time.monotonic() < deadline, f"ray start failed: {log.read()[-3000:]}"
+            time.sleep(0.5)
         yield ports
     finally:
-        _ray("stop", "--force")
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _scrape(port: int) -> str:
