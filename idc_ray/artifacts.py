@@ -151,6 +151,18 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
     return target
 
 
+def record_metrics(uri: str | os.PathLike, metrics: Mapping[str, Any], storage_options: Mapping | None = None) -> None:
+    """Add ``metrics`` (e.g. the evaluation of the finished set) to the manifest's metrics.
+
+    The manifest is replaced atomically, so readers see the artifact complete before and after;
+    the Parquet file and its checksum are untouched.
+    """
+    manifest = read_manifest(uri, storage_options)
+    manifest["metrics"] = {**manifest["metrics"], **metrics}
+    target = storage.join(_folder(uri), MANIFEST)
+    storage.atomic_write_bytes(target, json.dumps(manifest, indent=1).encode(), storage_options)
+
+
 def _folder(uri: str | os.PathLike) -> str:
     uri = os.fspath(uri)
     return uri.rstrip("/").rsplit("/", 1)[0] if uri.rstrip("/").endswith("/" + MANIFEST) else uri

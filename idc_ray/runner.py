@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from idc_ray import __version__
-from idc_ray.artifacts import save_condensed
+from idc_ray.artifacts import record_metrics, save_condensed
 from idc_ray.config import IDCConfig, resolve
 from idc_ray.distributed.driver import RunOptions, condense_job
 from idc_ray.engine.loop import CondenseResult, Progress
@@ -60,13 +61,32 @@ class ProgressPrinter:
             self.losses = []
 
 
+@dataclass(frozen=True)
+class FinalEval:
+    """``jobs/condense.py --eval-models``: test models trained on the finished set (the paper's
+    protocol, ``idc_ray.evaluation``); ``None`` fields take the config's ``eval`` section."""
+
+    models: tuple[str, ...]
+    repeat: int | None = None
+    epochs: int | None = None
+
+
 def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progress: bool = True,
                 options: RunOptions | None = None, address: str | None = None,
-                storage_options: dict | None = None) -> str:
+                storage_options: dict | None = None, final_eval: FinalEval | None = None) -> str:
     """Condense with ``cfg`` on the chosen backend and write the output folder.
 
     Checkpoints go to ``out_dir/checkpoints`` as the run goes; the artifact is written at the end.
+    With ``final_eval``, the written set is then evaluated (Ray tasks on the Ray backend, while
+    the session is still open; in this process otherwise), the report lands next to the
+    artifact and the accuracies are added to the manifest's metrics.
     """
+    if final_eval is not None:
+        from idc_ray.evaluation.protocol import check_models
+        from idc_ray.data import get_spec
+
+        spec = get_spec(cfg.data.dataset, cfg.data.data_uri, storage_options)
+        check_models(final_eval.models, spec.channels, spec.size)  # before hours of condensation
     options = options or RunOptions(backend="local")
     dev = resolve_device(device)
     started_ray = False
@@ -81,11 +101,19 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
     try:
         job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=printer,
                            storage_options=storage_options)
+        path = _save(cfg, out_dir, job, dev, options, storage_options)
+        if final_eval is not None:
+            _evaluate_written(path, final_eval, options, str(dev), storage_options)
     finally:
         if started_ray:  # leave a cluster we joined alone; shut down what we started, quietly
             import ray
 
             ray.shutdown()
+    return path
+
+
+def _save(cfg: IDCConfig, out_dir: str | Path, job, dev: torch.device, options: RunOptions,
+          storage_options: dict | None) -> str:
     result = CondenseResult(job.stored, job.labels, resolve(cfg), job.loss_history, job.seconds)
     meta = {
         "dataset": cfg.data.dataset,
@@ -105,3 +133,17 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
     }
     return save_condensed(out_dir, result.stored, result.labels, config_yaml=cfg.to_yaml(), meta=meta,
                           spec=job.spec, storage_options=storage_options)
+
+
+def _evaluate_written(manifest_uri: str, final_eval: FinalEval, options: RunOptions, device: str,
+                      storage_options: dict | None) -> None:
+    from idc_ray.evaluation.report import table
+    from idc_ray.evaluation.run import evaluate_artifact
+
+    results = evaluate_artifact(manifest_uri, models=final_eval.models, repeat=final_eval.repeat,
+                                epochs=final_eval.epochs, backend=options.backend, device=device,
+                                storage_options=storage_options)
+    summary = {name: {"mean": m["mean"], "std": m["std"], "epochs": m["epochs"]}
+               for name, m in results["models"].items()}
+    record_metrics(manifest_uri, {"eval": summary}, storage_options)
+    print(table([results]), file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ import sys
 
 from idc_ray.cli import add_config_arguments, config_from_args, run_main, setup_logging
 from idc_ray.distributed.driver import RunOptions
-from idc_ray.runner import condense_to
+from idc_ray.runner import FinalEval, condense_to
 from idc_ray.storage import parse_storage_options
 
 
@@ -48,7 +48,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run_args.add_argument("--max-restarts", type=int, default=3, help="actor failures survived before the job fails (default 3)")
     run_args.add_argument("--inject-fault", action="append", default=[], metavar="JSON",
                           help='testing aid: make matcher ACTOR raise at a step, e.g. \'{"actor": 1, "outer": 1, "inner": 0}\'')
+    eval_args = parser.add_argument_group("evaluation of the finished set (the paper's protocol, as jobs/evaluate.py)")
+    eval_args.add_argument("--eval-models", metavar="M1,M2",
+                           help="comma-separated test models to train on the finished set, e.g. convnet3,resnet10; "
+                                "one Ray task per (model, repeat); report next to the artifact, accuracy in the manifest")
+    eval_args.add_argument("--eval-repeat", type=int, help="runs per model (default: eval.repeat, 3)")
+    eval_args.add_argument("--eval-epochs", type=int, help="training epochs (default: the dataset rule)")
     return parser.parse_args(argv)
+
+
+def final_eval(args: argparse.Namespace) -> FinalEval | None:
+    if args.eval_models is None:
+        if args.eval_repeat is not None or args.eval_epochs is not None:
+            raise ValueError("--eval-repeat/--eval-epochs need --eval-models, e.g. --eval-models convnet3")
+        return None
+    models = tuple(m.strip() for m in args.eval_models.split(",") if m.strip())
+    if not models:
+        raise ValueError("--eval-models needs at least one model name, e.g. convnet3,resnet10")
+    for flag, value in (("--eval-repeat", args.eval_repeat), ("--eval-epochs", args.eval_epochs)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    return FinalEval(models, args.eval_repeat, args.eval_epochs)
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
@@ -70,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     options = run_options(args)
     path = condense_to(cfg, args.output, device=args.device, progress=not args.quiet, options=options,
-                       address=args.address, storage_options=parse_storage_options(args.storage_options))
+                       address=args.address, storage_options=parse_storage_options(args.storage_options),
+                       final_eval=final_eval(args))
     print(f"condensed set written to {path}")
     return 0
 

@@ -5,17 +5,18 @@ scratch with the dataset's recipe (settings sheet, "Evaluation protocol"), repor
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
-from typing import Callable
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Sequence
 
 import torch
 
 from idc_ray.config import IDCConfig, resolve
-from idc_ray.data import RealData
+from idc_ray.data import DatasetSpec, RealData
 from idc_ray.engine import rng
 from idc_ray.engine.formation import get_former
 from idc_ray.evaluation.train import TrainRecipe, train_and_evaluate
-from idc_ray.models import build_model
+from idc_ray.models import build_model, check_model_input
 
 
 @dataclass
@@ -63,28 +64,123 @@ def random_real(data: RealData, ipc: int, seed: int) -> tuple[torch.Tensor, torc
     return torch.stack(xs), torch.tensor(store.classes).repeat_interleave(ipc)
 
 
+@dataclass(frozen=True)
+class EvalTask:
+    """One (model, repeat) of the protocol: everything a worker needs besides the tensors.
+
+    Repetition ``repeat`` of ``model`` starts from weights keyed by (seed, model, repeat) and
+    draws its batches and augmentation from ``repeat``, so every set evaluated with the same
+    seed sees the same networks (the paper's point about fair comparison).
+    """
+
+    set_label: str
+    model: str
+    repeat: int
+    repeats: int  # how many repeats the model gets (for progress lines)
+    recipe: TrainRecipe
+    seed: int
+    width: int | None
+    num_classes: int
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass
+class RunRecord:
+    """The outcome of one :class:`EvalTask`; accuracies are top-1 in [0, 1]."""
+
+    set_label: str
+    model: str
+    repeat: int
+    best: float
+    last: float
+    history: list[tuple[int, float]]  # (epochs done, test accuracy)
+    wall_s: float
+    device: str
+    threads: int
+    node: str = "local"
+
+
+@dataclass(frozen=True)
+class Work:
+    """A task and the tensors it trains and tests on: what every backend executes."""
+
+    task: EvalTask
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def check_models(models: Iterable[str], channels: int, size: int) -> None:
+    """Raise ValueError (one line) for an unknown model or one that cannot take C x size x size
+    inputs, before anything is trained."""
+    for name in models:
+        check_model_input(name, channels, size)
+
+
+def as_float_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (as datasets hold them) to [0, 1] floats; float images pass through."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+def plan_tasks(cfg: IDCConfig, spec: DatasetSpec, set_label: str, *, models: Sequence[str] | None = None,
+               repeat: int | None = None, epochs: int | None = None, eval_every: int = 0) -> list[EvalTask]:
+    """The (model, repeat) tasks of one set under ``cfg``'s evaluation recipe."""
+    recipe = replace(recipe_for(cfg, epochs), eval_every=eval_every)
+    models = tuple(models or cfg.eval.models)
+    repeats = repeat or cfg.eval.repeat
+    return [EvalTask(set_label, name, k, repeats, recipe, cfg.schedule.seed, cfg.eval.width, spec.num_classes,
+                     spec.channels, spec.size, tuple(spec.mean), tuple(spec.std))
+            for name in models for k in range(repeats)]
+
+
+def progress_line(task: EvalTask, epoch: int, acc: float) -> str:
+    """The job-log line for one test evaluation during training."""
+    return (f"[eval] {task.set_label} {task.model} repeat {task.repeat + 1}/{task.repeats} "
+            f"epoch {epoch}/{task.recipe.epochs} acc {100 * acc:.2f}%")
+
+
+def done_line(record: RunRecord, repeats: int) -> str:
+    """The job-log line when a (model, repeat) finishes."""
+    return (f"[eval] done {record.set_label} {record.model} repeat {record.repeat + 1}/{repeats}: "
+            f"best {100 * record.best:.2f}% last {100 * record.last:.2f}% ({record.wall_s:.0f}s on {record.device}, "
+            f"{record.threads} threads, node {record.node})")
+
+
+def run_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+             test_y: torch.Tensor, *, device: str | torch.device = "cpu",
+             progress: Callable[[int, float], None] | None = None) -> RunRecord:
+    """Train one freshly initialised test model on (train_x, train_y) and test it.
+
+    The single unit of work of every backend: the sequential loop and the Ray tasks both call
+    it, which is what makes their numbers identical (given the same torch thread count).
+    """
+    started = time.perf_counter()
+    with rng.seeded_global_rng(task.seed, f"eval-weights-{task.model}", task.repeat):
+        model = build_model(task.model, task.num_classes, task.channels, task.size, width=task.width)
+    result = train_and_evaluate(model, train_x, train_y, as_float_images(test_x), test_y, task.recipe,
+                                mean=task.mean, std=task.std, seed=task.repeat, device=device, progress=progress)
+    dev = torch.device(device)
+    name = f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "cpu"
+    return RunRecord(task.set_label, task.model, task.repeat, result.best_acc, result.last_acc, result.history,
+                     time.perf_counter() - started, name, torch.get_num_threads())
+
+
 def evaluate_set(cfg: IDCConfig, data: RealData, train_x: torch.Tensor, train_y: torch.Tensor, *,
                  models: tuple[str, ...] | None = None, repeat: int | None = None,
                  epochs: int | None = None, device: str | torch.device = "cpu",
                  on_run: Callable[[str, int, float], None] | None = None) -> dict[str, ModelScore]:
-    """Train each test model ``repeat`` times on (train_x, train_y) and test on the real test split.
-
-    Repetition k of model m starts from weights keyed by (seed, m, k) and uses seed k for its
-    batches and augmentation, so every set evaluated with the same config sees the same networks.
-    """
-    recipe = recipe_for(cfg, epochs)
-    spec = data.spec
-    test_x = data.test_x.float() / 255 if data.test_x.dtype == torch.uint8 else data.test_x
+    """Train each test model ``repeat`` times on (train_x, train_y) and test on the real test split,
+    sequentially in this process (scores only; ``run.evaluate_sets`` adds Ray, curves and reports)."""
     scores: dict[str, ModelScore] = {}
-    for name in models or cfg.eval.models:
-        score = scores.setdefault(name, ModelScore(name))
-        for k in range(repeat or cfg.eval.repeat):
-            with rng.seeded_global_rng(cfg.schedule.seed, f"eval-weights-{name}", k):
-                model = build_model(name, spec.num_classes, spec.channels, spec.size, width=cfg.eval.width)
-            result = train_and_evaluate(model, train_x, train_y, test_x, data.test_y, recipe,
-                                        mean=spec.mean, std=spec.std, seed=k, device=device)
-            score.best.append(result.best_acc)
-            score.last.append(result.last_acc)
-            if on_run:
-                on_run(name, k, result.last_acc)
+    for task in plan_tasks(cfg, data.spec, "set", models=models, repeat=repeat, epochs=epochs):
+        record = run_task(task, train_x, train_y, data.test_x, data.test_y, device=device)
+        score = scores.setdefault(task.model, ModelScore(task.model))
+        score.best.append(record.best)
+        score.last.append(record.last)
+        if on_run:
+            on_run(task.model, task.repeat, record.last)
     return scores

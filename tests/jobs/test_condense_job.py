@@ -1,5 +1,6 @@
 """jobs/condense.py end to end on the smoke preset, as a user runs it."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,9 @@ def test_outer_iters_zero_writes_the_initialisation(tmp_path):
         (["--num-actors", "5"], "--num-actors 5 is more than the 4 classes"),
         (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
         (["--inject-fault", "{actor: 1"], "--inject-fault must be JSON"),
+        (["--eval-models", "lenet"], "unknown model"),
+        (["--eval-models", "convnet3", "--eval-repeat", "0"], "--eval-repeat must be at least 1"),
+        (["--eval-epochs", "3"], "--eval-repeat/--eval-epochs need --eval-models"),
     ],
 )
 def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, args, message):
@@ -74,7 +78,8 @@ def test_help_lists_every_flag():
     assert done.returncode == 0
     for flag in ("--preset", "--dataset", "--ipc", "--factor", "--seed", "--outer-iters", "--inner-iters",
                  "--output", "--config", "--set", "--backend", "--address", "--num-actors", "--gpus-per-actor",
-                 "--checkpoint-every", "--resume", "--max-restarts"):
+                 "--checkpoint-every", "--resume", "--max-restarts", "--eval-models", "--eval-repeat",
+                 "--eval-epochs"):
         assert flag in done.stdout
 
 
@@ -91,3 +96,17 @@ def test_pretrain_pool_feeds_the_expert(tmp_path):
     assert done.returncode == 0, done.stderr
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["expert"]["pretrained"] == str(pool)
+
+
+def test_eval_models_evaluates_the_finished_set_into_its_folder_and_manifest(tmp_path):
+    out = tmp_path / "run"
+    done = run_job("--preset", "smoke", "--output", str(out), "--quiet", "--backend", "local",
+                   "--eval-models", "convnet3", "--eval-repeat", "2", "--eval-epochs", "3")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    runs = results["models"]["convnet3"]["runs"]
+    assert len(runs) == 2 and results["models"]["convnet3"]["epochs"] == 3
+    metrics = load_condensed(out)[2]["metrics"]
+    assert metrics["eval"]["convnet3"]["mean"] == pytest.approx(sum(r["last"] for r in runs) / 2)
+    assert (out / "results.md").exists() and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| tiny | 1 |" in done.stderr  # the results table ends the job log

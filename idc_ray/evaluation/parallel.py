@@ -1,0 +1,182 @@
+"""Evaluation on Ray: every (set, model, repeat) is one task (the only module of
+``idc_ray.evaluation`` that imports Ray).
+
+Each task calls the same :func:`~idc_ray.evaluation.protocol.run_task` as the sequential loop,
+with torch threads set to the CPUs Ray assigned, so its numbers equal a sequential run at that
+thread count (bit for bit on the CPU; torch's parallel reductions add in thread-dependent
+order). Training sets and test splits are ``ray.put`` once and passed by reference.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import ray
+import torch
+from ray.util import metrics
+
+from idc_ray.distributed.actors import actor_device, use_assigned_cpus
+from idc_ray.evaluation.protocol import EvalTask, RunRecord, Work, done_line, progress_line, run_task
+
+ACCURACY_METRIC = "idc_eval_accuracy"  # exported as ray_idc_eval_accuracy{model, set}
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_cpus: float
+    num_gpus: float
+
+
+def plan_resources(num_tasks: int, num_cpus: float | None = None, num_gpus: float | None = None) -> Resources:
+    """One GPU per task when the cluster has GPUs, else an equal whole-CPU share (at least 1, at
+    most one node's CPUs), unless given. A request no node can hold would wait forever, so it is
+    refused here."""
+    total = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    gpus = num_gpus if num_gpus is not None else (1.0 if total.get("GPU", 0) >= 1 else 0.0)
+    if num_cpus is None:
+        share = int(total.get("CPU", 1) // max(1, num_tasks))
+        num_cpus = 1.0 if gpus > 0 else float(max(1, min(share, int(most_cpus))))
+    if num_cpus <= 0 or gpus < 0:
+        raise ValueError(f"--num-cpus-per-task must be > 0 and --num-gpus-per-task >= 0, got {num_cpus:g}, {gpus:g}")
+    if num_cpus > most_cpus:
+        raise ValueError(f"--num-cpus-per-task {num_cpus:g} is more than any node has ({most_cpus:g} CPUs); ask for fewer")
+    if gpus > most_gpus:
+        raise ValueError(f"{gpus:g} GPU per task requested but no node has that many ({most_gpus:g}); "
+                         "use --num-gpus-per-task 0")
+    return Resources(num_cpus, gpus)
+
+
+class LiveGauge:
+    """The ``idc_eval_accuracy`` gauge of one task, re-set every ``period`` seconds while it runs.
+
+    Ray 2.60 exports a gauge point only in the report interval after it was set (it leaves the
+    /metrics page about two intervals later), so an accuracy set every few minutes of training
+    would almost never be scraped; re-setting the latest value keeps it visible until the task ends.
+    """
+
+    def __init__(self, model: str, set_label: str, period: float = 1.0):
+        self.gauge = metrics.Gauge(ACCURACY_METRIC, "test accuracy of the model being evaluated, in [0, 1]",
+                                   tag_keys=("model", "set"))
+        self.gauge.set_default_tags({"model": model, "set": set_label})
+        self.value: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh, args=(period,), daemon=True)
+        self._thread.start()
+
+    def set(self, value: float) -> None:
+        self.value = value
+        self.gauge.set(value)
+
+    def _refresh(self, period: float) -> None:
+        while not self._stop.wait(period):
+            if self.value is not None:
+                self.gauge.set(self.value)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@ray.remote
+def evaluate_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                  test_y: torch.Tensor, crash_marker: str | None = None) -> RunRecord:
+    """Run one (model, repeat) on the GPU Ray assigned (else the CPU), printing progress to the
+    job log and reporting the current test accuracy as the ``idc_eval_accuracy`` gauge."""
+    use_assigned_cpus()  # before any torch work: results depend on the thread count
+    if crash_marker and not os.path.exists(crash_marker):  # testing aid: die once, like a lost node
+        open(crash_marker, "w").close()
+        os._exit(1)
+    gauge = LiveGauge(task.model, task.set_label)
+
+    def progress(epoch: int, acc: float) -> None:
+        # Ray forwards a worker's stderr to the driver's stderr: the job log, beside the driver's lines
+        print(progress_line(task, epoch, acc), file=sys.stderr, flush=True)
+        gauge.set(acc)
+
+    try:
+        record = run_task(task, train_x, train_y, test_x, test_y, device=actor_device(), progress=progress)
+    finally:
+        gauge.close()
+    record.node = ray.get_runtime_context().get_node_id()[:12]
+    return record
+
+
+def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpus: float | None = None,
+                 max_retries: int = 3, log: Callable[[str], None] = print,
+                 crash_once: dict[int, str] | None = None) -> list[RunRecord]:
+    """Run every item as a Ray task (on the cluster ``ray.init`` joined) and return the records
+    in the order of ``work``.
+
+    Args:
+        num_cpus, num_gpus: per task; see :func:`plan_resources` for the defaults.
+        max_retries: re-runs of a task whose worker died (node lost, OOM kill); an exception
+            raised by the evaluation itself is not retried (it would fail the same way).
+        crash_once: testing aid, {work index: marker path}: that task's first attempt kills its
+            worker process, so the retry path runs.
+    Raises:
+        RuntimeError naming the task when one fails for good (the others are cancelled).
+    """
+    res = plan_resources(len(work), num_cpus, num_gpus)
+    refs: dict[int, ray.ObjectRef] = {}
+
+    def put(t: torch.Tensor) -> ray.ObjectRef:  # 1. each distinct tensor enters the object store once
+        if id(t) not in refs:
+            refs[id(t)] = ray.put(t)
+        return refs[id(t)]
+
+    pending = {}
+    for i, w in enumerate(work):  # 2. submit everything, then gather
+        t = w.task
+        ref = evaluate_task.options(
+            num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=max_retries,
+            name=f"eval {t.set_label} {t.model} repeat {t.repeat + 1}/{t.repeats}",
+        ).remote(t, put(w.train_x), put(w.train_y), put(w.test_x), put(w.test_y), (crash_once or {}).get(i))
+        pending[ref] = i
+    log(f"[eval] {len(work)} tasks submitted ({res.num_cpus:g} CPU, {res.num_gpus:g} GPU each, "
+        f"retried up to {max_retries} times on worker failure)")
+    records: dict[int, RunRecord] = {}
+    started = time.perf_counter()
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)  # 3. report each task as it finishes
+            i = pending.pop(done[0])
+            t = work[i].task
+            try:
+                r = ray.get(done[0])
+            except ray.exceptions.RayError as e:
+                cause = getattr(e, "cause", None) or e
+                first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+                raise RuntimeError(f"evaluation of {t.model} repeat {t.repeat + 1} on {t.set_label} failed: "
+                                   f"{type(cause).__name__}: {first[:300]}") from None
+            records[i] = r
+            log(f"{done_line(r, t.repeats)}; {len(records)}/{len(work)} after {time.perf_counter() - started:.0f}s")
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    return [records[i] for i in range(len(work))]
+
+
+@contextmanager
+def ray_session(address: str | None, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local Ray; shut down only
+    a Ray this call started (a joined cluster, or the caller's session, stays up)."""
+    from idc_ray.distributed.ray_group import connect
+
+    started = not ray.is_initialized()
+    url = connect(address)
+    if url:
+        log(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

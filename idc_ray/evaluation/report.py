@@ -1,0 +1,167 @@
+"""Evaluation reports: ``results.json`` (machine-readable), ``results.md`` (a table like the
+paper's) and ``curves.png`` (test accuracy over epochs per model; accuracy vs ipc when several
+sets are compared). Files are written under temporary names and renamed, ``results.json`` (or
+``summary.json`` for several sets) last and after deleting the old one, so a reader that finds
+it also finds the rest of the report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any, Mapping, Sequence
+
+from idc_ray import __version__, storage
+from idc_ray.evaluation.protocol import RunRecord, TrainRecipe
+from idc_ray.evaluation.sets import EvalSet
+
+RESULTS_JSON, RESULTS_MD, CURVES_PNG, SUMMARY_JSON = "results.json", "results.md", "curves.png", "summary.json"
+METRIC = ("top-1 test accuracy in [0, 1]; mean and population std over repeats of the accuracy after the "
+          "last epoch; best = highest of the test evaluations every eval_every epochs and at the end")
+
+
+def results_dict(s: EvalSet, records: Sequence[RunRecord], recipe: TrainRecipe, *, backend: str,
+                 wall_s: float, fixed_compute: bool) -> dict[str, Any]:
+    """The ``results.json`` document of one set.
+
+    ``models`` holds exactly ``mean``, ``std``, ``runs`` ([{best, last}] per repeat), ``epochs``,
+    ``wall_s`` (training seconds summed over the repeats) and ``device`` per test model; the
+    rest (set, recipe, config, curves, per-task placement) is context for readers and plots.
+    """
+    by_model: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        by_model[r.model].append(r)
+    models, curves = {}, {}
+    for name, runs in by_model.items():
+        runs = sorted(runs, key=lambda r: r.repeat)
+        last = [r.last for r in runs]
+        models[name] = {
+            "mean": statistics.fmean(last),
+            "std": statistics.pstdev(last) if len(last) > 1 else 0.0,
+            "runs": [{"best": r.best, "last": r.last} for r in runs],
+            "epochs": recipe.epochs,
+            "wall_s": round(sum(r.wall_s for r in runs), 3),
+            "device": ", ".join(sorted({r.device for r in runs})),
+        }
+        curves[name] = [[list(point) for point in r.history] for r in runs]
+    return {
+        "models": models,
+        "set": s.describe(),
+        "metric": METRIC,
+        "recipe": asdict(recipe),
+        "fixed_compute": fixed_compute,
+        "seed": s.cfg.schedule.seed,
+        "width": s.cfg.eval.width,
+        "backend": backend,
+        "wall_s": round(wall_s, 3),
+        "curves": curves,
+        "tasks": [{"model": r.model, "repeat": r.repeat, "device": r.device, "threads": r.threads, "node": r.node,
+                   "wall_s": round(r.wall_s, 3)} for r in records],
+        "config": s.cfg.to_dict(),
+        "code_version": __version__,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _pct(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def table(results: Sequence[Mapping[str, Any]]) -> str:
+    """The paper-style table: one row per set, one column per test model, mean ± std (%)."""
+    models = list(dict.fromkeys(m for r in results for m in r["models"]))
+    lines = [f"| dataset | ipc | training set | formed / stored | {' | '.join(models)} |",
+             "|---|---|---|---|" + "---|" * len(models)]
+    for r in results:
+        s = r["set"]
+        cells = [_pct(r["models"][m]["mean"], r["models"][m]["std"]) if m in r["models"] else "" for m in models]
+        lines.append(f"| {s['dataset']} | {s['ipc']} | {s['method']} | {s['formed_samples']} / {s['stored_samples']} | "
+                     f"{' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def markdown(results: Sequence[Mapping[str, Any]]) -> str:
+    """``results.md``: the table, then per-run details and the recipe of each set."""
+    parts = ["# Evaluation", "", table(results), "",
+             "Top-1 test accuracy (%) of each test model trained from scratch on the set: mean ± std over the "
+             "repeats of the accuracy after the last epoch (results.json also holds the best).", ""]
+    for r in results:
+        s, rec = r["set"], r["recipe"]
+        parts += [f"## {s['label']}: {s['method']} ({s['source']})", "",
+                  f"{rec['epochs']} epochs{' (fixed compute)' if r['fixed_compute'] else ''}, lr {rec['lr']:g}, "
+                  f"batch {rec['batch_size']}, augmentation `{rec['augment'] or 'none'}`, CutMix p {rec['cutmix_prob']:g}, "
+                  f"seed {r['seed']}, width {r['width'] or 'default'}, backend {r['backend']}.", "",
+                  "| model | last (%) per run | best (%) per run | epochs | device | train s |", "|---|---|---|---|---|---|"]
+        for name, m in r["models"].items():
+            lasts = ", ".join(f"{100 * run['last']:.2f}" for run in m["runs"])
+            bests = ", ".join(f"{100 * run['best']:.2f}" for run in m["runs"])
+            parts.append(f"| {name} | {lasts} | {bests} | {m['epochs']} | {m['device']} | {m['wall_s']:.0f} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def curves_png(results: Sequence[Mapping[str, Any]]) -> bytes:
+    """Test accuracy over epochs (mean over repeats) per model, one line per set; with sets at
+    several ipc, a last panel of accuracy vs ipc per (training set method, model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers and CI
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(m for r in results for m in r["models"]))
+    ipcs = sorted({r["set"]["ipc"] for r in results})
+    panels = len(models) + (1 if len(ipcs) > 1 else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        for r in results:
+            runs = r["curves"].get(name)
+            if not runs or not runs[0]:
+                continue
+            epochs = [e for e, _ in runs[0]]
+            mean = [100 * statistics.fmean(run[i][1] for run in runs) for i in range(len(epochs))]
+            ax.plot(epochs, mean, marker="." if len(epochs) < 30 else None, label=r["set"]["label"])
+        ax.set(title=f"{name}: test accuracy", xlabel="epoch", ylabel="top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    if len(ipcs) > 1:
+        ax = axes[0][-1]
+        lines: dict[tuple[str, str], list[tuple[int, float, float]]] = defaultdict(list)
+        for r in results:
+            for name, m in r["models"].items():
+                lines[(r["set"]["method"], name)].append((r["set"]["ipc"], 100 * m["mean"], 100 * m["std"]))
+        for (method, name), points in lines.items():
+            points.sort()
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                        capsize=3, label=f"{method}, {name}")
+        ax.set(title="accuracy vs images per class", xlabel="ipc (stored)", ylabel="top-1 (%)", xscale="log")
+        ax.set_xticks(ipcs, [str(i) for i in ipcs])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(folder: str, results: Sequence[Mapping[str, Any]], storage_options: Mapping | None = None,
+                 *, index: str = RESULTS_JSON) -> str:
+    """Write results.md and curves.png, then ``index`` LAST (after deleting the old one): the
+    set's results.json for one set, summary.json (an index of per-set reports) for several."""
+    target = storage.join(folder, index)
+    storage.remove(target, storage_options)  # from here on, no reader pairs an old index with new files
+    storage.atomic_write_bytes(storage.join(folder, RESULTS_MD), markdown(results).encode(), storage_options)
+    storage.atomic_write_bytes(storage.join(folder, CURVES_PNG), curves_png(results), storage_options)
+    if index == RESULTS_JSON:
+        (document,) = results
+    else:
+        document = {"sets": [{"label": r["set"]["label"], "results": f"{r['set']['label']}/{RESULTS_JSON}",
+                              **{k: r["set"][k] for k in ("method", "dataset", "ipc", "factor", "source")},
+                              "models": {n: {"mean": m["mean"], "std": m["std"]} for n, m in r["models"].items()}}
+                             for r in results], "metric": METRIC, "code_version": __version__}
+    storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode(), storage_options)
+    return target

@@ -1,0 +1,93 @@
+"""jobs/evaluate.py end to end on the smoke preset's tiny data, as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from idc_ray.config import load_preset
+from idc_ray.data.parquet import write_dataset
+from idc_ray.distributed.driver import RunOptions
+from idc_ray.runner import condense_to
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = {"mean", "std", "runs", "epochs", "wall_s", "device"}
+
+
+def run_job(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "jobs/evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("condensed") / "smoke-ipc1"
+    condense_to(load_preset("smoke"), out, device="cpu", progress=False, options=RunOptions(backend="local"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory):
+    """A Parquet dataset of 6 x 6 images: too small for ResNet-10 (and ConvNet-3)."""
+    root = tmp_path_factory.mktemp("small")
+    x = torch.randint(0, 256, (8, 1, 6, 6), dtype=torch.uint8)
+    y = torch.arange(2).repeat(4)
+    write_dataset(root, {"train": (x, y), "test": (x, y)},
+                  {"name": "small", "class_names": ["a", "b"], "shape": [1, 6, 6], "mean": [0.5], "std": [0.25]},
+                  encoding="raw")
+    return root
+
+
+def test_condensed_set_and_baselines_on_ray(artifact, tmp_path):
+    out = tmp_path / "eval"
+    done = run_job("--condensed", str(artifact), "--baseline", "random", "herding", "--ipc", "1", "--herding-epochs", "1",
+                   "--repeat", "2", "--models", "convnet3", "--output", str(out), "--address", "local")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    labels = [s["label"] for s in summary["sets"]]
+    assert labels == ["smoke-ipc1", "random-ipc1", "herding-ipc1"]
+    for label in labels:
+        results = json.loads((out / label / "results.json").read_text())
+        m = results["models"]["convnet3"]
+        assert set(m) == SCHEMA and len(m["runs"]) == 2 and m["epochs"] == 5 and results["backend"] == "ray"
+        assert {t["threads"] for t in results["tasks"]} == {1}  # a 1-CPU share each on this 2-CPU Ray
+        assert (out / label / "curves.png").is_file() and (out / label / "results.md").is_file()
+    assert (out / "herding_net.pt").is_file() and (out / "curves.png").is_file()
+    assert "| tiny | 1 | herding | 4 / 4 |" in (out / "results.md").read_text()
+    # progress in the job log: set, model, repeat, epoch and accuracy, from the Ray tasks
+    assert "[eval] smoke-ipc1 convnet3 repeat 2/2 epoch 5/5 acc" in done.stderr
+    assert "[eval] 6 tasks submitted" in done.stderr and "[eval] done herding-ipc1 convnet3 repeat 2/2" in done.stderr
+    assert "| training set |" in done.stdout and f"report written to {out / 'summary.json'}" in done.stdout
+
+
+def test_a_single_artifact_gets_its_report_in_its_folder(artifact):
+    done = run_job("--condensed", str(artifact), "--backend", "local", "--repeat", "1", "--fixed-compute")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((artifact / "results.json").read_text())
+    assert results["models"]["convnet3"]["epochs"] == 1 and results["fixed_compute"]  # round(5 / 2^2)
+    assert (artifact / "results.md").is_file() and (artifact / "curves.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--condensed", "ART", "--models", "lenet"], "unknown model 'lenet'"),
+        (["--condensed", "ART", "--repeat", "0"], "--repeat must be at least 1"),
+        (["--condensed", "/nonexistent/run"], "no manifest.json at '/nonexistent/run'"),
+        (["--baseline", "random", "--ipc", "1", "--dataset", "tiny"], "--output DIR is required"),
+        (["--baseline", "random", "--ipc", "1", "--dataset", "parquet", "--data-uri", "SMALL", "--models", "resnet10",
+          "--output", "OUT"], "resnet10 cannot take 6x6 inputs"),
+    ],
+)
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(artifact, small_images, tmp_path, args, message):
+    out = tmp_path / "out"
+    places = {"ART": str(artifact), "OUT": str(out), "SMALL": str(small_images)}
+    before = sorted(p.name for p in artifact.iterdir())
+    done = run_job(*[places.get(a, a) for a in args], "--backend", "local")
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in artifact.iterdir()) == before, done.stderr
