@@ -1,12 +1,14 @@
-"""Class-steps per second of the matching step, and the expert-training share.
+"""Class-steps per second of the matching step on each path, and the expert-training share.
 
-    python benchmarks/matching.py [--steps 3] [--device cpu|cuda]
+    python benchmarks/matching.py [--steps 3] [--device cpu|cuda] [--width 128]
 
 ConvNet-3 (width 128), ipc 10, factor 2, batch_real 64, on 28x28x1 (real MNIST) and 32x32x3
-(random data of CIFAR's shape: speed does not depend on content). The path measured is the
-per-class autograd loop the paper's code uses; it is the only path built so far. The first step
-is a warm-up (oneDNN builds kernels per shape) and is reported separately.
-Writes benchmarks/results/matching.json.
+(random data of CIFAR's shape: speed does not depend on content). Both matching paths are
+measured: ``loop`` (one autograd call per class, as the paper's code does) and ``vmap`` (the
+classes batched with torch.func, engine/batched.py); ``chosen_path`` is what ``match.path: auto``
+picks on the device, and ``max_abs_diff`` compares the stored data after one step on each path.
+The first step of each path is a warm-up (oneDNN / cuDNN pick kernels per shape) and is reported
+separately. Writes benchmarks/results/matching.json (matching_width<W>.json for other widths).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,9 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import paper_config, write  # noqa: E402
 
+from idc_ray.config import apply_overrides  # noqa: E402
 from idc_ray.data import ClassStore, RealData, get_spec, load_dataset  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert  # noqa: E402
-from idc_ray.engine.loop import Matcher, build_specs, initial_synset  # noqa: E402
+from idc_ray.engine.loop import Matcher, build_specs, initial_synset, resolve_path, stack_stored  # noqa: E402
+
+PATHS = ("loop", "vmap")
+DEFAULT_WIDTH = 128
 
 
 def cifar_shaped(per_class: int = 500) -> RealData:
@@ -34,37 +41,55 @@ def cifar_shaped(per_class: int = 500) -> RealData:
     return RealData(spec, x, y, x[:10], y[:10])
 
 
-def measure(data: RealData, steps: int, device: torch.device) -> dict:
-    cfg = paper_config()  # shapes come from data.spec; the MNIST rules only set lr and augmentation
-    match, expert_spec, _ = build_specs(cfg, data.spec)
-    store = ClassStore(data.train_x, data.train_y)
-    matcher = Matcher(match, store, initial_synset(cfg, store, store.classes), device)
-    model = init_expert(expert_spec, 0).to(device)
-    trainer = ExpertTrainer(expert_spec, model, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
+
+def time_path(matcher: Matcher, model: torch.nn.Module, steps: int, device: torch.device) -> tuple[dict, torch.Tensor]:
+    """Seconds of the warm-up step and of the following steps; also the data after the warm-up."""
     started = time.perf_counter()
     matcher.step(model, 0, 0)
-    sync()
+    _sync(device)
     warmup = time.perf_counter() - started
+    after_one = stack_stored(matcher.stored())[0]
     started = time.perf_counter()
     for i in range(steps):
         matcher.step(model, 0, i + 1)
-    sync()
-    match_s = (time.perf_counter() - started) / steps
+    _sync(device)
+    step_s = (time.perf_counter() - started) / steps
+    classes = len(matcher.classes)
+    return {"class_steps_per_s": classes / step_s, "step_s": step_s, "warmup_step_s": warmup}, after_one
+
+
+def time_expert(trainer: ExpertTrainer, store: ClassStore, steps: int, device: torch.device) -> float:
     trainer.train_inner(store, 0, 0)  # warm-up of the expert's shapes
     started = time.perf_counter()
     for i in range(steps):
         trainer.train_inner(store, 0, i + 1)
-    sync()
-    expert_s = (time.perf_counter() - started) / steps
-    classes = len(store.classes)
+    _sync(device)
+    return (time.perf_counter() - started) / steps
+
+
+def measure(data: RealData, steps: int, device: torch.device, width: int = DEFAULT_WIDTH) -> dict:
+    # Shapes come from data.spec; the MNIST rules only set lr and augmentation.
+    cfg = apply_overrides(paper_config(), {"expert.width": width})
+    match, expert_spec, _ = build_specs(cfg, data.spec)
+    store = ClassStore(data.train_x, data.train_y)
+    init = initial_synset(cfg, store, store.classes)
+    model = init_expert(expert_spec, 0).to(device)
+    paths, after_one = {}, {}
+    for path in PATHS:
+        matcher = Matcher(replace(match, path=path), store, init, device)
+        paths[path], after_one[path] = time_path(matcher, model, steps, device)
+    expert_s = time_expert(ExpertTrainer(expert_spec, model, device), store, steps, device)
+    chosen = resolve_path("auto", device)
     return {
-        "paths": {"loop": {"class_steps_per_s": classes / match_s, "step_s": match_s}},
-        "chosen_path": "loop",
-        "warmup_step_s": warmup,
+        "paths": paths,
+        "max_abs_diff": float((after_one["vmap"] - after_one["loop"]).abs().max()),
+        "chosen_path": chosen,
         "expert_inner_update_s": expert_s,
-        "expert_share": expert_s / (expert_s + match_s),
+        "expert_share": expert_s / (expert_s + paths[chosen]["step_s"]),
     }
 
 
@@ -72,21 +97,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="ConvNet-3 width (small: a quick check)")
     args = parser.parse_args()
     device = torch.device(args.device)
     mnist = load_dataset("mnist5k")
     results = {
-        "setting": "ConvNet-3 width 128, ipc 10, factor 2, batch_real 64, n_data 500",
+        "setting": f"ConvNet-3 width {args.width}, ipc 10, factor 2, batch_real 64, n_data 500",
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "28x28x1": measure(mnist, args.steps, device),
-        "32x32x3": measure(cifar_shaped(), args.steps, device),
+        "28x28x1": measure(mnist, args.steps, device, args.width),
+        "32x32x3": measure(cifar_shaped(), args.steps, device, args.width),
     }
-    print(write("matching", results))
+    print(write("matching" if args.width == DEFAULT_WIDTH else f"matching_width{args.width}", results))
     for shape in ("28x28x1", "32x32x3"):
         r = results[shape]
-        print(f"{shape}: loop {r['paths']['loop']['class_steps_per_s']:.2f} class-steps/s, "
-              f"expert share {100 * r['expert_share']:.0f}%")
+        rates = ", ".join(f"{p} {r['paths'][p]['class_steps_per_s']:.2f}" for p in PATHS)
+        print(f"{shape}: class-steps/s {rates} (auto: {r['chosen_path']}); max |vmap - loop| "
+              f"{r['max_abs_diff']:.1e}; expert share {100 * r['expert_share']:.0f}%")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ INITS = ("auto", "mix", "random", "noise")
 METRICS = ("mse", "l1", "l1_mean", "cos")
 OBJECTIVES = ("grad", "feat")
 MOMENTUM_MODES = ("shared", "per_class")
+MATCH_PATHS = ("auto", "loop", "vmap")
 NORMS = ("instance", "batch", "none")
 
 
@@ -58,6 +59,7 @@ class MatchConfig:
     lr_img: float = 5e-3  # nominal; scaled by (ipc/10)(size/base)^2, see resolve()
     mom_img: float = 0.5
     momentum_mode: str = "shared"  # shared: the published single-optimiser behaviour
+    path: str = "auto"  # per-class gradients: loop (published), vmap (classes batched); auto: vmap on CUDA, loop on CPU
 
 
 @dataclass(frozen=True)
@@ -300,6 +302,7 @@ def validate(cfg: IDCConfig) -> None:
     _check(m.objective in OBJECTIVES, f"match.objective '{m.objective}' is unknown; choose one of {', '.join(OBJECTIVES)}")
     _check(m.metric in METRICS, f"match.metric '{m.metric}' is unknown; choose one of {', '.join(METRICS)}")
     _check(m.momentum_mode in MOMENTUM_MODES, f"match.momentum_mode '{m.momentum_mode}' is unknown; choose one of {', '.join(MOMENTUM_MODES)}")
+    _check(m.path in MATCH_PATHS, f"match.path '{m.path}' is unknown; choose one of {', '.join(MATCH_PATHS)}")
     _check(m.batch_real >= 1, f"match.batch_real must be at least 1, got {m.batch_real}")
     _check(m.lr_img > 0, f"match.lr_img must be positive, got {m.lr_img}")
     _check(0 <= m.mom_img < 1, f"match.mom_img must be in [0, 1), got {m.mom_img}")

@@ -3,6 +3,10 @@
 ``Matcher`` owns a shard of classes (their real images, stored samples and optimiser state)
 and updates them against a given expert; the in-process loop is the one-shard case. A Ray
 backend places several matchers in other processes and feeds them the same expert states.
+
+Two paths compute the per-class gradients of one step: ``loop`` (one autograd call per class, as
+the published code does) and ``vmap`` (the classes batched, see ``engine/batched.py``). Both draw
+the same batches from the same generators; ``match.path: auto`` picks vmap on CUDA, loop on CPU.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from idc_ray.config import IDCConfig, Resolved, resolve
+from idc_ray.config import MATCH_PATHS, IDCConfig, Resolved, resolve
 from idc_ray.data import ClassStore, DatasetSpec, RealData
 from idc_ray.engine import rng
 from idc_ray.engine.augment import DiffAugment
+from idc_ray.engine.batched import Batch, batched_match_losses, has_running_stats, same_shapes
 from idc_ray.engine.expert import ExpertSpec, expert_trajectory
 from idc_ray.engine.formation import get_former
 from idc_ray.engine.matching import feature_match_loss, gradient_match_loss, matched_parameters
@@ -46,6 +51,21 @@ class MatchSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     seed: int
+    path: str = "auto"  # "auto" | "loop" | "vmap"; auto is resolved per device by the Matcher
+
+
+def resolve_path(path: str, device: torch.device) -> str:
+    """The matching path a configured value means on ``device``.
+
+    ``auto``: vmap on CUDA, where batching the classes replaces many small kernel launches by a
+    few large ones; loop on the CPU, where a few cores gain little from larger kernels and the
+    per-class loop keeps the published code's arithmetic, so CPU runs keep their bytes.
+    """
+    if path not in MATCH_PATHS:
+        raise ValueError(f"unknown matching path '{path}'; choose one of {', '.join(MATCH_PATHS)}")
+    if path == "auto":
+        return "vmap" if device.type == "cuda" else "loop"
+    return path
 
 
 def build_specs(cfg: IDCConfig, spec: DatasetSpec) -> tuple[MatchSpec, ExpertSpec, Resolved]:
@@ -57,7 +77,7 @@ def build_specs(cfg: IDCConfig, spec: DatasetSpec) -> tuple[MatchSpec, ExpertSpe
         batch_real=m.batch_real, batch_syn_max=s.batch_syn_max, formation=s.formation,
         factor=s.factor, formation_axis=s.formation_axis, bound=s.bound, lr_img=r.lr_img,
         mom_img=m.mom_img, momentum_mode=m.momentum_mode, num_classes=spec.num_classes,
-        mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed,
+        mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed, path=m.path,
     )
     expert = ExpertSpec(
         model=x.model, num_classes=spec.num_classes, channels=spec.channels, size=spec.size,
@@ -84,6 +104,7 @@ class Matcher:
         self.spec = spec
         self.store = store
         self.device = torch.device(device)
+        self.path = resolve_path(spec.path, self.device)
         self.former = get_former(spec.formation, spec.factor, axis=spec.formation_axis, bound=spec.bound)
         self.augment = DiffAugment(spec.aug, mode="batch")
         self._mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
@@ -102,22 +123,44 @@ class Matcher:
         for cls in self.classes.values():
             cls.clamp_()
 
-    def class_loss(self, cls: SyntheticClass, model: nn.Module, params: list, outer: int, inner: int) -> torch.Tensor:
-        """The matching loss of one class against the expert, differentiable in the stored data."""
+    def class_batch(self, cls: SyntheticClass, outer: int, inner: int) -> Batch:
+        """One class's augmented (x_real, y_real, x_syn, y_syn), differentiable in the stored data.
+
+        Every draw comes from the generator keyed by (seed, "match", class, outer, inner): the real
+        batch, the batch_syn_max subsampling of the formed set, then ONE siamese augmentation of
+        [real; synthetic] (IDC Algorithm 1; settings sheet, "Algorithm 1 as the published code
+        runs it"). Both paths call this, so they see the same batches.
+        """
         g = rng.generator(self.spec.seed, "match", cls.label, outer, inner)
         real = self.store.sample(cls.label, self.spec.batch_real, g).to(self.device)
         formed, y_syn = sample_formed(cls.data, cls.label, self.former, self.spec.batch_syn_max, g)
         batch = self.augment(torch.cat([self.normalize(real), self.normalize(formed)]), g)
-        x_real, x_syn = batch[: len(real)], batch[len(real):]
+        y_real = torch.full((len(real),), cls.label, dtype=torch.long, device=self.device)
+        return batch[: len(real)], y_real, batch[len(real):], y_syn
+
+    def class_loss(self, cls: SyntheticClass, model: nn.Module, params: list, outer: int, inner: int) -> torch.Tensor:
+        """The matching loss of one class against the expert, differentiable in the stored data."""
+        x_real, y_real, x_syn, y_syn = self.class_batch(cls, outer, inner)
         if self.spec.objective == "feat":
             return feature_match_loss(model, x_real, x_syn)
-        y_real = torch.full((len(real),), cls.label, dtype=torch.long, device=self.device)
         return gradient_match_loss(model, params, x_real, y_real, x_syn, y_syn, self.spec.metric)
+
+    def uses_vmap(self, model: nn.Module) -> bool:
+        """Whether this step can batch the classes: the vmap path was chosen, the objective is
+        gradient matching (feature matching has no per-class gradients to batch) and the expert
+        keeps no BatchNorm running statistics (vmap cannot replay the loop's in-place updates)."""
+        return self.path == "vmap" and self.spec.objective == "grad" and not has_running_stats(model)
 
     def step(self, model: nn.Module, outer: int, inner: int) -> dict[int, float]:
         """Update every class of the shard once against ``model``; returns the losses."""
         model.train()
         params = matched_parameters(model, bias=self.spec.bias, fc=self.spec.fc)
+        if self.uses_vmap(model):
+            return self._step_vmap(model, params, outer, inner)
+        return self._step_loop(model, params, outer, inner)
+
+    def _step_loop(self, model: nn.Module, params: list, outer: int, inner: int) -> dict[int, float]:
+        """The published order: each class's momentum catch-up, loss, gradient and step in turn."""
         losses = {}
         for c, cls in self.classes.items():
             cls.optimizer.before_update(cls.data)
@@ -125,6 +168,39 @@ class Matcher:
             grad, = torch.autograd.grad(loss, cls.data)
             cls.optimizer.step(cls.data, grad)
             losses[c] = float(loss.detach())
+        return losses
+
+    def _step_vmap(self, model: nn.Module, params: list, outer: int, inner: int) -> dict[int, float]:
+        """All classes' gradients from one batched call, then the per-class optimiser steps.
+
+        A class's momentum catch-up, batch and step touch only its own data, so doing every
+        catch-up first and every step last gives the loop's values. Classes whose batches differ
+        in shape (e.g. a class with fewer real images than batch_real) cannot be stacked; their
+        already drawn batches then go through the loop's per-class loss instead.
+        """
+        classes = list(self.classes.values())
+        if not classes:
+            return {}
+        for cls in classes:
+            cls.optimizer.before_update(cls.data)
+        batches = [self.class_batch(cls, outer, inner) for cls in classes]
+        if not same_shapes(batches):
+            return self._finish_per_class(model, params, classes, batches)
+        losses = batched_match_losses(model, params, batches, self.spec.metric)
+        grads = torch.autograd.grad(losses.sum(), [cls.data for cls in classes])
+        for cls, grad in zip(classes, grads):
+            cls.optimizer.step(cls.data, grad)
+        return dict(zip((cls.label for cls in classes), losses.detach().cpu().tolist()))  # one device sync
+
+    def _finish_per_class(self, model: nn.Module, params: list, classes: list[SyntheticClass],
+                          batches: list[Batch]) -> dict[int, float]:
+        """The loop's loss, gradient and step for batches drawn already (their catch-up is done)."""
+        losses = {}
+        for cls, batch in zip(classes, batches):
+            loss = gradient_match_loss(model, params, *batch, self.spec.metric)
+            grad, = torch.autograd.grad(loss, cls.data)
+            cls.optimizer.step(cls.data, grad)
+            losses[cls.label] = float(loss.detach())
         return losses
 
     def stored(self) -> dict[int, torch.Tensor]:
