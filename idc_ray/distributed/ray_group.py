@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from idc_ray.config import IDCConfig, resolve
@@ -174,6 +174,17 @@ def setup_error(e: BaseException) -> ValueError:
     return ValueError(raised[-1].split(": ", 1)[1] if raised else lines[0] if lines else type(e).__name__)
 
 
+def check_fits(available: list[dict], needed: list[dict]) -> None:
+    """The current placement group must hold the layout bundle for bundle: one per matcher, then
+    the expert's (a Tune trial reserves them with an empty head bundle, see idc_ray.tuning)."""
+    fits = len(available) == len(needed) and all(
+        have.get(key, 0.0) + 1e-9 >= amount for have, need in zip(available, needed) for key, amount in need.items())
+    if not fits:
+        raise ClusterError(f"this job runs inside a placement group with bundles {available}, but its actors need "
+                           f"{needed} (one bundle per matcher, then one for the expert); reserve exactly those "
+                           "bundles or set --num-actors/--cpus-per-actor/--gpus-per-actor to match")
+
+
 def run_on_ray(cfg: IDCConfig, spec: DatasetSpec, ckpts: CheckpointStore, start: Checkpoint | None,
                options: RunOptions, on_progress: Callable[[Progress], None] | None,
                storage_options: dict | None = None):
@@ -182,13 +193,20 @@ def run_on_ray(cfg: IDCConfig, spec: DatasetSpec, ckpts: CheckpointStore, start:
     layout = plan_layout(spec.num_classes, options)
     bundles = [{"CPU": layout.cpus, **({"GPU": layout.gpus} if layout.gpus else {})} for _ in layout.shards]
     bundles.append({"CPU": layout.cpus, **({"GPU": layout.expert_gpus} if layout.expert_gpus else {})})
-    pg = placement_group(bundles, strategy="SPREAD" if options.spread else "PACK")
-    try:
-        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
-        remove_placement_group(pg)
-        raise ClusterError(f"the cluster could not reserve {bundles} within {PLACEMENT_TIMEOUT_S}s "
-                           f"(it has {ray.cluster_resources()}); use fewer --num-actors or smaller shares") from None
+    # Inside a placement group (a Tune trial's), the actors go into its bundles: asking for another
+    # group outside that reservation could wait forever on a small cluster. Its owner removes it.
+    pg = get_current_placement_group()
+    owned = pg is None
+    if owned:
+        pg = placement_group(bundles, strategy="SPREAD" if options.spread else "PACK")
+        try:
+            ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(pg)
+            raise ClusterError(f"the cluster could not reserve {bundles} within {PLACEMENT_TIMEOUT_S}s "
+                               f"(it has {ray.cluster_resources()}); use fewer --num-actors or smaller shares") from None
+    else:
+        check_fits(pg.bundle_specs, bundles)
     faults = list(options.faults)
     placement: list[dict] = []
     run_id = uuid.uuid4().hex[:6]
@@ -212,5 +230,6 @@ def run_on_ray(cfg: IDCConfig, spec: DatasetSpec, ckpts: CheckpointStore, start:
             raise setup_error(e) from None
         raise
     finally:
-        remove_placement_group(pg)
+        if owned:
+            remove_placement_group(pg)
     return states, history, restarts, placement

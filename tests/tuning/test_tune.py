@@ -1,0 +1,278 @@
+"""Ray Tune sweeps: search spaces, the shared caches, a trial inside its placement group, and a
+2-trial sweep on the smoke preset whose best config reruns to the same bytes."""
+
+import importlib.util
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+import yaml
+
+from idc_ray.artifacts import load_condensed
+from idc_ray.config import ConfigError, apply_overrides, load_preset
+from idc_ray.data import load_dataset
+from idc_ray.distributed.driver import RunOptions, condense_job
+from idc_ray.tuning import (config_keys, data_settings, ensure_pool, load_space, pool_dir, pool_settings, pool_shared,
+                            settings_key, space_from_dict, stage_outers)
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
+
+
+def load_job(name: str):
+    """A job script as a module (jobs/ is not a package), to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location(f"job_{name}", ROOT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A 2-CPU local Ray (or the session's, when another test folder started one)."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """Ray actors with under 2 CPUs run torch with 1 thread; the in-process reference must too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spaces
+# ---------------------------------------------------------------------------------------------
+
+def test_the_four_spaces_ship():
+    assert {p.name for p in SPACES} == {"lr.yaml", "factor.yaml", "eval_models.yaml", "cifar10_ipc10.yaml"}
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_every_shipped_space_loads_and_validates(path):
+    space = load_space(path)
+    presets = [space.preset] if space.preset else ["smoke", "mnist5k-demo", "cifar10"]
+    for preset in presets:
+        load_space(path, load_preset(preset))  # every swept value fits the preset
+    assert all(p.key in config_keys() for p in space.params)
+    assert set(space.search_space()) == {p.key for p in space.params}
+    assert "python jobs/tune.py --space tune_spaces/" in path.read_text()  # its header shows the command
+
+
+def test_the_cifar10_space_combines_the_others():
+    combined = {p.key for p in load_space(ROOT / "tune_spaces/cifar10_ipc10.yaml").params}
+    parts = {p.key for name in ("lr", "factor", "eval_models") for p in load_space(ROOT / f"tune_spaces/{name}.yaml").params}
+    assert combined == parts == {"match.lr_img", "expert.lr", "synset.factor", "synset.formation", "eval.models"}
+
+
+def test_ranges_become_tune_samplers():
+    space = load_space(ROOT / "tune_spaces/factor.yaml")
+    factor = space.search_space()["synset.factor"]
+    assert (factor.lower, factor.upper) == (1, 5)  # randint's high is inclusive in the space, exclusive in Tune
+    lr = load_space(ROOT / "tune_spaces/lr.yaml").search_space()["match.lr_img"]
+    assert (lr.lower, lr.upper) == (1e-4, 1e-1)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("params: {match.colour: {type: choice, values: [red]}}", "unknown config key 'match.colour'"),
+        ("params: {match: {type: choice, values: [1]}}", "unknown config key 'match'"),
+        ("params: {match.lr_img: {type: loguniform, low: 0.1, high: 0.01}}", "low 0.1 must be less than high 0.01"),
+        ("params: {match.lr_img: {type: uniform, low: 0.1, high: 0.1}}", "low 0.1 must be less than high 0.1"),
+        ("params: {match.lr_img: {type: loguniform, low: 0, high: 0.1}}", "loguniform needs positive bounds"),
+        ("params: {synset.formation: {type: choice, values: []}}", "choice needs a non-empty list"),
+        ("params: {synset.factor: {type: randint, low: 1.5, high: 4}}", "randint needs integer bounds"),
+        ("params: {match.lr_img: {type: normal, low: 0, high: 1}}", "unknown type 'normal'"),
+        ("params: {match.lr_img: {type: uniform, low: 0.1}}", "needs 'low' and 'high'"),
+        ("params: {match.lr_img: {type: uniform, low: a, high: 1}}", "params.match.lr_img.low must be a number"),
+        ("params: {match.lr_img: {type: choice, values: [1], low: 0}}", "'low' does not apply to type choice"),
+        ("params: {match.lr_img: 0.1}", "must be a mapping with a 'type'"),
+        ("params: {synset.ipc: {type: uniform, low: 1, high: 4}}", "uniform samples real numbers but synset.ipc is int"),
+        ("params: {synset.formation: {type: randint, low: 1, high: 4}}", "randint samples integers but synset.formation"),
+        ("params: {}", "'params' must map at least one config field"),
+        ("paramz: {}", "unknown key 'paramz'"),
+        ("metric: f1\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "metric 'f1' is not reported"),
+        ("mode: up\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "mode 'up' must be max or min"),
+        ("stages: 0\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "stages must be an integer >= 1"),
+        ("fixed: {match.lr_img: 0.1}\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "both fixed and swept"),
+        ("fixed: {expert.colour: 1}\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "unknown config key 'expert.colour'"),
+        ("[1, 2]", "must be a mapping"),
+    ],
+)
+def test_bad_spaces_give_one_clear_line(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_space(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"synset.formation": {"type": "choice", "values": ["uniform", "zigzag"]}}, "value 'zigzag': .*formation 'zigzag' is unknown"),
+        ({"synset.factor": {"type": "randint", "low": 1, "high": 64}}, "value 64: .*larger than the image side"),
+        ({"synset.ipc": {"type": "randint", "low": 0, "high": 4}}, "value 0: .*synset.ipc must be at least 1"),
+        ({"eval.models": {"type": "choice", "values": [["convnet3"], ["lenet"]]}}, "unknown model"),
+    ],
+)
+def test_values_that_do_not_fit_the_preset_are_refused(params, message):
+    space = space_from_dict({"params": params}, source="s.yaml")
+    with pytest.raises(ConfigError, match=message) as info:
+        space.base_config(load_preset("smoke"))
+    assert "\n" not in str(info.value)
+
+
+def test_stages_are_spread_over_the_outer_iterations():
+    assert stage_outers(2000, 4) == [500, 1000, 1500, 2000]
+    assert stage_outers(2, 4) == [1, 2]
+    assert stage_outers(10, 3) == [4, 7, 10]
+    assert stage_outers(0, 4) == [0]
+
+
+def test_tune_job_bad_input_is_one_error_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params: {match.lr_img: {type: loguniform, low: 1, high: 0.5}}\n")
+    for args, message in [
+        (["--space", str(bad), "--preset", "smoke"], "low 1 must be less than high 0.5"),
+        (["--space", "tune_spaces/lr.yaml"], "names no preset; pass --preset"),
+    ]:
+        done = subprocess.run([sys.executable, "jobs/tune.py", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Caches
+# ---------------------------------------------------------------------------------------------
+
+def test_cache_keys_follow_only_the_settings_they_depend_on():
+    base = load_preset("smoke")
+    pool = settings_key(pool_settings(base, 2))
+    assert settings_key(pool_settings(apply_overrides(base, {"match.lr_img": 0.5, "synset.factor": 3}), 2)) == pool
+    assert settings_key(pool_settings(apply_overrides(base, {"expert.lr": 0.5}), 2)) != pool
+    assert settings_key(pool_settings(base, 3)) != pool
+    assert settings_key(data_settings(apply_overrides(base, {"expert.lr": 0.5}))) == settings_key(data_settings(base))
+
+    auto = apply_overrides(base, {"expert.pretrained": "auto"})
+    assert pool_shared(load_space(ROOT / "tune_spaces/factor.yaml"), auto)  # computed once by the driver
+    assert not pool_shared(load_space(ROOT / "tune_spaces/lr.yaml"), auto)  # expert.lr: one pool per value
+    assert not pool_shared(load_space(ROOT / "tune_spaces/factor.yaml"), base)  # no pool requested
+
+
+def test_the_pool_is_pretrained_once_and_found_again(tmp_path, monkeypatch):
+    import idc_ray.pretrain
+
+    calls = []
+    real_pretrain = idc_ray.pretrain.pretrain_pool
+    monkeypatch.setattr(idc_ray.pretrain, "pretrain_pool", lambda *a, **k: calls.append(1) or real_pretrain(*a, **k))
+    cfg = apply_overrides(load_preset("smoke"), {"expert.pretrained": "auto", "expert.pt_num": 2})
+    data = load_dataset("tiny", None)
+    first = ensure_pool(cfg, lambda: data, tmp_path, 2, log=lambda _: None)
+    again = ensure_pool(apply_overrides(cfg, {"match.lr_img": 0.5}), lambda: data, tmp_path, 2, log=lambda _: None)
+    assert first == again == str(pool_dir(tmp_path, cfg, 2).absolute()) and len(calls) == 1
+    assert sorted(p.name for p in Path(first).iterdir()) == ["seed0", "seed1", "settings.json"]
+    assert sorted(p.name for p in (Path(first) / "seed1").iterdir()) == ["epoch0.pt", "epoch1.pt"]
+    assert json.loads((Path(first) / "settings.json").read_text())["expert"]["lr"] == cfg.expert.lr
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray: a job inside a placement group, and a whole sweep
+# ---------------------------------------------------------------------------------------------
+
+def test_a_job_inside_a_placement_group_uses_its_bundles(ray_local, one_thread, tmp_path):
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    def _job_in_group(cfg, out, options):  # a local function: Ray ships it by value (tests/ is no package)
+        """Run a condensation from a task inside a placement group, as a Tune trial does."""
+        from ray.util.placement_group import get_current_placement_group
+
+        from idc_ray.distributed.driver import condense_job
+
+        return condense_job(cfg, out, options).stored, get_current_placement_group().id.hex()
+
+    cfg = apply_overrides(load_preset("smoke"), {"schedule.outer_iters": 1})
+    options = RunOptions(backend="ray", num_actors=2, cpus_per_actor=0.5, gpus_per_actor=0, expert_gpus=0)
+    pg = placement_group([{"CPU": 0.5}] * 3)  # one bundle per matcher, one for the expert
+    ray.get(pg.ready())
+    in_group = ray.remote(_job_in_group).options(
+        num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True))
+    try:
+        before = set(placement_group_table())
+        stored, seen = ray.get(in_group.remote(cfg, str(tmp_path / "in"), options), timeout=300)
+        assert seen == pg.id.hex()
+        assert set(placement_group_table()) == before  # no second group was asked for
+        assert placement_group_table(pg)["state"] == "CREATED"  # and the caller's group is left in place
+        reference = condense_job(cfg, str(tmp_path / "local"), RunOptions(backend="local"))  # 1 thread, like the actors
+        assert torch.equal(stored, reference.stored)
+
+        wrong = RunOptions(backend="ray", num_actors=3, cpus_per_actor=0.5, gpus_per_actor=0, expert_gpus=0)
+        with pytest.raises(ray.exceptions.RayTaskError, match=r"its actors need .*\(one bundle per matcher, then one for the expert\)"):
+            ray.get(in_group.remote(cfg, str(tmp_path / "wrong"), wrong), timeout=120)
+    finally:
+        remove_placement_group(pg)
+
+
+def test_a_two_trial_sweep_reports_ranks_and_its_best_config_reruns_to_the_same_bytes(ray_local, one_thread,
+                                                                                      tmp_path, capsys):
+    storage_path = tmp_path / "tune"
+    code = load_job("tune").main([
+        "--space", "tune_spaces/lr.yaml", "--preset", "smoke", "--num-samples", "2", "--scheduler", "asha",
+        "--storage-path", str(storage_path), "--name", "sweep", "--num-actors", "1", "--cpus-per-actor", "0.5",
+        "--set", "expert.pretrained=auto", "--quiet",
+    ])
+    assert code == 0
+    experiment = storage_path / "sweep"
+    assert "best config:" in capsys.readouterr().out
+
+    # Every trial reported after each stage it reached (the ASHA rungs: outer 1 of 2, then the end).
+    reports = {p.parent.name: [json.loads(line) for line in p.read_text().splitlines()]
+               for p in experiment.glob("trial_*/result.json")}
+    assert len(reports) == 2
+    for history in reports.values():
+        assert [r["stage"] for r in history] == list(range(1, len(history) + 1))
+        assert all(0 <= r["accuracy"] <= 1 and r["stages"] == 2 for r in history)
+    assert any(len(h) == 2 and h[-1]["final"] for h in reports.values())
+
+    table = (experiment / "tune_results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert len(rows) == 2 and rows[0].startswith("| 1 | ") and "completed" in rows[0]
+    assert "`match.lr_img`" in table and "`expert.lr`" in table
+
+    # The shared work: one pool per expert.lr value (the swept value it depends on), in the cache.
+    pools = [p for p in (storage_path / "cache" / "pools").iterdir() if p.is_dir()]
+    assert len(pools) == 2 and all((p / "settings.json").is_file() for p in pools)
+
+    best = experiment / "best_config.yaml"
+    text = best.read_text()
+    artifact = next(line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("# artifact: "))
+    cfg = yaml.safe_load(text)
+    assert cfg["expert"]["pretrained"] in {str(p) for p in pools}
+    assert cfg["schedule"]["outer_iters"] == 2
+    best_id = rows[0].split(" | ")[1]
+    assert artifact == str(experiment / "artifacts" / best_id)
+
+    # The rerun: jobs/condense.py in this process, with the 1 torch thread the trial's actors had
+    # (0.5 CPU each); the in-process backend gives the Ray backend's bytes (tests/distributed).
+    rerun = tmp_path / "rerun"
+    code = load_job("condense").main(["--config", str(best), "--output", str(rerun), "--quiet", "--backend", "local",
+                                      "--device", "cpu"])
+    assert code == 0
+    assert torch.equal(load_condensed(rerun)[0], load_condensed(artifact)[0])
+    assert yaml.safe_load((rerun / "config.yaml").read_text()) == yaml.safe_load((Path(artifact) / "config.yaml").read_text())
