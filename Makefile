@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/matching.py
 	$(PY) benchmarks/roofline.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/precision.py
 
 # Refresh the exact tested set after changing the ranges in pyproject.toml.
 lock: $(STAMP)
