@@ -33,7 +33,7 @@ from torchvision.utils import save_image
 
 from idc_ray import __version__, storage
 from idc_ray.data import DatasetSpec, get_spec
-from idc_ray.engine.formation import get_former
+from idc_ray.engine.formation import form_classes, get_former
 
 FORMAT = "idc-ray/condensed"
 FORMAT_VERSION = 2  # 1 was the condensed.pt of the first release
@@ -62,11 +62,9 @@ def _png(images: torch.Tensor, per_row: int) -> bytes:
 
 
 def _formed(stored: torch.Tensor, labels: torch.Tensor, formation: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Formed samples of each class in turn, as evaluation forms them (per class, crop-major)."""
+    """Formed samples with the manifest's formation, as evaluation forms them."""
     former = get_former(formation["mode"], formation["factor"], axis=formation["axis"], bound=formation["bound"])
-    with torch.no_grad():
-        parts = [former(stored[i], labels.view(stored.shape[:2])[i]) for i in range(stored.shape[0])]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return form_classes(stored, labels, former)
 
 
 def save_preview(uri: str | os.PathLike, stored: torch.Tensor, storage_options: Mapping | None = None) -> None:
@@ -172,13 +170,9 @@ def read_manifest(uri: str | os.PathLike, storage_options: Mapping | None = None
     """The manifest of the artifact at ``uri`` (its folder or its manifest.json), format-checked."""
     folder = _folder(uri)
     target = storage.join(folder, MANIFEST)
-    try:
-        raw = storage.read_bytes(target, storage_options)
-    except storage.StorageError as e:
-        if e.kind != "missing":
-            raise
-        raise ArtifactError(f"no {MANIFEST} at '{folder}': not a condensed set, or its writing did not finish; "
-                            "pass the output folder of a completed jobs/condense.py run") from None
+    raw = storage.read_required(target, storage_options, ArtifactError(
+        f"no {MANIFEST} at '{folder}': not a condensed set, or its writing did not finish; "
+        "pass the output folder of a completed jobs/condense.py run"))
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -208,12 +202,8 @@ def load_condensed(uri: str | os.PathLike, storage_options: Mapping | None = Non
     folder = _folder(uri)
     manifest = read_manifest(folder, storage_options)
     target = storage.join(folder, PARQUET)
-    try:
-        data = storage.read_bytes(target, storage_options)
-    except storage.StorageError as e:
-        if e.kind != "missing":
-            raise
-        raise ArtifactError(f"'{target}' is missing although its manifest exists; the folder was altered, rerun jobs/condense.py") from None
+    data = storage.read_required(target, storage_options, ArtifactError(
+        f"'{target}' is missing although its manifest exists; the folder was altered, rerun jobs/condense.py"))
     expected = manifest.get("files", {}).get(PARQUET, {}).get("sha256")
     if hashlib.sha256(data).hexdigest() != expected:
         raise ArtifactError(f"'{target}' does not match the sha256 in its manifest: the file is corrupt or was modified")

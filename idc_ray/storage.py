@@ -184,6 +184,17 @@ def read_bytes(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None
         return fs.cat_file(path)
 
 
+def read_required(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None, missing: Exception) -> bytes:
+    """``read_bytes``, raising ``missing`` (the caller's one line, naming its fix) when nothing is
+    at ``uri``; other storage errors pass through unchanged."""
+    try:
+        return read_bytes(uri, storage_options)
+    except StorageError as e:
+        if e.kind != "missing":
+            raise
+        raise missing from None
+
+
 @contextmanager
 def open_input(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Iterator[IO[bytes]]:
     """A seekable binary file for streaming reads (what pyarrow's ParquetFile takes)."""

@@ -59,13 +59,9 @@ def is_dataset(root, storage_options: Mapping | None = None) -> bool:
 def read_info(root, storage_options: Mapping | None = None) -> dict[str, Any]:
     """The validated dataset.json under ``root``."""
     uri = storage.join(os.fspath(root), DATASET_JSON)
-    try:
-        raw = storage.read_bytes(uri, storage_options)
-    except storage.StorageError as e:
-        if e.kind != "missing":
-            raise
-        raise DatasetNotFoundError(f"no {DATASET_JSON} at {uri}: point --data-uri at a folder written by "
-                                   "jobs/prepare_data.py (or write dataset.json, see docs/artifact.md)") from None
+    raw = storage.read_required(uri, storage_options, DatasetNotFoundError(
+        f"no {DATASET_JSON} at {uri}: point --data-uri at a folder written by "
+        "jobs/prepare_data.py (or write dataset.json, see docs/artifact.md)"))
     try:
         info = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

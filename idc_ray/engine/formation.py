@@ -117,3 +117,12 @@ def get_former(formation: str, factor: int, *, axis: int = -1, bound: int = 128)
     if formation not in formers:
         raise ValueError(f"unknown formation '{formation}'; choose one of {', '.join(formers)}")
     return formers[formation]
+
+
+def form_classes(stored: torch.Tensor, labels: torch.Tensor, former: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """The formed training set of a stored set (classes, ipc, C, H, W), class by class (each
+    class's formed samples crop-major), without gradients: how evaluation and the artifact's
+    ``formed_dataset`` see the stored data."""
+    with torch.no_grad():
+        parts = [former(stored[i], labels.view(stored.shape[:2])[i]) for i in range(stored.shape[0])]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

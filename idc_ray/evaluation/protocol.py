@@ -14,7 +14,7 @@ import torch
 from idc_ray.config import IDCConfig, resolve
 from idc_ray.data import DatasetSpec, RealData
 from idc_ray.engine import rng
-from idc_ray.engine.formation import get_former
+from idc_ray.engine.formation import form_classes, get_former
 from idc_ray.evaluation.train import TrainRecipe, train_and_evaluate
 from idc_ray.models import build_model, check_model_input
 
@@ -49,10 +49,7 @@ def recipe_for(cfg: IDCConfig, epochs: int | None = None) -> TrainRecipe:
 def form_stored(cfg: IDCConfig, stored: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Formed training set of a stored set (classes, ipc, C, H, W) with the config's formation."""
     s = cfg.synset
-    former = get_former(s.formation, s.factor, axis=s.formation_axis, bound=s.bound)
-    with torch.no_grad():
-        parts = [former(stored[i], labels.view(stored.shape[:2])[i]) for i in range(stored.shape[0])]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return form_classes(stored, labels, get_former(s.formation, s.factor, axis=s.formation_axis, bound=s.bound))
 
 
 def random_real(data: RealData, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
