@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -25,11 +26,21 @@ PAPER_STEP = {
 }
 
 
+def use_actor_allocator() -> None:
+    """Re-run this script under the allocator settings the job gives its actors (actors.ALLOCATOR_ENV),
+    so in-process and Ray measurements compare the same arithmetic on the same allocator."""
+    from idc_ray.distributed.actors import ALLOCATOR_ENV, keeps_freed_memory
+
+    if not keeps_freed_memory():
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
+
+
 def paper_config(dataset: str = "mnist5k"):
     return apply_overrides(load_preset("mnist5k-demo"), {**PAPER_STEP, "data.dataset": dataset})
 
 
-def machine() -> dict:
+def machine(device: str | torch.device = "cpu") -> dict:
+    """What a result was measured on: CPU model, cores, torch threads, device, versions."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,15 +49,26 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    from idc_ray.distributed.actors import keeps_freed_memory
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+            "allocator": "keeps freed memory (actors.ALLOCATOR_ENV)" if keeps_freed_memory() else "glibc defaults",
+            "torch": torch.__version__, "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def write(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def results_dir() -> Path:
+    """benchmarks/results, or $IDC_BENCH_RESULTS (the benchmark tests write to a temporary folder)."""
+    return Path(os.environ.get("IDC_BENCH_RESULTS") or RESULTS)
+
+
+def write(name: str, payload: dict, device: str | torch.device = "cpu") -> Path:
+    """Write results/<name>.json atomically, with the machine and the date (UTC) it was measured on."""
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    tmp.write_text(json.dumps({"machine": machine(device), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                **payload}, indent=2))
     tmp.replace(path)
     return path

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ray_args.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (default: an equal share of the cluster)")
     ray_args.add_argument("--expert-gpus", type=float, help="GPUs for the expert actor (default: 1 if one is left, else 0)")
     ray_args.add_argument("--spread", action="store_true", help="spread actors over nodes (placement strategy SPREAD)")
+    ray_args.add_argument("--system-malloc", action="store_true",
+                          help="keep glibc's default allocator settings in the actors (by default they keep freed "
+                               "memory for reuse: faster CPU steps, ~20%% more resident memory)")
     run_args = parser.add_argument_group("checkpoints and faults")
     run_args.add_argument("--checkpoint-every", type=int, default=10, metavar="K",
                           help="checkpoint every K outer iterations and at the end (default 10)")
@@ -81,7 +84,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(backend=args.backend, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
                       cpus_per_actor=args.cpus_per_actor, expert_gpus=args.expert_gpus,
                       checkpoint_every=args.checkpoint_every, resume=args.resume, max_restarts=args.max_restarts,
-                      spread=args.spread, faults=faults)
+                      spread=args.spread, keep_freed_memory=not args.system_malloc, faults=faults)
 
 
 def main(argv: list[str] | None = None) -> int:

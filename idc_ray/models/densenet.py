@@ -16,7 +16,6 @@ from torchvision.models import DenseNet
 from .norms import norm_factory, replace_batchnorm
 
 DEFAULT_GROWTH = 32
-MIN_IMAGE_SIZE = 8  # three transitions halve the map
 
 
 class DenseNet121(DenseNet):

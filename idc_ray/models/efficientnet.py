@@ -12,8 +12,6 @@ from torchvision.models import efficientnet_b0
 
 from .norms import norm_factory
 
-MIN_IMAGE_SIZE = 8
-
 
 class EfficientNetB0(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, norm: str = "batch") -> None:

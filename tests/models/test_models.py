@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -200,3 +203,18 @@ def test_same_seed_same_weights(name):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.parametrize("name", ["densenet121", "efficientnet-b0"])
+def test_torchvision_models_smallest_input(name):
+    model = build_model(name, NUM_CLASSES, 3, 8)
+    assert model(torch.zeros(2, 3, 8, 8)).shape == (2, NUM_CLASSES)
+    with pytest.raises(ValueError, match="image_size >= 8"):
+        build_model(name, NUM_CLASSES, 3, 7)
+
+
+def test_engine_import_leaves_torchvision_models_unloaded():
+    # Every Ray actor imports the engine; torchvision.models costs about a second to import.
+    code = "import sys, idc_ray.engine.loop, idc_ray.distributed.actors; print('torchvision.models' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,70 @@
+"""`make bench` scripts, run at tiny sizes: they finish and write the result keys runs are compared by.
+
+Speeds are not asserted (they are measurements, not tests); the keys, the machine record and
+internal consistency of the numbers are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "IDC_BENCH_RESULTS": str(out)}
+    runs = {
+        "matching": ["--width", "8", "--steps", "1"],
+        "roofline": ["--width", "8", "--steps", "1"],
+        "scaling": ["--width", "8", "--ipc", "1", "--outer", "1", "--inner", "2"],
+    }
+    for name, args in runs.items():
+        done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+
+
+def _machine_and_date(result: dict) -> None:
+    machine = result["machine"]
+    assert machine["cores"] == os.cpu_count() and machine["torch_threads"] >= 1 and machine["device"] == "cpu"
+    assert machine["allocator"].startswith("keeps freed memory")  # the actors' settings, see use_actor_allocator
+    assert result["date"].endswith("Z")
+
+
+def test_matching_keys(results):
+    r = results["matching_width8"]
+    _machine_and_date(r)
+    rates = r["class_steps_per_s"]
+    assert set(rates) == {"loop", "vmap"} and all(v > 0 for v in rates.values())
+    assert r["speedup_best_vs_loop"] == pytest.approx(max(rates.values()) / rates["loop"])
+    assert r["speedup_best_vs_loop"] >= 1.0
+    for shape in ("28x28x1", "32x32x3"):
+        assert r[shape]["chosen_path"] == "loop" and r[shape]["max_abs_diff"] < 1e-3
+
+
+def test_roofline_keys(results):
+    r = results["roofline"]
+    _machine_and_date(r)
+    assert sorted(name.split("_")[0] for name in r["layouts"]) == ["in", "ray"]  # in_process_*, ray_actors_*
+    best = r["layouts"][r["best_layout"]]
+    assert r["fraction_of_matmul_peak"] == best["fraction_of_matmul_peak"]
+    assert best["step_s"] == min(layout["step_s"] for layout in r["layouts"].values())
+    assert 0 < r["fraction_of_matmul_peak"] < 1 and r["step_flops"] > 0
+
+
+def test_scaling_keys(results):
+    r = results["scaling"]
+    _machine_and_date(r)
+    s = r["seconds"]
+    assert r["speedup_vs_single_process"] == pytest.approx(s["a_inprocess_2threads"] / s["b_ray_2actors_1thread"])
+    assert r["efficiency_2_actors"] == pytest.approx(s["c_ray_1actor_1thread"] / (2 * s["b_ray_2actors_1thread"]))
+    assert r["ray_overhead"] == pytest.approx(s["c_ray_1actor_1thread"] / s["d_inprocess_1thread"] - 1)
