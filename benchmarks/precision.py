@@ -53,6 +53,7 @@ def main() -> None:
             "max_abs_update": exact.abs().max().item(),
             "vmap64_vs_loop64": (step_update(data, "vmap", torch.float64, metric) - exact).abs().max().item(),
             "loop32_vs_loop64": (step_update(data, "loop", torch.float32, metric) - exact).abs().max().item(),
+            "lean32_vs_loop64": (step_update(data, "lean", torch.float32, metric) - exact).abs().max().item(),
             "vmap32_vs_loop64": (step_update(data, "vmap", torch.float32, metric) - exact).abs().max().item(),
         }
         print(metric, {k: f"{v:.2e}" for k, v in results[metric].items()})

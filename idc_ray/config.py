@@ -23,7 +23,7 @@ INITS = ("auto", "mix", "random", "noise")
 METRICS = ("mse", "l1", "l1_mean", "cos")
 OBJECTIVES = ("grad", "feat")
 MOMENTUM_MODES = ("shared", "per_class")
-MATCH_PATHS = ("auto", "loop", "vmap")
+MATCH_PATHS = ("auto", "loop", "lean", "vmap")
 NORMS = ("instance", "batch", "none")
 
 
@@ -59,7 +59,7 @@ class MatchConfig:
     lr_img: float = 5e-3  # nominal; scaled by (ipc/10)(size/base)^2, see resolve()
     mom_img: float = 0.5
     momentum_mode: str = "shared"  # shared: the published single-optimiser behaviour
-    path: str = "auto"  # per-class gradients: loop (published), vmap (classes batched); auto: vmap on CUDA, loop on CPU
+    path: str = "auto"  # loop (published), lean (loop, leaner conv double backward), vmap (classes batched); auto: vmap on CUDA, lean on CPU
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,12 @@ def test_matching_keys(results):
     r = results["matching_width8"]
     _machine_and_date(r)
     rates = r["class_steps_per_s"]
-    assert set(rates) == {"loop", "vmap"} and all(v > 0 for v in rates.values())
+    assert set(rates) == {"loop", "lean", "vmap"} and all(v > 0 for v in rates.values())
     assert r["speedup_best_vs_loop"] == pytest.approx(max(rates.values()) / rates["loop"])
     assert r["speedup_best_vs_loop"] >= 1.0
     for shape in ("28x28x1", "32x32x3"):
-        assert r[shape]["chosen_path"] == "loop" and r[shape]["max_abs_diff"] < 1e-3
+        assert r[shape]["chosen_path"] == "lean"
+        assert r[shape]["max_abs_diff_vs_loop"]["loop"] == 0 and r[shape]["max_abs_diff_vs_loop"]["vmap"] < 1e-3
 
 
 def test_roofline_keys(results):

@@ -6,11 +6,14 @@ the selected parameter tensors; by default conv weights only (tensors with more 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from idc_ray.engine.leanconv import lean_conv_double_backward
 
 _EPS_COS = 1e-6  # the published cosine distance adds this to the norm product
 
@@ -64,12 +67,17 @@ def matched_parameters(model: nn.Module, *, bias: bool = False, fc: bool = False
 
 def gradient_match_loss(model: nn.Module, params: list[nn.Parameter], x_real: torch.Tensor,
                         y_real: torch.Tensor, x_syn: torch.Tensor, y_syn: torch.Tensor,
-                        metric: str) -> torch.Tensor:
-    """D(grad on real (detached), grad on synthetic (create_graph)), differentiable in x_syn."""
+                        metric: str, lean: bool = False) -> torch.Tensor:
+    """D(grad on real (detached), grad on synthetic (create_graph)), differentiable in x_syn.
+
+    ``lean``: the synthetic forward records convolutions whose double backward skips an unused
+    weight term (engine/leanconv.py); same terms otherwise."""
     dist = distance(metric)
     g_real = torch.autograd.grad(F.cross_entropy(model(x_real), y_real), params)
     g_real = [g.detach() for g in g_real]
-    g_syn = torch.autograd.grad(F.cross_entropy(model(x_syn), y_syn), params, create_graph=True)
+    with lean_conv_double_backward() if lean else nullcontext():
+        logits_syn = model(x_syn)
+    g_syn = torch.autograd.grad(F.cross_entropy(logits_syn, y_syn), params, create_graph=True)
     return sum(dist(gr, gs) for gr, gs in zip(g_real, g_syn))
 
 

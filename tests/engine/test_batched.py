@@ -88,10 +88,10 @@ def test_two_matcher_steps_agree_between_paths():
         assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
 
 
-def test_auto_resolves_to_loop_on_cpu_and_vmap_on_cuda():
+def test_auto_resolves_to_lean_on_cpu_and_vmap_on_cuda():
     cfg, match, expert, store = _setup()
     assert match.path == "auto"  # build_specs keeps the configured value; the Matcher resolves it
-    assert _matcher(cfg, match, store, "auto").path == "loop"
+    assert _matcher(cfg, match, store, "auto").path == "lean"
     assert resolve_path("auto", torch.device("cuda")) == "vmap"
     assert resolve_path("loop", torch.device("cuda")) == "loop"
     with pytest.raises(ValueError, match="unknown matching path 'fast'"):
@@ -131,4 +131,4 @@ def test_unequal_class_batches_fall_back_to_the_loop(monkeypatch):
 def test_bad_path_is_a_one_line_config_error():
     with pytest.raises(ConfigError) as err:
         apply_overrides(load_preset("smoke"), ["match.path=fast"])
-    assert str(err.value) == "match.path 'fast' is unknown; choose one of auto, loop, vmap"
+    assert str(err.value) == "match.path 'fast' is unknown; choose one of auto, loop, lean, vmap"
