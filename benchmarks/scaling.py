@@ -1,6 +1,6 @@
 """The same condensation in-process and as the Ray job (same config and iterations).
 
-    python benchmarks/scaling.py [--outer 2] [--inner 5] [--width 128] [--ipc 10]
+    python benchmarks/scaling.py [--outer 2] [--inner 5] [--width 128] [--ipc 10] [--rounds 2]
 
 (a) in-process, 2 torch threads (how a single-process implementation runs);
 (b) Ray, 2 matcher actors of 1 thread each plus the expert actor overlapping them;
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -51,21 +52,32 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=5)
     parser.add_argument("--width", type=int, default=128, help="ConvNet-3 width (small: a quick check)")
     parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the four runs (means are reported)")
     args = parser.parse_args()
     cfg = apply_overrides(load_preset("mnist5k-demo"), {
         "synset.ipc": args.ipc, "expert.width": args.width, "schedule.outer_iters": args.outer,
         "schedule.inner_iters": args.inner})
     never = 10**6  # no checkpoint inside the timings but the last
+    runs = {
+        "a_inprocess_2threads": lambda: timed(cfg, RunOptions(backend="local", checkpoint_every=never), threads=2),
+        "d_inprocess_1thread": lambda: timed(cfg, RunOptions(backend="local", checkpoint_every=never), threads=1),
+        "b_ray_2actors_1thread": lambda: timed(cfg, RunOptions(num_actors=2, cpus_per_actor=0.66, checkpoint_every=never)),
+        "c_ray_1actor_1thread": lambda: timed(cfg, RunOptions(num_actors=1, cpus_per_actor=1, checkpoint_every=never)),
+    }
+    # A shared VM's speed drifts by tens of percent over minutes: the runs take turns, in reversed
+    # order every other round, and each reports its mean.
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
-    a = timed(cfg, RunOptions(backend="local", checkpoint_every=never), threads=2)
-    d = timed(cfg, RunOptions(backend="local", checkpoint_every=never), threads=1)
-    b = timed(cfg, RunOptions(num_actors=2, cpus_per_actor=0.66, checkpoint_every=never))
-    c = timed(cfg, RunOptions(num_actors=1, cpus_per_actor=1, checkpoint_every=never))
+    for r in range(args.rounds):
+        for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+            samples[name].append(runs[name]())
     ray.shutdown()
+    seconds = {name: statistics.fmean(v) for name, v in samples.items()}
+    a, b, c, d = (seconds[k] for k in ("a_inprocess_2threads", "b_ray_2actors_1thread", "c_ray_1actor_1thread",
+                                       "d_inprocess_1thread"))
     result = {
         "setting": f"mnist5k, ConvNet-3 width {args.width}, ipc {args.ipc}, factor 2, {args.outer} x {args.inner} iterations",
-        "seconds": {"a_inprocess_2threads": a, "b_ray_2actors_1thread": b, "c_ray_1actor_1thread": c,
-                    "d_inprocess_1thread": d},
+        "seconds": seconds, "samples": samples,
         "speedup_vs_single_process": a / b, "goal_speedup": 1.6,
         "efficiency_2_actors": c / (2 * b), "goal_efficiency": 0.85,
         "ray_overhead": c / d - 1, "goal_ray_overhead": 0.10,

@@ -24,7 +24,7 @@ def results(tmp_path_factory):
     runs = {
         "matching": ["--width", "8", "--steps", "1"],
         "roofline": ["--width", "8", "--steps", "1"],
-        "scaling": ["--width", "8", "--ipc", "1", "--outer", "1", "--inner", "2"],
+        "scaling": ["--width", "8", "--ipc", "1", "--outer", "1", "--inner", "2", "--rounds", "1"],
     }
     for name, args in runs.items():
         done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], env=env, capture_output=True,
@@ -47,6 +47,7 @@ def test_matching_keys(results):
     assert set(rates) == {"loop", "lean", "vmap"} and all(v > 0 for v in rates.values())
     assert r["speedup_best_vs_loop"] == pytest.approx(max(rates.values()) / rates["loop"])
     assert r["speedup_best_vs_loop"] >= 1.0
+    assert r["28x28x1"]["speedup_chosen_vs_loop"] == pytest.approx(rates["lean"] / rates["loop"])
     for shape in ("28x28x1", "32x32x3"):
         assert r[shape]["chosen_path"] == "lean"
         assert r[shape]["max_abs_diff_vs_loop"]["loop"] == 0 and r[shape]["max_abs_diff_vs_loop"]["vmap"] < 1e-3

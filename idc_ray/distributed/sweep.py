@@ -31,7 +31,7 @@ from idc_ray import storage
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import IDCConfig, apply_overrides, resolve
 from idc_ray.data import DatasetSpec, get_spec, load_dataset
-from idc_ray.distributed.actors import actor_device, use_assigned_cpus
+from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.distributed.ray_group import ClusterError
 from idc_ray.evaluation.parallel import evaluate_task
@@ -126,7 +126,7 @@ class TrialSetup:
     storage_options: dict | None = None
 
 
-@ray.remote
+@ray.remote(runtime_env=actor_runtime_env(True))  # freed activations reused, as in the matcher actors
 def build_pool(cfg: IDCConfig, real, cache_dir: str, seeds: int, storage_options: dict | None) -> str:
     """Pretrain (or find in the cache) the expert pool of ``cfg``; returns its folder."""
     use_assigned_cpus()

@@ -21,7 +21,7 @@ import ray
 import torch
 from ray.util import metrics
 
-from idc_ray.distributed.actors import actor_device, use_assigned_cpus
+from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
 from idc_ray.evaluation.protocol import EvalTask, RunRecord, Work, done_line, progress_line, run_task
 
 ACCURACY_METRIC = "idc_eval_accuracy"  # exported as ray_idc_eval_accuracy{model, set}
@@ -86,7 +86,7 @@ class LiveGauge:
         self._thread.join()
 
 
-@ray.remote
+@ray.remote(runtime_env=actor_runtime_env(True))  # freed activations reused, as in the matcher actors
 def evaluate_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                   test_y: torch.Tensor, crash_marker: str | None = None) -> RunRecord:
     """Run one (model, repeat) on the GPU Ray assigned (else the CPU), printing progress to the
