@@ -32,8 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import paper_config, use_actor_allocator, write  # noqa: E402
 
-from idc_ray.config import apply_overrides, resolve  # noqa: E402
-from idc_ray.data import ClassStore, load_dataset  # noqa: E402
+from idc_ray.config import apply_overrides  # noqa: E402
+from idc_ray.data import ClassStore, DatasetSpec, load_dataset  # noqa: E402
 from idc_ray.distributed.driver import shard_classes  # noqa: E402
 from idc_ray.engine.expert import init_expert  # noqa: E402
 from idc_ray.engine.loop import Matcher, build_specs, initial_synset  # noqa: E402
@@ -62,20 +62,20 @@ def in_process_step_s(matcher: Matcher, model: torch.nn.Module, steps: int) -> f
     return (time.perf_counter() - started) / steps
 
 
-def ray_actors_step_s(cfg, expert_state: dict, actors: int, steps: int) -> float:
+def ray_actors_step_s(cfg, spec: DatasetSpec, expert_state: dict, actors: int, steps: int) -> float:
     """Seconds per step with ``actors`` MatcherActors of one thread each, stepping together."""
     import ray
 
     from idc_ray.distributed.actors import MatcherActor, actor_runtime_env
 
-    data_spec = load_dataset(cfg.data.dataset).spec
-    match, expert, resolved = build_specs(cfg, data_spec)
+    match, expert, resolved = build_specs(cfg, spec)
     ray.init(address="local", num_cpus=actors, include_dashboard=False, logging_level=logging.ERROR,
              log_to_driver=False)
     try:
-        group = [MatcherActor.options(num_cpus=1, runtime_env=actor_runtime_env(True)).remote(f"shard{i}", match, expert, classes, cfg.data.dataset, None,
-                                                         resolved.init, cfg.synset.ipc, None)
-                 for i, classes in enumerate(shard_classes(data_spec.num_classes, actors))]
+        actor = MatcherActor.options(num_cpus=1, runtime_env=actor_runtime_env(True))
+        group = [actor.remote(f"shard{i}", match, expert, classes, cfg.data.dataset, None, resolved.init,
+                              cfg.synset.ipc, None)
+                 for i, classes in enumerate(shard_classes(spec.num_classes, actors))]
         infos = ray.get([a.info.remote() for a in group])
         assert all(i["threads"] == 1 and i["keeps_freed_memory"] and not i["error"] for i in infos), infos
         state = ray.put(expert_state)
@@ -96,7 +96,6 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=os.cpu_count() or 1, help="matcher actors (default: one per core)")
     args = parser.parse_args()
     cfg = apply_overrides(paper_config(), {"expert.width": args.width})
-    resolve(cfg)
     data = load_dataset(cfg.data.dataset)
     match, expert_spec, _ = build_specs(cfg, data.spec)
     store = ClassStore(data.train_x, data.train_y)
@@ -109,7 +108,7 @@ def main() -> None:
 
     threads = torch.get_num_threads()
     layouts = {f"in_process_{threads}_threads": in_process_step_s(matcher, model, args.steps)}
-    layouts[f"ray_actors_{args.actors}x1_thread"] = ray_actors_step_s(cfg, model.state_dict(), args.actors, args.steps)
+    layouts[f"ray_actors_{args.actors}x1_thread"] = ray_actors_step_s(cfg, data.spec, model.state_dict(), args.actors, args.steps)
     peak = matmul_flops_per_s()
     torch.set_num_threads(1)
     peak_one = matmul_flops_per_s()

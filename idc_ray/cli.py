@@ -52,6 +52,11 @@ def config_from_args(args: argparse.Namespace) -> IDCConfig:
     return cfg
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """``"convnet3, resnet10,"`` -> ``("convnet3", "resnet10")``: a comma-separated flag's items."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def setup_logging() -> None:
     """Our messages at INFO on stderr as ``[idc-ray] ...``; other libraries' loggers (botocore,
     ray) keep their own levels instead of inheriting a root INFO handler."""

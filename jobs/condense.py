@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from idc_ray.cli import add_config_arguments, config_from_args, run_main, setup_logging
+from idc_ray.cli import add_config_arguments, comma_list, config_from_args, run_main, setup_logging
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.runner import FinalEval, condense_to
 from idc_ray.storage import parse_storage_options
@@ -65,7 +65,7 @@ def final_eval(args: argparse.Namespace) -> FinalEval | None:
         if args.eval_repeat is not None or args.eval_epochs is not None:
             raise ValueError("--eval-repeat/--eval-epochs need --eval-models, e.g. --eval-models convnet3")
         return None
-    models = tuple(m.strip() for m in args.eval_models.split(",") if m.strip())
+    models = comma_list(args.eval_models)
     if not models:
         raise ValueError("--eval-models needs at least one model name, e.g. convnet3,resnet10")
     for flag, value in (("--eval-repeat", args.eval_repeat), ("--eval-epochs", args.eval_epochs)):

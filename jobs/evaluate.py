@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from idc_ray.cli import run_main
+from idc_ray.cli import comma_list, run_main
 from idc_ray.evaluation.baselines import BASELINES
 from idc_ray.evaluation.report import table
 from idc_ray.evaluation.run import EvalOptions, SetsRequest, build_sets, evaluate_sets, report_folder, write_reports
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models is not None else None
+    models = comma_list(args.models) if args.models is not None else None
     options = EvalOptions(models=models, repeat=args.repeat, epochs=args.epochs, fixed_compute=args.fixed_compute,
                           eval_every=args.eval_every, seed=args.seed, overrides=tuple(args.set), backend=args.backend,
                           device=args.device, num_cpus=args.num_cpus_per_task, num_gpus=args.num_gpus_per_task,

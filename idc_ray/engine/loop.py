@@ -53,7 +53,7 @@ class MatchSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     seed: int
-    path: str = "auto"  # "auto" | "loop" | "vmap"; auto is resolved per device by the Matcher
+    path: str = "auto"  # "auto" | "loop" | "lean" | "vmap"; auto is resolved per device by the Matcher
 
 
 def resolve_path(path: str, device: torch.device) -> str:
@@ -132,7 +132,7 @@ class Matcher:
         Every draw comes from the generator keyed by (seed, "match", class, outer, inner): the real
         batch, the batch_syn_max subsampling of the formed set, then ONE siamese augmentation of
         [real; synthetic] (IDC Algorithm 1; settings sheet, "Algorithm 1 as the published code
-        runs it"). Both paths call this, so they see the same batches.
+        runs it"). Every path calls this, so they all see the same batches.
         """
         g = rng.generator(self.spec.seed, "match", cls.label, outer, inner)
         real = self.store.sample(cls.label, self.spec.batch_real, g).to(self.device)
@@ -168,11 +168,15 @@ class Matcher:
         losses = {}
         for c, cls in self.classes.items():
             cls.optimizer.before_update(cls.data)
-            loss = self.class_loss(cls, model, params, outer, inner)
-            grad, = torch.autograd.grad(loss, cls.data)
-            cls.optimizer.step(cls.data, grad)
-            losses[c] = float(loss.detach())
+            losses[c] = self._descend(cls, self.class_loss(cls, model, params, outer, inner))
         return losses
+
+    @staticmethod
+    def _descend(cls: SyntheticClass, loss: torch.Tensor) -> float:
+        """One optimiser step of a class's stored data down its loss; returns the loss value."""
+        grad, = torch.autograd.grad(loss, cls.data)
+        cls.optimizer.step(cls.data, grad)
+        return float(loss.detach())
 
     def _step_vmap(self, model: nn.Module, params: list, outer: int, inner: int) -> dict[int, float]:
         """All classes' gradients from one batched call, then the per-class optimiser steps.
@@ -199,13 +203,8 @@ class Matcher:
     def _finish_per_class(self, model: nn.Module, params: list, classes: list[SyntheticClass],
                           batches: list[Batch]) -> dict[int, float]:
         """The loop's loss, gradient and step for batches drawn already (their catch-up is done)."""
-        losses = {}
-        for cls, batch in zip(classes, batches):
-            loss = gradient_match_loss(model, params, *batch, self.spec.metric)
-            grad, = torch.autograd.grad(loss, cls.data)
-            cls.optimizer.step(cls.data, grad)
-            losses[cls.label] = float(loss.detach())
-        return losses
+        return {cls.label: self._descend(cls, gradient_match_loss(model, params, *batch, self.spec.metric))
+                for cls, batch in zip(classes, batches)}
 
     def stored(self) -> dict[int, torch.Tensor]:
         return {c: cls.data.detach().cpu().clone() for c, cls in self.classes.items()}
