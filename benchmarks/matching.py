@@ -58,6 +58,19 @@ def _timed_step(matcher: Matcher, model: torch.nn.Module, inner: int, device: to
     return time.perf_counter() - started
 
 
+def _peak_step_bytes(matcher: Matcher, model: torch.nn.Module, inner: int, device: torch.device) -> int | None:
+    """CUDA memory a step holds at its peak beyond what was allocated before it (None on the CPU,
+    where torch keeps no such counter)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    matcher.step(model, 0, inner)
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
 def time_paths(matchers: dict[str, Matcher], model: torch.nn.Module, steps: int,
                device: torch.device) -> tuple[dict, dict]:
     """Per path: the warm-up step's seconds and the median of ``steps`` more; also the data after
@@ -75,7 +88,8 @@ def time_paths(matchers: dict[str, Matcher], model: torch.nn.Module, steps: int,
     for path, matcher in matchers.items():
         step_s = statistics.median(times[path])
         results[path] = {"class_steps_per_s": len(matcher.classes) / step_s, "step_s": step_s,
-                         "step_s_all": times[path], "warmup_step_s": warmup[path]}
+                         "step_s_all": times[path], "warmup_step_s": warmup[path],
+                         "peak_step_bytes": _peak_step_bytes(matcher, model, steps + 1, device)}
     return results, after_one
 
 

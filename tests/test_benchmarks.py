@@ -70,3 +70,28 @@ def test_scaling_keys(results):
     assert r["speedup_vs_single_process"] == pytest.approx(s["a_inprocess_2threads"] / s["b_ray_2actors_1thread"])
     assert r["efficiency_2_actors"] == pytest.approx(s["c_ray_1actor_1thread"] / (2 * s["b_ray_2actors_1thread"]))
     assert r["ray_overhead"] == pytest.approx(s["c_ray_1actor_1thread"] / s["d_inprocess_1thread"] - 1)
+
+
+def test_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
+    """benchmarks/gpu_check.py --device cpu --tiny: every section runs (a GPU lease is not spent on
+    a broken script), and on the CPU the Ray job's stored data are bit-equal across actor counts."""
+    env = {**os.environ, "IDC_BENCH_RESULTS": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--tiny", "--inner", "2"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    r = json.loads((tmp_path / "gpu_tiny.json").read_text())
+    assert r["errors"] == {} and r["failed_checks"] == []
+    assert r["cuda"]["cuda_available"] in (True, False) and r["machine"]["device"] == "cpu"
+    m = r["matching"]
+    assert set(m["class_steps_per_s"]) == {"loop", "lean", "vmap"} and m["max_abs_diff_vs_loop"]["loop"] == 0
+    job = r["ray_job"]
+    assert {"1_actor", "1_actor_repeat", "2_actors", "4_actors", "1_actor_loop", "2_actors_loop"} <= set(job["layouts"])
+    for layout in job["layouts"].values():
+        assert layout["inner_iterations"] == 2 and layout["seconds_per_inner_iteration"] > 0
+        assert all(a["device"] == "cpu" for a in layout["actors"])
+    assert len(job["layouts"]["4_actors"]["actors"]) == 4
+    assert all(c["bit_equal"] for c in job["stored_compared"].values())
+    assert r["evaluation"]["devices"] == ["cpu"] and 0 <= r["evaluation"]["accuracy_last"] <= 1
+    shares = r["breakdown"]["share"]
+    assert set(shares) == {"matching", "expert", "transfer"} and abs(sum(shares.values()) - 1) < 1e-9
+    assert (tmp_path / "gpu_tiny.log").read_text().count("== ") == 5

@@ -37,9 +37,11 @@ class JobError(RuntimeError):
 class RunOptions:
     backend: str = "ray"  # ray | local
     num_actors: int | None = None  # None: the cluster's GPU count, else 2
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    # None for both: one GPU per matcher and one for the expert when a whole GPU is left; else the
+    # expert shares a GPU with a matcher (ray_group.plan_layout); 0 on a CPU cluster.
+    gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None  # None: an equal share of the cluster's CPUs
-    expert_gpus: float | None = None  # None: 1 when a GPU is left after the matchers, else 0
+    expert_gpus: float | None = None
     checkpoint_every: int = 10
     resume: bool = False
     max_restarts: int = 3

@@ -65,22 +65,47 @@ class Layout:
     expert_gpus: float
 
 
-def plan_layout(num_classes: int, options: RunOptions) -> Layout:
-    """Actor count and resources from the options and what the cluster has."""
-    total = ray.cluster_resources()
+# What the expert actor asks of a GPU it shares with a matcher. Ray's GPU fractions only place
+# work (CUDA time-slices the device), so the number just has to fit beside a matcher's share.
+EXPERT_GPU_SHARE = 0.25
+
+
+def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, float] | None = None) -> Layout:
+    """Actor count and resources from the options and the cluster's resources (default: Ray's).
+
+    On a GPU cluster the matchers take one GPU each by default. When that leaves no whole GPU for
+    the expert, matchers and expert share: each matcher asks for 1 - EXPERT_GPU_SHARE and the
+    expert for EXPERT_GPU_SHARE, so it lands beside one of them. An expert on the CPU instead made
+    every inner iteration wait for it: measured on one H200 (benchmarks/results/gpu.json of
+    2026-11-30), 0.136 s per inner iteration with the expert on the CPU against 0.072 s with the
+    GPU split between matcher and expert (MNIST, ConvNet-3 width 128, ipc 10).
+    """
+    total = resources if resources is not None else ray.cluster_resources()
     cluster_gpus = float(total.get("GPU", 0))
     cluster_cpus = float(total.get("CPU", 1))
     n = options.num_actors or (int(cluster_gpus) if cluster_gpus >= 1 else 2)
     n = min(n, num_classes) if options.num_actors is None else n
     shards = shard_classes(num_classes, n)
-    gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if cluster_gpus >= 1 else 0.0)
-    if gpus > 0 and n * gpus > cluster_gpus:
+    share_gpu = (cluster_gpus >= 1 and options.gpus_per_actor is None and options.expert_gpus is None
+                 and n <= cluster_gpus < n + 1)
+    if options.gpus_per_actor is not None:
+        gpus = options.gpus_per_actor
+    else:
+        gpus = (1.0 - EXPERT_GPU_SHARE if share_gpu else 1.0) if cluster_gpus >= 1 else 0.0
+    if gpus > 0 and n * gpus > cluster_gpus + 1e-9:
         raise ClusterError(f"{n} matcher actors x {gpus:g} GPU requested but the cluster has {cluster_gpus:g} GPUs; "
                            "use --gpus-per-actor 0 or fewer --num-actors")
     spare = cluster_gpus - n * gpus
-    expert_gpus = options.expert_gpus if options.expert_gpus is not None else (1.0 if spare >= 1 else 0.0)
+    if options.expert_gpus is not None:
+        expert_gpus = options.expert_gpus
+    else:
+        expert_gpus = EXPERT_GPU_SHARE if share_gpu else (1.0 if spare >= 1 - 1e-9 else 0.0)
     if expert_gpus > spare + 1e-9:
         raise ClusterError(f"--expert-gpus {expert_gpus:g} does not fit: {spare:g} GPUs left after the matchers")
+    if cluster_gpus >= 1 and expert_gpus == 0 and options.expert_gpus is None:
+        log.warning("the expert actor runs on the CPU: the matchers' --gpus-per-actor %g leaves no GPU share for it; "
+                    "for an expert on a GPU, lower --gpus-per-actor and pass --expert-gpus (e.g. %g)",
+                    gpus, EXPERT_GPU_SHARE)
     cpus = options.cpus_per_actor
     if cpus is None:
         cpus = max(0.01, int(100 * cluster_cpus / (n + 1)) / 100)

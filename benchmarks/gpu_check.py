@@ -1,0 +1,306 @@
+"""The CUDA path, measured: one script to run when a GPU machine is lent (about 8 minutes).
+
+    python benchmarks/gpu_check.py                      # on the GPU: writes results/gpu.json + gpu.log
+    python benchmarks/gpu_check.py --device cpu --tiny  # the same checks at tiny sizes (the test suite)
+
+1. torch.cuda facts (device, memory, torch / CUDA / cuDNN versions).
+2. The matching step on the device for the loop, lean and vmap paths at the paper's CIFAR-10
+   size (ConvNet-3 width 128, 32 px, ipc 10, factor 2, 10 classes; benchmarks/matching.py's
+   measure): class-steps per second, the peak memory a step adds, and the float32 difference of
+   the stored data after one step on each path against the loop's.
+3. A short condensation through the Ray job (idc_ray.distributed.driver.condense_job) on the
+   embedded MNIST at the paper's MNIST settings (ConvNet-3 width 128, ipc 10, factor 2, l1,
+   lr_img 1e-4): 1 matcher actor with the job's default GPU split (0.75 matcher, 0.25 expert),
+   2 and 4 matchers sharing the matchers' part, the same on the per-class loop path, and the
+   earlier default (matcher 1 GPU, expert on the CPU). Seconds per inner iteration, where each
+   actor ran, and the stored data compared across layouts against a repeat of the 1-actor run
+   (CUDA is not bit-reproducible run to run; see layouts_to_run).
+4. A short evaluation of the 1-actor result as a Ray task with one GPU (ConvNet-3).
+5. Where the time of one inner iteration goes on the device, in this process with the device
+   synchronised around each part: matching (all classes), the expert's real-data update, and
+   moving an expert state as the job does (to CPU for the object store, into the matcher's model).
+
+Every section records its error instead of stopping the script, so one failure on CUDA still
+leaves the other measurements. Exit code 1 when a section failed or a check did not hold
+(actors without the GPU, stored data that differ beyond float32 tolerance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import matching  # noqa: E402
+from common import results_dir, write  # noqa: E402
+
+from idc_ray.config import apply_overrides, load_preset  # noqa: E402
+from idc_ray.data import ClassStore, load_dataset  # noqa: E402
+from idc_ray.distributed.driver import RunOptions, condense_job  # noqa: E402
+from idc_ray.distributed.ray_group import EXPERT_GPU_SHARE, plan_layout  # noqa: E402
+from idc_ray.engine.expert import ExpertTrainer, init_expert, new_model  # noqa: E402
+from idc_ray.engine.loop import Matcher, build_specs, initial_synset, resolve_path  # noqa: E402
+
+# The paper's MNIST condensation settings (settings sheet, "Per-dataset settings") on the embedded
+# MNIST subset; --tiny shrinks the network and the set so the CPU runs it in seconds.
+MNIST_PAPER = {"synset.ipc": 10, "synset.factor": 2, "match.metric": "l1", "match.lr_img": 1e-4,
+               "match.batch_real": 64, "expert.model": "convnet3", "expert.width": 128, "expert.n_data": 500}
+TINY = {"synset.ipc": 1, "expert.width": 8, "expert.n_data": 64, "match.batch_real": 16}
+FLOAT32_TOLERANCE = 1e-4  # stored data in [0, 1] after a few l1 steps at lr_img 1e-4
+
+
+class Log:
+    """Print and keep every line, for results/gpu.log."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cuda_facts() -> dict:
+    facts = {"torch": torch.__version__, "cuda_runtime": torch.version.cuda,
+             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+             "cuda_available": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        facts.update(device=p.name, total_memory_gib=p.total_memory / 2**30, multiprocessors=p.multi_processor_count,
+                     capability=f"{p.major}.{p.minor}", device_count=torch.cuda.device_count())
+    if shutil.which("nvidia-smi"):
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+        facts["nvidia_smi"] = done.stdout.strip() or done.stderr.strip()
+    return facts
+
+
+def matching_paths(device: torch.device, tiny: bool, steps: int) -> dict:
+    """Section 2: benchmarks/matching.py's measurement at CIFAR-10's shape on ``device``."""
+    data = matching.cifar_shaped(per_class=50 if tiny else 500)
+    r = matching.measure(data, steps, device, width=8 if tiny else 128)
+    return {"setting": f"ConvNet-3 width {8 if tiny else 128}, 32x32x3, ipc 10, factor 2, 10 classes, batch_real 64",
+            **r}
+
+
+def job_config(tiny: bool, inner: int):
+    cfg = apply_overrides(load_preset("mnist5k-demo"), {**MNIST_PAPER, "schedule.outer_iters": 1,
+                                                         "schedule.inner_iters": inner})
+    return apply_overrides(cfg, TINY) if tiny else cfg
+
+
+def layouts_to_run(gpu: bool, tiny: bool) -> dict[str, tuple[RunOptions, dict]]:
+    """The Ray runs of section 3: (options, config overrides) by label. ``1_actor`` takes the
+    job's default GPU split; ``1_actor_repeat`` measures the device's own run-to-run differences
+    (CUDA's atomic-add kernels, e.g. bilinear upsampling's backward, sum in varying order), which
+    the differences across actor counts are judged against; ``*_loop`` use the per-class path,
+    whose arithmetic does not depend on the shard (vmap batches the shard's classes)."""
+    never = 10**6
+    cpus = 0.25 if tiny else None  # tiny: every actor fits a 2-CPU cluster
+    shared = EXPERT_GPU_SHARE if gpu else 0.0
+
+    def matchers(n: int) -> RunOptions:
+        return RunOptions(num_actors=n, gpus_per_actor=(1 - shared) / n if gpu else 0.0, expert_gpus=shared,
+                          cpus_per_actor=cpus, checkpoint_every=never)
+
+    runs = {"1_actor": (RunOptions(num_actors=1, cpus_per_actor=cpus, checkpoint_every=never), {}),
+            "1_actor_repeat": (RunOptions(num_actors=1, cpus_per_actor=cpus, checkpoint_every=never), {}),
+            "2_actors": (matchers(2), {}), "4_actors": (matchers(4), {}),
+            "1_actor_loop": (matchers(1), {"match.path": "loop"}), "2_actors_loop": (matchers(2), {"match.path": "loop"})}
+    if gpu:  # the layout the job chose before the expert shared the GPU
+        runs["1_actor_expert_on_cpu"] = (RunOptions(num_actors=1, gpus_per_actor=1.0, expert_gpus=0.0,
+                                                    checkpoint_every=never), {})
+    return runs
+
+
+def ray_runs(device: torch.device, tiny: bool, inner: int, log: Log) -> tuple[dict, dict]:
+    """Section 3: the Ray job in several layouts on the device; returns the per-layout results
+    and the 1-actor run's stored data (for the evaluation)."""
+    cfg = job_config(tiny, inner)
+    runs, stored = {}, {}
+    for label, (options, overrides) in layouts_to_run(device.type == "cuda", tiny).items():
+        run_cfg = apply_overrides(cfg, overrides)
+        planned = plan_layout(10, options)
+        marks: list[float] = []
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            job = condense_job(run_cfg, out, options, on_progress=lambda p: marks.append(time.perf_counter()))
+            wall = time.perf_counter() - started
+        gaps = [b - a for a, b in zip(marks, marks[1:])]
+        per_inner = statistics.median(gaps) if gaps else float("nan")
+        stored[label] = job.stored
+        runs[label] = {
+            "gpus_per_actor": planned.gpus, "expert_gpus": planned.expert_gpus, "overrides": overrides,
+            "seconds_per_inner_iteration": per_inner, "inner_iterations": len(marks),
+            "wall_s_with_startup": wall, "first_inner_s_after_start": marks[0] - started if marks else None,
+            "actors": [{k: p.get(k) for k in ("name", "device", "threads")} for p in job.placement],
+        }
+        log(f"[ray] {label} ({planned.gpus:g} GPU per matcher, expert {planned.expert_gpus:g}): "
+            f"{per_inner:.3f} s per inner iteration, {wall:.1f} s with start-up; "
+            f"devices {sorted({p['device'] for p in job.placement})}")
+    base = stored["1_actor"]
+
+    def diff(a: str, b: str) -> dict:
+        return {"bit_equal": bool(torch.equal(stored[a], stored[b])),
+                "max_abs_diff": float((stored[a] - stored[b]).abs().max())}
+
+    comparison = {f"{label}_vs_1_actor": diff(label, "1_actor") for label in stored
+                  if label != "1_actor" and not label.endswith("_loop")}
+    comparison["2_actors_loop_vs_1_actor_loop"] = diff("2_actors_loop", "1_actor_loop")
+    run_to_run = comparison["1_actor_repeat_vs_1_actor"]["max_abs_diff"]
+    across = max(comparison[k]["max_abs_diff"] for k in ("2_actors_vs_1_actor", "4_actors_vs_1_actor",
+                                                          "2_actors_loop_vs_1_actor_loop"))
+    on_gpu = all(a["device"].startswith("cuda") for r in runs.values() for a in r["actors"])
+    result = {"setting": f"mnist5k, ConvNet-3 width {cfg.expert.width}, ipc {cfg.synset.ipc}, factor 2, l1, "
+                         f"lr_img 1e-4, 1 outer x {inner} inner",
+              "layouts": runs, "stored_compared": comparison,
+              "actors_on_device": on_gpu if device.type == "cuda" else None,
+              "run_to_run_max_abs_diff": run_to_run, "across_actor_counts_max_abs_diff": across,
+              # Sharding must add nothing beyond the device's own run-to-run noise.
+              "stored_equal_within_float32": across <= max(FLOAT32_TOLERANCE, 3 * run_to_run)}
+    return result, {"stored": base, "labels": job.labels, "cfg": cfg, "spec": job.spec}
+
+
+def evaluate_on_ray(one_actor: dict, device: torch.device, tiny: bool, log: Log) -> dict:
+    """Section 4: the 1-actor set written as an artifact and evaluated by Ray tasks (one GPU each
+    when the cluster has one)."""
+    from idc_ray.artifacts import save_condensed
+    from idc_ray.evaluation.run import evaluate_artifact
+
+    cfg = one_actor["cfg"]
+    epochs = 2 if tiny else 50
+    with tempfile.TemporaryDirectory() as out:
+        uri = save_condensed(out, one_actor["stored"], one_actor["labels"], config_yaml=cfg.to_yaml(),
+                             meta={"dataset": cfg.data.dataset}, spec=one_actor["spec"])
+        started = time.perf_counter()
+        doc = evaluate_artifact(uri, models=["convnet3"], repeat=1, epochs=epochs, backend="ray",
+                                log=log)
+        wall = time.perf_counter() - started
+    m = doc["models"]["convnet3"]
+    devices = sorted({t["device"] for t in doc.get("tasks", [])}) or [m.get("device")]
+    return {"model": "convnet3", "epochs": epochs, "accuracy_last": m["mean"], "wall_s": wall, "devices": devices,
+            "task_on_device": any(str(d).startswith("cuda") for d in devices) if device.type == "cuda" else None}
+
+
+def time_breakdown(device: torch.device, tiny: bool, steps: int) -> dict:
+    """Section 5: one inner iteration's parts on ``device``, each timed with the device synchronised."""
+    cfg = job_config(tiny, steps + 1)
+    data = load_dataset(cfg.data.dataset)
+    match, expert_spec, _ = build_specs(cfg, data.spec)
+    store = ClassStore(data.train_x, data.train_y)
+    path = resolve_path("auto", device)
+    matcher = Matcher(match, store, initial_synset(cfg, store, store.classes), device)
+    trainer = ExpertTrainer(expert_spec, init_expert(expert_spec, 0).to(device), device)
+    replica = new_model(expert_spec, 0, 0).to(device)
+    parts: dict[str, list[float]] = {"matching": [], "expert": [], "transfer": []}
+
+    def timed(name: str, fn) -> None:
+        _sync(device)
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        parts[name].append(time.perf_counter() - started)
+
+    matcher.begin_outer()
+    for inner in range(steps + 1):  # the first is a warm-up (kernel selection), dropped below
+        timed("transfer", lambda: replica.load_state_dict(
+            {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}))
+        timed("matching", lambda: matcher.step(replica, 0, inner))
+        timed("expert", lambda: trainer.train_inner(store, 0, inner))
+    medians = {name: statistics.median(v[1:] or v) for name, v in parts.items()}
+    total = sum(medians.values())
+    return {"path": path, "seconds": medians, "share": {k: v / total for k, v in medians.items()},
+            "classes": len(store.classes)}
+
+
+def section(name: str, log: Log, fn, errors: dict):
+    log(f"== {name}")
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - recorded, so the remaining sections still run
+        errors[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        log(traceback.format_exc())
+        return None
+
+
+def failed_checks(result: dict) -> list[str]:
+    failed = [f"section {name} failed: {err}" for name, err in result["errors"].items()]
+    ray_result = result.get("ray_job") or {}
+    if ray_result.get("actors_on_device") is False:
+        failed.append("a matcher actor did not get the GPU")
+    if ray_result and not ray_result.get("stored_equal_within_float32", True):
+        failed.append("stored data differ across actor counts by more than the device's run-to-run differences")
+    if (result.get("evaluation") or {}).get("task_on_device") is False:
+        failed.append("the evaluation task did not run on the GPU")
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (width 8, ipc 1): checks the script on a CPU")
+    parser.add_argument("--steps", type=int, help="timed matching steps per path (default 10, tiny 1)")
+    parser.add_argument("--inner", type=int, help="inner iterations of each Ray run (default 12, tiny 3)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device; use --device cpu --tiny", file=sys.stderr)
+        return 2
+    steps = args.steps or (1 if args.tiny else 10)
+    inner = args.inner or (3 if args.tiny else 12)
+    log, errors = Log(), {}
+    result: dict = {"tiny": args.tiny, "errors": errors}
+    import ray
+
+    result["cuda"] = section("cuda facts", log, cuda_facts, errors)
+    log(str(result["cuda"]))
+    result["matching"] = section("matching paths", log, lambda: matching_paths(device, args.tiny, steps), errors)
+    if result["matching"]:
+        m = result["matching"]
+        log(f"class-steps/s {m['class_steps_per_s']}; max |path - loop| {m['max_abs_diff_vs_loop']}; "
+            f"peak step bytes {({p: r['peak_step_bytes'] for p, r in m['paths'].items()})}; auto: {m['chosen_path']}")
+    ray.init(address="local", num_cpus=2 if args.tiny else None, num_gpus=1 if device.type == "cuda" else 0,
+             include_dashboard=False, logging_level=logging.ERROR)
+    try:
+        one_actor: dict = {}
+
+        def job():
+            r, one_actor_run = ray_runs(device, args.tiny, inner, log)
+            one_actor.update(one_actor_run)
+            return r
+
+        result["ray_job"] = section("ray job", log, job, errors)
+        if one_actor:
+            result["evaluation"] = section("evaluation", log, lambda: evaluate_on_ray(one_actor, device, args.tiny, log),
+                                           errors)
+    finally:
+        ray.shutdown()
+    result["breakdown"] = section("time breakdown", log, lambda: time_breakdown(device, args.tiny, steps), errors)
+    log(f"breakdown: {result['breakdown']}")
+    result["failed_checks"] = failed_checks(result)
+    name = "gpu_tiny" if args.tiny else "gpu"
+    path = write(name, result, device)
+    (results_dir() / f"{name}.log").write_text("\n".join(log.lines) + "\n")
+    print(path)
+    for line in result["failed_checks"]:
+        print(f"check failed: {line}", file=sys.stderr)
+    return 1 if result["failed_checks"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

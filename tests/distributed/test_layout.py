@@ -1,0 +1,48 @@
+"""The Ray job's resource plan, from given cluster resources (no cluster needed)."""
+
+import logging
+
+import pytest
+
+from idc_ray.distributed.driver import RunOptions
+from idc_ray.distributed.ray_group import EXPERT_GPU_SHARE, ClusterError, plan_layout
+
+
+def test_one_gpu_is_shared_by_the_matcher_and_the_expert():
+    layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 1})
+    assert len(layout.shards) == 1 and layout.shards[0] == list(range(10))
+    assert layout.gpus == 1 - EXPERT_GPU_SHARE and layout.expert_gpus == EXPERT_GPU_SHARE
+    assert layout.gpus + layout.expert_gpus == 1  # both fit on the one GPU
+
+
+def test_eight_gpus_one_matcher_each_and_the_expert_beside_one():
+    layout = plan_layout(100, RunOptions(), {"CPU": 64, "GPU": 8})
+    assert len(layout.shards) == 8
+    assert layout.gpus == 1 - EXPERT_GPU_SHARE and layout.expert_gpus == EXPERT_GPU_SHARE
+
+
+def test_a_whole_spare_gpu_goes_to_the_expert():
+    layout = plan_layout(10, RunOptions(num_actors=3), {"CPU": 16, "GPU": 4})
+    assert (layout.gpus, layout.expert_gpus) == (1.0, 1.0)
+
+
+def test_cpu_cluster_uses_no_gpus():
+    layout = plan_layout(10, RunOptions(), {"CPU": 2})
+    assert len(layout.shards) == 2 and (layout.gpus, layout.expert_gpus) == (0.0, 0.0)
+
+
+def test_given_fractions_that_fill_the_gpu_leave_the_expert_on_the_cpu_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="idc_ray"):
+        layout = plan_layout(10, RunOptions(num_actors=2, gpus_per_actor=0.5), {"CPU": 16, "GPU": 1})
+    assert (layout.gpus, layout.expert_gpus) == (0.5, 0.0)
+    assert "expert actor runs on the CPU" in caplog.text and "--expert-gpus" in caplog.text
+
+
+def test_explicit_expert_share_beside_fractional_matchers():
+    layout = plan_layout(10, RunOptions(num_actors=2, gpus_per_actor=0.375, expert_gpus=0.25), {"CPU": 16, "GPU": 1})
+    assert (layout.gpus, layout.expert_gpus) == (0.375, 0.25)
+
+
+def test_expert_share_that_does_not_fit_is_one_line():
+    with pytest.raises(ClusterError, match="--expert-gpus 0.5 does not fit: 0 GPUs left"):
+        plan_layout(10, RunOptions(num_actors=1, gpus_per_actor=1.0, expert_gpus=0.5), {"CPU": 16, "GPU": 1})
