@@ -32,6 +32,7 @@ import yaml
 from torchvision.utils import save_image
 
 from idc_ray import __version__, storage
+from idc_ray.config import from_dict, resolve
 from idc_ray.data import DatasetSpec, get_spec
 from idc_ray.engine.formation import form_classes, get_former
 
@@ -124,6 +125,8 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
     synset = config.get("synset") or {}
     formation = {field: meta.get(key, synset.get(key)) for field, key in
                  (("mode", "formation"), ("factor", "factor"), ("axis", "formation_axis"), ("bound", "bound"))}
+    if formation["mode"] == "auto":  # the manifest records the formation the run used
+        formation["mode"] = resolve(from_dict(config)).formation
     consumed = {"dataset", "ipc", "factor", "formation", "formation_axis", "bound", "code_version", "resolved"}
 
     storage.remove(storage.join(out, MANIFEST), storage_options)  # from here on, readers see no artifact

@@ -18,12 +18,18 @@ from typing import Any, Mapping
 
 import yaml
 
-FORMATIONS = ("uniform", "multiscale", "bounded", "1d")
+FORMATIONS = ("auto", "uniform", "multiscale", "bounded", "bounded_tight", "1d")
 INITS = ("auto", "mix", "random", "noise")
+INIT_SELECTS = ("first", "random")
+REAL_SAMPLINGS = ("stream", "independent")  # engine/streams.py
+DATA_STATS = ("published", "corrected")
 METRICS = ("mse", "l1", "l1_mean", "cos")
 OBJECTIVES = ("grad", "feat")
 MOMENTUM_MODES = ("shared", "per_class")
 MATCH_PATHS = ("auto", "loop", "lean", "vmap")
+EVAL_LOADER_AUGS = ("none", "imagenet")  # idc_ray.evaluation.loader_aug.LOADER_AUGS
+EVAL_FORMATIONS = ("published", "condensed")
+EVAL_BEST_ON = ("test", "val")
 NORMS = ("instance", "batch", "none")
 
 
@@ -35,15 +41,19 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "mnist5k"
     data_uri: str | None = None
+    # Normalisation mean/std: the published constants (CIFAR std 0.2023/0.1994/0.2010, CIFAR-100
+    # reusing CIFAR-10's) or "corrected", the statistics of the training split (settings sheet).
+    stats: str = "published"
 
 
 @dataclass(frozen=True)
 class SynsetConfig:
     ipc: int = 10
     factor: int = 2
-    formation: str = "uniform"
+    formation: str = "auto"  # auto: bounded for ImageNet with factor >= 3 and ipc >= 20, else uniform
     formation_axis: int = -1  # 1d formation: -1 = width = time axis of a spectrogram
     init: str = "auto"  # auto: mix when factor > 1, else random (settings sheet)
+    init_select: str = "first"  # real images for random/mix init: first of each class (published) or random
     batch_syn_max: int = 128
     bound: int = 128  # bounded formation: max formed samples per class
 
@@ -60,6 +70,9 @@ class MatchConfig:
     mom_img: float = 0.5
     momentum_mode: str = "shared"  # shared: the published single-optimiser behaviour
     path: str = "auto"  # loop (published), lean (loop, leaner conv double backward), vmap (classes batched); auto: vmap on CUDA, lean on CPU
+    # Real batch per class: "stream" cycles through the class without replacement across steps as
+    # the published loader does; "independent" draws a fresh sample per step (engine/streams.py).
+    real_sampling: str = "stream"
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,9 @@ class ExpertConfig:
     pretrained: str | None = None  # directory of a pool written by jobs/pretrain.py
     pt_from: int = 0
     pt_num: int = 1
+    # Real data for the updates: "stream" takes the next batches of one shuffled stream over the
+    # run (the published loader); "independent" draws a fresh sample per update (engine/streams.py).
+    real_sampling: str = "stream"
 
 
 @dataclass(frozen=True)
@@ -94,11 +110,17 @@ class EvalConfig:
     models: tuple[str, ...] = ("convnet3",)
     epochs: int | None = None  # None: 1000, or the ImageNet rule by formed samples per class
     repeat: int = 3
-    width: int | None = None
+    width: int | None = None  # ConvNet channels; the ConvNet family only (published net_width), None: 128
     lr: float = 0.01
+    weight_decay: float = 5e-4
     batch_size: int = 64
     augment: str | None = None  # None: dataset rule (DSA strategy, see resolve())
+    aug_single: bool = True  # published DiffAug single_aug: ONE of crop/scale/rotate per call; false: all of them
+    loader_aug: str | None = None  # None: dataset rule (imagenet: RRC, flip, jitter, lighting; else none)
     cutmix_prob: float | None = None  # None: dataset rule
+    formation: str = "published"  # published: bounded sets formed uniformly (test.py); condensed: as condensed
+    best_on: str = "test"  # the report epoch "best" picks: by test accuracy (published) or on held-out real images
+    val_per_class: int = 50  # best_on: val: real training images per class held out for the choice
 
 
 @dataclass(frozen=True)
@@ -124,12 +146,15 @@ class Resolved:
 
     lr_img: float  # effective data learning rate
     init: str
+    formation: str  # "auto" resolved
     match_aug: str
     expert_aug: str
     expert_cutmix_prob: float
     eval_augment: str
+    eval_loader_aug: str
     eval_cutmix_prob: float
-    eval_epochs: int
+    eval_epochs: int  # every test model but DenseNet on CIFAR at ipc >= 50, f > 1 (eval_epochs_for)
+    eval_formation: str  # how evaluation forms the stored set
     num_classes: int
     channels: int
     size: int
@@ -297,12 +322,17 @@ def validate(cfg: IDCConfig) -> None:
     _check(s.formation in FORMATIONS, f"synset.formation '{s.formation}' is unknown; choose one of {', '.join(FORMATIONS)}")
     _check(s.formation_axis in (-1, -2), f"synset.formation_axis must be -1 (width/time) or -2 (height), got {s.formation_axis}")
     _check(s.init in INITS, f"synset.init '{s.init}' is unknown; choose one of {', '.join(INITS)}")
+    _check(s.init_select in INIT_SELECTS,
+           f"synset.init_select '{s.init_select}' is unknown; choose one of {', '.join(INIT_SELECTS)}")
+    _check(cfg.data.stats in DATA_STATS, f"data.stats '{cfg.data.stats}' is unknown; choose one of {', '.join(DATA_STATS)}")
     _check(s.batch_syn_max >= 1, f"synset.batch_syn_max must be at least 1, got {s.batch_syn_max}")
     _check(s.bound >= s.ipc, f"synset.bound {s.bound} must be at least synset.ipc {s.ipc} (each stored sample forms at least one)")
     _check(m.objective in OBJECTIVES, f"match.objective '{m.objective}' is unknown; choose one of {', '.join(OBJECTIVES)}")
     _check(m.metric in METRICS, f"match.metric '{m.metric}' is unknown; choose one of {', '.join(METRICS)}")
     _check(m.momentum_mode in MOMENTUM_MODES, f"match.momentum_mode '{m.momentum_mode}' is unknown; choose one of {', '.join(MOMENTUM_MODES)}")
     _check(m.path in MATCH_PATHS, f"match.path '{m.path}' is unknown; choose one of {', '.join(MATCH_PATHS)}")
+    for key, value in (("match.real_sampling", m.real_sampling), ("expert.real_sampling", x.real_sampling)):
+        _check(value in REAL_SAMPLINGS, f"{key} '{value}' is unknown; choose one of {', '.join(REAL_SAMPLINGS)}")
     _check(m.batch_real >= 1, f"match.batch_real must be at least 1, got {m.batch_real}")
     _check(m.lr_img > 0, f"match.lr_img must be positive, got {m.lr_img}")
     _check(0 <= m.mom_img < 1, f"match.mom_img must be in [0, 1), got {m.mom_img}")
@@ -332,6 +362,14 @@ def validate(cfg: IDCConfig) -> None:
     _check(sc.inner_iters >= 1, f"schedule.inner_iters must be at least 1, got {sc.inner_iters}")
     _check((ev.epochs is None or ev.epochs >= 1) and ev.repeat >= 1, f"eval.epochs and eval.repeat must be at least 1, got {ev.epochs}, {ev.repeat}")
     _check(ev.cutmix_prob is None or 0 <= ev.cutmix_prob <= 1, f"eval.cutmix_prob must be in [0, 1], got {ev.cutmix_prob}")
+    _check(ev.lr > 0 and ev.weight_decay >= 0 and ev.batch_size >= 1,
+           "eval.lr must be > 0, eval.weight_decay >= 0 and eval.batch_size >= 1")
+    _check(ev.loader_aug is None or ev.loader_aug in EVAL_LOADER_AUGS,
+           f"eval.loader_aug '{ev.loader_aug}' is unknown; choose one of {', '.join(EVAL_LOADER_AUGS)}")
+    _check(ev.formation in EVAL_FORMATIONS,
+           f"eval.formation '{ev.formation}' is unknown; choose one of {', '.join(EVAL_FORMATIONS)}")
+    _check(ev.best_on in EVAL_BEST_ON, f"eval.best_on '{ev.best_on}' is unknown; choose one of {', '.join(EVAL_BEST_ON)}")
+    _check(ev.val_per_class >= 1, f"eval.val_per_class must be at least 1, got {ev.val_per_class}")
 
 
 def effective_lr_img(lr_img: float, ipc: int, size: int, base_size: int) -> float:
@@ -349,7 +387,10 @@ def resolve(cfg: IDCConfig) -> Resolved:
     Rules (settings sheet): init mix when f > 1; MNIST with f > 1 matches with color_crop and
     trains expert and test models without CutMix; ImageNet uses CutMix with probability 1;
     speech uses no augmentation; evaluation DSA drops flip for MNIST/SVHN and cutout when
-    CutMix is on; SVHN at ipc 1, f 1 evaluates without CutMix.
+    CutMix is on; SVHN at ipc 1, f 1 evaluates without CutMix. Settings sheet "Corrections":
+    MNIST with f > 1 evaluates with color_crop_scale_rotate (misc/reproduce.py); ImageNet
+    evaluates without DSA, with the loader-side augmentation of data.py (``imagenet``);
+    evaluation forms a bounded set uniformly (test.py) unless ``eval.formation: condensed``.
     """
     from idc_ray.data import get_spec
 
@@ -357,6 +398,7 @@ def resolve(cfg: IDCConfig) -> Resolved:
     s, m, x, ev = cfg.synset, cfg.match, cfg.expert, cfg.eval
     family = _family(spec.name)
     init = s.init if s.init != "auto" else ("mix" if s.factor > 1 else "random")
+    formation = auto_formation(s, family)
 
     if family == "speech":
         match_aug, expert_aug, cutmix = "none", "none", 0.0
@@ -379,18 +421,22 @@ def resolve(cfg: IDCConfig) -> Resolved:
         tokens = ["color", "crop", "cutout", "flip", "scale", "rotate"]
         if not spec.flip:
             tokens.remove("flip")
-        if eval_cutmix > 0:
+        if eval_cutmix > 0 or (family == "mnist" and s.factor > 1):
             tokens.remove("cutout")
-        eval_aug = "_".join(tokens)
+        eval_aug = "none" if family == "imagenet" else "_".join(tokens)
+    loader_aug = "imagenet" if family == "imagenet" else "none"
     return Resolved(
         lr_img=effective_lr_img(m.lr_img, s.ipc, spec.size, spec.lr_base_size),
         init=init,
+        formation=formation,
         match_aug=m.aug if m.aug is not None else match_aug,
         expert_aug=x.aug if x.aug is not None else expert_aug,
         expert_cutmix_prob=x.cutmix_prob if x.cutmix_prob is not None else cutmix,
         eval_augment=ev.augment if ev.augment is not None else eval_aug,
+        eval_loader_aug=ev.loader_aug if ev.loader_aug is not None else loader_aug,
         eval_cutmix_prob=eval_cutmix,
-        eval_epochs=ev.epochs if ev.epochs is not None else default_eval_epochs(family, s.ipc * _formed(s), spec.num_classes),
+        eval_epochs=ev.epochs if ev.epochs is not None else default_eval_epochs(family, _formed_per_class(s, formation), spec.num_classes),
+        eval_formation=eval_formation(formation, ev.formation),
         num_classes=spec.num_classes,
         channels=spec.channels,
         size=spec.size,
@@ -399,22 +445,63 @@ def resolve(cfg: IDCConfig) -> Resolved:
 
 def default_eval_epochs(family: str, formed_per_class: int, num_classes: int) -> int:
     """1000 epochs for the small datasets; ImageNet by formed samples per class (3000 at 1,
-    2000 up to 10, 1500 up to 50, 1000 up to 200, 500 beyond; x2/3 for 100 classes)."""
+    2000 up to 10, 1500 up to 50, 1000 up to 200, 500 up to 500, 300 beyond; for 100 classes
+    2/3 of that rounded down to a multiple of 100: 2000, 1300, 1000, 600, 300, 200), as
+    argument.py's ``ipc_epoch`` (settings sheet, "Corrections")."""
     if family != "imagenet":
         return 1000
-    for limit, epochs in ((1, 3000), (10, 2000), (50, 1500), (200, 1000)):
+    for limit, epochs in ((1, 3000), (10, 2000), (50, 1500), (200, 1000), (500, 500)):
         if formed_per_class <= limit:
             break
     else:
-        epochs = 500
-    return epochs * 2 // 3 if num_classes >= 100 else epochs
+        epochs = 300
+    if num_classes == 100:  # the published test is `nclass == 100`
+        epochs = int(2 / 3 * epochs)
+        epochs -= epochs % 100
+    return epochs
 
 
-def _formed(s: SynsetConfig) -> int:
-    """Formed samples per stored sample (bounded formation: capped per class by ``bound``)."""
-    if s.formation == "bounded":
-        return max(1, min(s.factor**2, s.bound // s.ipc))
-    return formed_per_sample(s.factor, s.formation)
+DENSENET_CIFAR_EPOCHS = 400
+
+
+def eval_epochs_for(cfg: IDCConfig, model: str, resolved: Resolved | None = None) -> int:
+    """Training epochs of test model ``model``: ``resolve(cfg).eval_epochs``, except that DenseNet
+    on CIFAR at ipc >= 50 with factor > 1 trains 400 epochs when ``eval.epochs`` is left to the
+    dataset rule (test.py; settings sheet, "Corrections"). ``--fixed-compute`` skips this rule,
+    as the published ``same_compute`` does (idc_ray.evaluation.run)."""
+    r = resolved or resolve(cfg)
+    s = cfg.synset
+    densenet_rule = (cfg.eval.epochs is None and cfg.data.dataset.startswith("cifar") and model.startswith("densenet")
+                     and s.ipc >= 50 and s.factor > 1)
+    return DENSENET_CIFAR_EPOCHS if densenet_rule else r.eval_epochs
+
+
+def eval_formation(formation: str, mode: str) -> str:
+    """The formation evaluation applies to a set condensed with ``formation``. ``published``:
+    bounded sets are formed uniformly, as the published test.py decodes them (its comment: a
+    bound only prevents OOM during condensation and uniform evaluates better); ``condensed``:
+    exactly the formation the set was condensed with, the consistent variant."""
+    if mode == "published" and formation.startswith("bounded"):
+        return "uniform"
+    return formation
+
+
+def auto_formation(s: SynsetConfig, family: str) -> str:
+    """``synset.formation: auto`` as the published code decides it (misc/reproduce.py): bounded
+    for ImageNet with factor >= 3 and ipc >= 20 (to keep the formed set within memory), else
+    uniform. Only the ImageNet branch of reproduce.py switches; other datasets stay uniform."""
+    if s.formation != "auto":
+        return s.formation
+    return "bounded" if family == "imagenet" and s.factor >= 3 and s.ipc >= 20 else "uniform"
+
+
+def _formed_per_class(s: SynsetConfig, formation: str) -> int:
+    """Formed samples per class as the epoch rule counts them. Bounded formation: ipc * f^2
+    capped at ``bound``, as the published ``ipc_epoch(..., bound=batch_syn_max)`` counts them
+    (argument.py), not the exact bounded count."""
+    if formation.startswith("bounded"):
+        return min(s.ipc * s.factor**2, s.bound)
+    return s.ipc * formed_per_sample(s.factor, formation)
 
 
 def _family(dataset: str) -> str:
@@ -448,6 +535,7 @@ __all__ = [
     "SynsetConfig",
     "apply_overrides",
     "effective_lr_img",
+    "eval_epochs_for",
     "from_dict",
     "load_preset",
     "load_yaml",

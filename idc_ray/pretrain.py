@@ -1,5 +1,9 @@
 """The pretrained expert pool (settings sheet: ImageNet-100 loads networks pre-trained on real
-data for ``pt_from`` epochs, drawn at random among seeds). Written once, read by every run."""
+data for ``pt_from`` epochs, drawn at random among seeds). Written once, read by every run.
+
+One network of the pool is :func:`pretrain_seed`; :func:`pretrain_pool` (jobs/pretrain.py, a Tune
+trial's pool) runs the seeds in turn, ``idc_ray.distributed.pool`` runs them as parallel Ray tasks.
+"""
 
 from __future__ import annotations
 
@@ -16,24 +20,32 @@ from idc_ray.engine.expert import ExpertTrainer, new_model, pool_checkpoint
 from idc_ray.engine.loop import build_specs
 
 
+def pretrain_seed(cfg: IDCConfig, data: RealData, out: str | Path, seed: int, *, epochs: int,
+                  device: str | torch.device = "cpu",
+                  on_epoch: Callable[[int, int, float], None] | None = None) -> list[Path]:
+    """Train pool network ``seed`` on the real data, saving ``seed{seed}/epoch{e}.pt`` for
+    e = 0..epochs (epoch 0 is the initialisation). Its draws are keyed by (config seed, pool
+    seed), so a seed gives the same network whichever process trains it."""
+    _, spec, _ = build_specs(cfg, data.spec)
+    store = ClassStore(data.train_x, data.train_y)
+    seeded = replace(spec, seed=spec.seed * 1000 + seed)
+    trainer = ExpertTrainer(seeded, new_model(seeded, seeded.seed, -1), device)
+    written = []
+    for epoch in range(epochs + 1):
+        if epoch:
+            loss = trainer.train_epochs(store, 1, seed, epoch)
+            if on_epoch:
+                on_epoch(seed, epoch, loss)
+        path = pool_checkpoint(out, seed, epoch)
+        state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+        _atomic_write(path, lambda tmp: torch.save(state, tmp))
+        written.append(path)
+    return written
+
+
 def pretrain_pool(cfg: IDCConfig, data: RealData, out: str | Path, *, seeds: int, epochs: int,
                   device: str | torch.device = "cpu",
                   on_epoch: Callable[[int, int, float], None] | None = None) -> list[Path]:
-    """Train ``seeds`` experts on the real data, saving ``seed{s}/epoch{e}.pt`` for e = 0..epochs
-    (epoch 0 is the initialisation). Each network is keyed by (config seed, pool seed)."""
-    _, spec, _ = build_specs(cfg, data.spec)
-    store = ClassStore(data.train_x, data.train_y)
-    written = []
-    for s in range(seeds):
-        seeded = replace(spec, seed=spec.seed * 1000 + s)
-        trainer = ExpertTrainer(seeded, new_model(seeded, seeded.seed, -1), device)
-        for epoch in range(epochs + 1):
-            if epoch:
-                loss = trainer.train_epochs(store, 1, s, epoch)
-                if on_epoch:
-                    on_epoch(s, epoch, loss)
-            path = pool_checkpoint(out, s, epoch)
-            state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
-            _atomic_write(path, lambda tmp: torch.save(state, tmp))
-            written.append(path)
-    return written
+    """Train ``seeds`` experts one after the other (:func:`pretrain_seed` for 0..seeds-1)."""
+    return [path for s in range(seeds)
+            for path in pretrain_seed(cfg, data, out, s, epochs=epochs, device=device, on_epoch=on_epoch)]

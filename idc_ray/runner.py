@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ import torch
 from idc_ray import __version__
 from idc_ray.artifacts import record_metrics, save_condensed
 from idc_ray.config import IDCConfig, resolve
+from idc_ray.data import with_stats
 from idc_ray.distributed.driver import RunOptions, condense_job
 from idc_ray.engine.loop import CondenseResult, Progress
 
@@ -71,15 +72,80 @@ class FinalEval:
     epochs: int | None = None
 
 
+@dataclass(frozen=True)
+class PoolOptions:
+    """Where ``expert.pretrained: auto`` keeps its pretrained pool, and how many networks it holds."""
+
+    cache: str | None = None  # None: <output>/cache; pools live at <cache>/pools/<key> (as Tune's)
+    seeds: int = 10  # the published ImageNet-100 pool: 10 seeds (settings sheet)
+
+
+def pool_cache_dir(cfg: IDCConfig, out_dir: str | Path, pool: PoolOptions | None) -> str | None:
+    """The cache folder of ``cfg``'s pretrained pool (``pool.cache``, else ``<output>/cache``), or
+    None when ``cfg`` names its pool itself. Checked before any work starts.
+
+    Raises:
+        ValueError: pool options for a config without ``expert.pretrained: auto``, fewer than one
+            seed, or a cache in object storage (the expert reads the pool through the file system,
+            so it must be a local folder or one every node mounts).
+    """
+    from idc_ray import storage
+    from idc_ray.tuning import AUTO_POOL
+
+    if cfg.expert.pretrained != AUTO_POOL:
+        if pool is not None:
+            raise ValueError(f"--pool-cache/--pool-seeds apply to expert.pretrained=auto (the imagenet100 preset), "
+                             f"not to expert.pretrained={cfg.expert.pretrained}")
+        return None
+    pool = pool or PoolOptions()
+    if pool.seeds < 1:
+        raise ValueError(f"--pool-seeds must be at least 1, got {pool.seeds}")
+    if pool.cache is not None:
+        if not storage.is_local(pool.cache):
+            raise ValueError(f"--pool-cache {pool.cache}: the pool must be a local folder or one every node mounts, "
+                             "not object storage (the expert reads it through the file system)")
+        return pool.cache
+    if not storage.is_local(str(out_dir)):
+        raise ValueError(f"expert.pretrained=auto with --output {out_dir}: pass --pool-cache DIR, a folder every node "
+                         "mounts, for the pretrained pool (the expert reads it through the file system)")
+    return str(Path(out_dir) / "cache")
+
+
+def with_pool(cfg: IDCConfig, cache: str, seeds: int, options: RunOptions, device: torch.device,
+              storage_options: dict | None) -> IDCConfig:
+    """``cfg`` with ``expert.pretrained: auto`` replaced by the folder of its pretrained pool,
+    taken from ``cache`` or pretrained now and cached there, keyed by the settings that shape it
+    (``idc_ray.tuning.ensure_pool``, the function Tune trials use); on the Ray backend the seeds
+    run as parallel Ray tasks (``idc_ray.distributed.pool``)."""
+    from idc_ray.tuning import ensure_pool
+
+    resolve(cfg)  # a bad config fails now, not after hours of pretraining
+    log = lambda message: print(f"[idc-ray] {message}", file=sys.stderr, flush=True)
+    if options.backend == "ray":
+        from idc_ray.distributed.pool import ensure_pool_on_ray
+
+        path = ensure_pool_on_ray(cfg, cache, seeds, options, storage_options, log=log)
+    else:
+        from idc_ray.data import load_dataset
+
+        load = lambda: load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)
+        path = ensure_pool(cfg, load, cache, seeds, device=device, log=log)
+    log(f"expert pool: {path}")
+    return replace(cfg, expert=replace(cfg.expert, pretrained=path))
+
+
 def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progress: bool = True,
                 options: RunOptions | None = None, address: str | None = None,
-                storage_options: dict | None = None, final_eval: FinalEval | None = None) -> str:
+                storage_options: dict | None = None, final_eval: FinalEval | None = None,
+                pool: PoolOptions | None = None) -> str:
     """Condense with ``cfg`` on the chosen backend and write the output folder.
 
     Checkpoints go to ``out_dir/checkpoints`` as the run goes; the artifact is written at the end.
     With ``final_eval``, the written set is then evaluated (Ray tasks on the Ray backend, while
     the session is still open; in this process otherwise), the report lands next to the
-    artifact and the accuracies are added to the manifest's metrics.
+    artifact and the accuracies are added to the manifest's metrics. With
+    ``expert.pretrained: auto`` the pretrained pool is found in, or first built into, the cache
+    of ``pool`` (:func:`with_pool`); the written config names the pool's folder.
     """
     if final_eval is not None:
         from idc_ray.evaluation.protocol import check_models
@@ -89,6 +155,7 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
         check_models(final_eval.models, spec.channels, spec.size)  # before hours of condensation
     options = options or RunOptions(backend="local")
     dev = resolve_device(device)
+    pool_cache = pool_cache_dir(cfg, out_dir, pool)
     started_ray = False
     if options.backend == "ray":
         import ray
@@ -99,6 +166,8 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
             print(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}", file=sys.stderr, flush=True)
     printer = ProgressPrinter(cfg.schedule.outer_iters, cfg.schedule.inner_iters) if progress else None
     try:
+        if pool_cache is not None:
+            cfg = with_pool(cfg, pool_cache, (pool or PoolOptions()).seeds, options, dev, storage_options)
         job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=printer,
                            storage_options=storage_options)
         path = _save(cfg, out_dir, job, dev, options, storage_options)
@@ -119,7 +188,7 @@ def _save(cfg: IDCConfig, out_dir: str | Path, job, dev: torch.device, options: 
         "dataset": cfg.data.dataset,
         "ipc": cfg.synset.ipc,
         "factor": cfg.synset.factor,
-        "formation": cfg.synset.formation,
+        "formation": result.resolved.formation,
         "formation_axis": cfg.synset.formation_axis,
         "bound": cfg.synset.bound,
         "resolved": result.resolved.to_dict(),
@@ -132,7 +201,7 @@ def _save(cfg: IDCConfig, out_dir: str | Path, job, dev: torch.device, options: 
         "code_version": __version__,
     }
     return save_condensed(out_dir, result.stored, result.labels, config_yaml=cfg.to_yaml(), meta=meta,
-                          spec=job.spec, storage_options=storage_options)
+                          spec=with_stats(job.spec, cfg.data.stats), storage_options=storage_options)
 
 
 def _evaluate_written(manifest_uri: str, final_eval: FinalEval, options: RunOptions, device: str,
@@ -143,7 +212,7 @@ def _evaluate_written(manifest_uri: str, final_eval: FinalEval, options: RunOpti
     results = evaluate_artifact(manifest_uri, models=final_eval.models, repeat=final_eval.repeat,
                                 epochs=final_eval.epochs, backend=options.backend, device=device,
                                 storage_options=storage_options)
-    summary = {name: {"mean": m["mean"], "std": m["std"], "epochs": m["epochs"]}
-               for name, m in results["models"].items()}
+    summary = {name: {k: m[k] for k in ("mean", "std", "best_mean", "best_std", "epochs")}
+               for name, m in results["models"].items()}  # best: selected on the test set (report.METRIC)
     record_metrics(manifest_uri, {"eval": summary}, storage_options)
     print(table([results]), file=sys.stderr, flush=True)

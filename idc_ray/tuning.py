@@ -41,7 +41,7 @@ ASHA_KEYS = ("grace_period", "reduction_factor")
 POOL_DONE = "settings.json"  # written last into a pool folder: its presence means the pool is complete
 # Expert settings the real-data pretraining never reads (pretrain_pool trains full epochs from a
 # fresh network): sweeping them must not cost another pool.
-_POOL_UNUSED = ("pretrained", "pt_from", "pt_num", "n_data", "early", "fix_iter")
+_POOL_UNUSED = ("pretrained", "pt_from", "pt_num", "n_data", "early", "fix_iter", "real_sampling")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,8 +318,10 @@ def pool_settings(cfg: IDCConfig, seeds: int) -> dict[str, Any]:
 
     _, expert, _ = build_specs(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri))
     net = {k: v for k, v in dataclasses.asdict(expert).items() if k not in _POOL_UNUSED}
-    return {"kind": "expert-pool", "version": __version__, "dataset": cfg.data.dataset, "data_uri": cfg.data.data_uri,
-            "expert": net, "seeds": seeds, "epochs": pool_epochs(cfg)}
+    from idc_ray.models import NETWORKS_REVISION
+
+    return {"kind": "expert-pool", "version": __version__, "networks": NETWORKS_REVISION, "dataset": cfg.data.dataset,
+            "data_uri": cfg.data.data_uri, "expert": net, "seeds": seeds, "epochs": pool_epochs(cfg)}
 
 
 def pool_epochs(cfg: IDCConfig) -> int:
@@ -332,19 +334,28 @@ def pool_dir(cache_dir: str | os.PathLike, cfg: IDCConfig, seeds: int) -> Path:
     return Path(cache_dir) / "pools" / settings_key(pool_settings(cfg, seeds))
 
 
-def ensure_pool(cfg: IDCConfig, load_data: Callable[[], Any], cache_dir: str | os.PathLike, seeds: int, *,
-                device: str | torch.device = "cpu", log: Callable[[str], None] = print) -> str:
-    """The pretrained pool for ``cfg``, computed once: later calls (other trials, other sweeps)
-    with the same settings return the cached folder. Concurrent callers wait on a file lock,
-    and a pool is renamed into place only when complete, so none ever reads half a pool.
+def ensure_pool(cfg: IDCConfig, load_data: Callable[[], Any] | None, cache_dir: str | os.PathLike, seeds: int, *,
+                device: str | torch.device = "cpu", log: Callable[[str], None] = print,
+                build: Callable[[IDCConfig, Path, int], None] | None = None) -> str:
+    """The pretrained pool for ``cfg``, computed once: later calls (other trials, other sweeps,
+    condensation jobs) with the same settings return the cached folder. Concurrent callers wait
+    on a file lock, and a pool is renamed into place only when complete, so none ever reads half
+    a pool.
 
     Args:
-        load_data: returns the RealData to pretrain on (only called when the pool is missing).
+        load_data: returns the RealData to pretrain on (only called when the pool is missing and
+            ``build`` is None).
+        build: ``build(cfg, folder, epochs)`` writes the ``seeds`` networks into ``folder`` (e.g.
+            as parallel Ray tasks, ``idc_ray.distributed.pool``); default: :func:`pretrain_pool`
+            in this process.
     Returns:
         the absolute pool folder, for ``expert.pretrained``.
     """
     from idc_ray.pretrain import pretrain_pool
 
+    if build is None:
+        build = lambda plain, folder, epochs: pretrain_pool(plain, load_data(), folder, seeds=seeds, epochs=epochs,
+                                                            device=device)
     final = pool_dir(cache_dir, cfg, seeds).absolute()
     if (final / POOL_DONE).is_file():
         return str(final)
@@ -357,7 +368,7 @@ def ensure_pool(cfg: IDCConfig, load_data: Callable[[], Any], cache_dir: str | o
         tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}"
         try:
             plain = replace(cfg, expert=replace(cfg.expert, pretrained=None))
-            pretrain_pool(plain, load_data(), tmp, seeds=seeds, epochs=settings["epochs"], device=device)
+            build(plain, tmp, settings["epochs"])
             (tmp / POOL_DONE).write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
             if final.exists():  # a folder without the marker is not a complete pool: replace it
                 shutil.rmtree(final)

@@ -9,6 +9,10 @@ On a cluster:
 Writes the artifact to DIR (a local path or s3://...): condensed.parquet, config.yaml,
 preview.png, preview_formed.png and manifest.json (last), and checkpoints under DIR/checkpoints
 every --checkpoint-every outer iterations (--resume continues from the last one).
+
+With expert.pretrained=auto (the imagenet100 preset) the pool of pretrained experts is taken from
+--pool-cache (default DIR/cache), keyed by the settings that shape it, or pretrained there first,
+one Ray task per seed; the written config.yaml names the pool's folder.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 
 from idc_ray.cli import add_config_arguments, comma_list, config_from_args, run_main, setup_logging
 from idc_ray.distributed.driver import RunOptions
-from idc_ray.runner import FinalEval, condense_to
+from idc_ray.runner import FinalEval, PoolOptions, condense_to
 from idc_ray.storage import parse_storage_options
 
 
@@ -37,9 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help="ray: class-sharded matcher actors + expert actor (default); local: one process")
     ray_args.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     ray_args.add_argument("--num-actors", type=int, help="matcher actors (default: the cluster's GPU count, else 2)")
-    ray_args.add_argument("--gpus-per-actor", type=float, help="GPUs per matcher (default: 1 when the cluster has GPUs, else 0)")
+    ray_args.add_argument("--gpus-per-actor", type=float,
+                          help="GPUs per matcher (default: 1 when the cluster has GPUs, 0.75 when the expert must "
+                               "share a GPU with a matcher, else 0)")
     ray_args.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (default: an equal share of the cluster)")
-    ray_args.add_argument("--expert-gpus", type=float, help="GPUs for the expert actor (default: 1 if one is left, else 0)")
+    ray_args.add_argument("--expert-gpus", type=float,
+                          help="GPUs for the expert actor (default: 1 if one is left, else a 0.25 share beside a "
+                               "matcher on a GPU cluster; 0 puts it on the CPU)")
     ray_args.add_argument("--spread", action="store_true", help="spread actors over nodes (placement strategy SPREAD)")
     ray_args.add_argument("--system-malloc", action="store_true",
                           help="keep glibc's default allocator settings in the actors (by default they keep freed "
@@ -51,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run_args.add_argument("--max-restarts", type=int, default=3, help="actor failures survived before the job fails (default 3)")
     run_args.add_argument("--inject-fault", action="append", default=[], metavar="JSON",
                           help='testing aid: make matcher ACTOR raise at a step, e.g. \'{"actor": 1, "outer": 1, "inner": 0}\'')
+    pool_args = parser.add_argument_group("pretrained expert pool (expert.pretrained=auto, e.g. the imagenet100 preset)")
+    pool_args.add_argument("--pool-cache", metavar="DIR",
+                           help="cache of pools, <DIR>/pools/<key> by the settings that shape a pool (default: "
+                                "OUTPUT/cache); a missing pool is pretrained first, one Ray task per seed. Share it "
+                                "between runs (and with Tune's cache); on several nodes it must be a shared mount")
+    pool_args.add_argument("--pool-seeds", type=int, metavar="N", help="networks in the pool (default 10, as published)")
     eval_args = parser.add_argument_group("evaluation of the finished set (the paper's protocol, as jobs/evaluate.py)")
     eval_args.add_argument("--eval-models", metavar="M1,M2",
                            help="comma-separated test models to train on the finished set, e.g. convnet3,resnet10; "
@@ -87,6 +101,12 @@ def run_options(args: argparse.Namespace) -> RunOptions:
                       spread=args.spread, keep_freed_memory=not args.system_malloc, faults=faults)
 
 
+def pool_options(args: argparse.Namespace) -> PoolOptions | None:
+    if args.pool_cache is None and args.pool_seeds is None:
+        return None
+    return PoolOptions(args.pool_cache, 10 if args.pool_seeds is None else args.pool_seeds)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
@@ -94,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     options = run_options(args)
     path = condense_to(cfg, args.output, device=args.device, progress=not args.quiet, options=options,
                        address=args.address, storage_options=parse_storage_options(args.storage_options),
-                       final_eval=final_eval(args))
+                       final_eval=final_eval(args), pool=pool_options(args))
     print(f"condensed set written to {path}")
     return 0
 

@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sets = p.add_argument_group("what to evaluate")
     sets.add_argument("--condensed", nargs="+", default=[], metavar="URI",
-                      help="artifact folders/URIs of jobs/condense.py, or torch files with 'data' and 'labels'")
+                      help="artifact folders/URIs of jobs/condense.py, or torch files with 'data' and 'labels' "
+                           "(a dict, or the published code's data.pt list [data, labels])")
     sets.add_argument("--baseline", nargs="+", default=[], choices=BASELINES, help="coreset baselines of real images")
     sets.add_argument("--ipc", nargs="+", type=int, default=[], metavar="N", help="images per class of each baseline")
     sets.add_argument("--dataset", help="dataset of baselines and plain files (default: the first artifact's)")
@@ -46,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     proto.add_argument("--repeat", type=int, help="runs per model (default: eval.repeat, 3)")
     proto.add_argument("--epochs", type=int, help="training epochs (default: the dataset rule, 1000 for small datasets)")
     proto.add_argument("--fixed-compute", action="store_true", help="divide epochs by formed samples per stored one (f^2)")
-    proto.add_argument("--eval-every", type=int, help="test every N epochs for the curves (default epochs/20; 0: end only)")
+    proto.add_argument("--eval-every", type=int, help="also test every N epochs for the curves (default epochs/20; 0: "
+                       "only at the published 1/4, 1/2, 3/4, end)")
     proto.add_argument("--seed", type=int, help="seed of the test networks and the random baseline (schedule.seed)")
     proto.add_argument("--preset", help="config of baselines and plain files (default: the first artifact's, else the "
                                         "preset named like the dataset, else the paper's defaults)")

@@ -44,7 +44,8 @@ def test_presets_equal_the_settings_sheet(name):
     assert (cfg.expert.model, cfg.match.metric, cfg.match.lr_img) == (model, metric, lr_img)
     assert (cfg.expert.n_data, cfg.synset.factor, cfg.schedule.outer_iters) == (n_data, factor, outer)
     # Defaults shared by every row.
-    assert cfg.schedule.inner_iters == 100 and cfg.match.batch_real == 64 and cfg.synset.batch_syn_max == 128
+    batch_real = 128 if name == "imagenet100" else 64  # argument.py: max(128, batch_real) at 100 classes
+    assert cfg.schedule.inner_iters == 100 and cfg.match.batch_real == batch_real and cfg.synset.batch_syn_max == 128
     assert cfg.match.mom_img == 0.5 and cfg.match.momentum_mode == "shared"
     assert (cfg.expert.lr if name not in ("imagenet100", "speech") else 0.01) == 0.01
     assert (cfg.expert.momentum, cfg.expert.weight_decay if name != "imagenet100" else 5e-4) == (0.9, 5e-4)
@@ -62,7 +63,7 @@ def test_every_shipped_preset_loads():
 def test_dataset_rules_resolve_like_the_published_code():
     mnist = resolve(load_preset("mnist"))
     assert (mnist.match_aug, mnist.expert_cutmix_prob, mnist.eval_cutmix_prob) == ("color_crop", 0.0, 0.0)
-    assert mnist.init == "mix" and "flip" not in mnist.eval_augment and "cutout" in mnist.eval_augment
+    assert mnist.init == "mix" and mnist.eval_augment == "color_crop_scale_rotate"  # misc/reproduce.py
     mnist_f1 = resolve(apply_overrides(load_preset("mnist"), ["synset.factor=1"]))
     assert (mnist_f1.match_aug, mnist_f1.expert_cutmix_prob, mnist_f1.init) == ("color_crop_cutout", 0.5, "random")
     c10 = resolve(load_preset("cifar10"))
@@ -74,7 +75,7 @@ def test_dataset_rules_resolve_like_the_published_code():
     assert (speech.match_aug, speech.expert_aug, speech.eval_augment) == ("none", "none", "none")
     inet = resolve(load_preset("imagenet10"))
     assert inet.expert_cutmix_prob == 1.0 and inet.eval_epochs == 1000  # 90 formed per class
-    assert resolve(load_preset("imagenet100")).eval_epochs == 666
+    assert resolve(load_preset("imagenet100")).eval_epochs == 600  # int(2/3 * 1000) rounded down to 100s
     assert resolve(load_preset("cifar10")).eval_epochs == 1000
 
 
@@ -147,3 +148,68 @@ def test_bad_yaml_files(tmp_path: Path):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'cifar11'"):
         load_preset("cifar11")
+
+
+# Effective lr_img = lr_img * (ipc / 10) * (size / base)^2, base 28 only for MNIST (and mnist5k,
+# tiny), 32 for FashionMNIST as for CIFAR/SVHN (published argument.py), 64 speech, 224 ImageNet.
+EFFECTIVE_LR_IMG = {
+    "cifar10": 5e-3, "cifar100": 5e-3, "svhn": 5e-3, "mnist": 1e-4,
+    "fashion": 1e-4 * (28 / 32) ** 2,  # 7.66e-5 at ipc 10
+    "imagenet10": 3e-3, "imagenet100": 1e-3, "speech": 3e-3,
+    "mnist5k-demo": 1e-2 * 0.1, "smoke": 1e-2 * 0.1,  # ipc 1
+}
+
+
+def test_effective_lr_img_of_every_preset():
+    assert set(EFFECTIVE_LR_IMG) == set(preset_names())
+    got = {name: resolve(load_preset(name)).lr_img for name in preset_names()}
+    assert got == pytest.approx(EFFECTIVE_LR_IMG, rel=1e-12)
+    assert f"{got['fashion']:.3g}" == "7.66e-05"
+
+
+@pytest.mark.parametrize("preset,overrides,formation", [
+    ("imagenet10", ["synset.ipc=20"], "bounded"),  # factor 3, ipc 20: switched on (misc/reproduce.py)
+    ("imagenet100", ["synset.ipc=50", "synset.factor=4"], "bounded"),
+    ("imagenet10", [], "uniform"),  # ipc 10
+    ("imagenet10", ["synset.ipc=20", "synset.factor=2"], "uniform"),
+    ("imagenet10", ["synset.ipc=20", "synset.formation=uniform"], "uniform"),  # explicit wins
+    ("cifar10", ["synset.ipc=50", "synset.factor=3"], "uniform"),  # only the ImageNet branch switches
+    ("speech", [], "1d"),
+])
+def test_bounded_formation_switches_on_as_published(preset, overrides, formation):
+    from idc_ray.data import get_spec
+    from idc_ray.engine.loop import build_specs
+
+    cfg = apply_overrides(load_preset(preset), overrides)
+    assert resolve(cfg).formation == formation
+    assert build_specs(cfg, get_spec(cfg.data.dataset))[0].formation == formation
+
+
+def test_bounded_epochs_count_formed_samples_up_to_the_bound():
+    # argument.py: ipc_epoch(ipc, factor, bound=batch_syn_max) counts min(ipc * f^2, bound) per class.
+    cfg = apply_overrides(load_preset("imagenet10"), ["synset.ipc=6", "synset.formation=bounded", "synset.bound=53"])
+    assert resolve(cfg).eval_epochs == 1000  # min(54, 53) = 53 > 50 (whole factors per sample would count 48)
+    assert resolve(apply_overrides(cfg, ["synset.bound=50"])).eval_epochs == 1500  # 50
+
+
+def test_published_normalisation_by_default_corrected_on_request():
+    from idc_ray.data import get_spec
+    from idc_ray.engine.loop import build_specs
+    from idc_ray.evaluation.protocol import plan_tasks
+
+    published = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # data.py, CIFAR-100 too
+    corrected = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+    for name in ("cifar10", "cifar100"):
+        spec = get_spec(name)
+        cfg = load_preset(name)
+        match, expert, _ = build_specs(cfg, spec)
+        task = plan_tasks(cfg, spec, "set", models=("convnet3",), repeat=1)[0]
+        assert (match.mean, match.std) == (expert.mean, expert.std) == (task.mean, task.std) == published
+        fixed = apply_overrides(cfg, ["data.stats=corrected"])
+        match, expert, _ = build_specs(fixed, spec)
+        task = plan_tasks(fixed, spec, "set", models=("convnet3",), repeat=1)[0]
+        assert match.std == expert.std == task.std == corrected[name]
+    with pytest.raises(ConfigError, match="data.stats 'measured' is unknown"):
+        apply_overrides(load_preset("cifar10"), ["data.stats=measured"])
+    with pytest.raises(ConfigError, match="synset.init_select 'last' is unknown"):
+        apply_overrides(load_preset("cifar10"), ["synset.init_select=last"])

@@ -19,6 +19,7 @@ from .registry import (
     channel_stats,
     get_spec,
     load_dataset,
+    with_stats,
 )
 from .sources import DatasetFormatError, DatasetNotFoundError
 from .store import ClassStore
@@ -35,4 +36,5 @@ __all__ = [
     "channel_stats",
     "get_spec",
     "load_dataset",
+    "with_stats",
 ]

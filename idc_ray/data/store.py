@@ -102,6 +102,12 @@ class ClassStore:
         idx = torch.randperm(len(self._x), generator=generator)[:n].to(self._x.device)
         return self._x[idx], self._y[idx]
 
+    def take(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The images at store positions ``idx`` (class blocks in order, each in dataset order)
+        with their labels: how the expert reads a batch of its real-data stream."""
+        idx = idx.to(self._x.device)
+        return self._x[idx], self._y[idx]
+
     def subset(self, classes: Sequence[int]) -> "ClassStore":
         """A store holding only ``classes`` (copies their blocks, so this store can be dropped)."""
         classes = sorted({self._check(c) for c in classes})

@@ -70,7 +70,7 @@ class MatcherActor:
             self.setup_error = str(e)
             return
         start = init_synset(store, classes, ipc, match.factor, init, match.seed,
-                            formation=match.formation, axis=match.formation_axis)
+                            formation=match.formation, axis=match.formation_axis, select=match.init_select)
         self.matcher = Matcher(match, store, start, self.device)
         if state is not None:
             self.matcher.load_state_dict(state)

@@ -1,30 +1,42 @@
 """Differentiable siamese augmentation (DSA, Zhao & Bilen 2021b) as IDC uses it, and CutMix.
 
-Settings sheet, "Algorithm 1 as the published code runs it" and "Evaluation protocol":
-- gradient matching applies ONE augmentation draw to the concatenation [real; synthetic]
+Settings sheet, "Algorithm 1 as the published code runs it", "Evaluation protocol" and
+"Corrections" (the published ``DiffAug`` of misc/augment.py, called with its default
+``single_aug=True`` by condense.py, train.py and test.py):
+- a call applies flip (if in the strategy), then colour (brightness, saturation, contrast), then
+  ONE of the strategy's geometric transforms (crop / scale / rotate), chosen at random once per
+  call, then cutout (if in the strategy). Strategy order does not matter, except that it orders
+  the geometric candidates. ``single=False`` applies every geometric transform instead (in the
+  order written), which is what idc-ray did before issue 11;
+- the matching (``color_crop_cutout``, ``color_crop`` for MNIST f > 1) and expert (``color_crop``)
+  strategies have one geometric transform, so both settings give them the same result (no draw
+  is spent on choosing among one); the evaluation strategy (``color_crop_flip_scale_rotate``)
+  is where the choice matters;
+- gradient matching applies ONE parameter draw to the concatenation [real; synthetic]
   (``mode="batch"``, siamese), so real and synthetic gradients see the same transform;
-- expert training and evaluation draw parameters per sample (``mode="sample"``) and add CutMix;
-- IDC applies the whole token sequence of a strategy (e.g. ``color_crop_cutout``) in the order
-  written, whereas DSA's ``M`` strategy picked a single transform.
+- expert training and evaluation draw parameters per sample (``mode="sample"``) and add CutMix.
+  The geometric choice is one per call in both modes (one per mini-batch), as published.
 
 Every transform is differentiable w.r.t. the input, because the matching loss backpropagates
-through the augmentation into the synthetic images. All parameters are drawn on the CPU from an
-explicit ``torch.Generator`` and then moved to the data's device, so one generator state gives
-the same augmentation on every device and the global RNG is never touched.
+through the augmentation into the synthetic images. All parameters (and the geometric choice)
+are drawn on the CPU from an explicit ``torch.Generator`` and then moved to the data's device,
+so one generator state gives the same augmentation on every device and the global RNG is never
+touched.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 TOKENS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 MODES = ("batch", "sample")
+FIRST = ("flip", "color")  # always applied, in this order, before the geometric transform
+GEOMETRIC = ("crop", "scale", "rotate")  # one of these per call when ``single`` (published)
+LAST = ("cutout",)  # always applied, after the geometric transform
 
 
 @dataclass(frozen=True)
@@ -82,15 +94,18 @@ class DiffAugment:
 
     ``mode="batch"``: one parameter draw shared by every sample of the call (siamese; the caller
     passes torch.cat([real, synthetic])). ``mode="sample"``: independent draws per sample.
+    ``single=True`` (published): flip, colour, ONE geometric transform drawn per call, cutout;
+    ``single=False``: flip, colour, every geometric transform in the order written, cutout.
     'color' is brightness, then saturation, then contrast.
     """
 
-    def __init__(self, strategy: str, mode: str = "batch", params: AugParams = AugParams()):
+    def __init__(self, strategy: str, mode: str = "batch", params: AugParams = AugParams(), single: bool = True):
         if mode not in MODES:
             raise ValueError(f"unknown augmentation mode '{mode}'; choose one of {', '.join(MODES)}")
         self.strategy = strategy
         self.mode = mode
         self.params = params
+        self.single = single
         name = (strategy or "").strip().lower()
         self.tokens: tuple[str, ...] = () if name in ("", "none") else tuple(name.split("_"))
         for token in self.tokens:
@@ -99,19 +114,32 @@ class DiffAugment:
                     f"unknown augmentation '{token}' in strategy '{strategy}'; "
                     f"valid tokens: {', '.join(TOKENS)} (joined by '_'), or 'none'"
                 )
-        ops: dict[str, Callable] = {
-            "color": self._color, "crop": self._crop, "cutout": self._cutout,
-            "flip": self._flip, "scale": self._scale, "rotate": self._rotate,
-        }
-        self._ops = [ops[t] for t in self.tokens]
+        self.first = tuple(t for t in FIRST if t in self.tokens)
+        self.geometric = tuple(t for t in self.tokens if t in GEOMETRIC)
+        self.last = tuple(t for t in LAST if t in self.tokens)
 
     def __repr__(self) -> str:
-        return f"DiffAugment({self.strategy!r}, mode={self.mode!r})"
+        return f"DiffAugment({self.strategy!r}, mode={self.mode!r}, single={self.single})"
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        for op in self._ops:
-            x = op(x, generator)
+        for token in self.first:
+            x = self._apply(token, x, generator)
+        for token in self._geometric_for_call(generator):
+            x = self._apply(token, x, generator)
+        for token in self.last:
+            x = self._apply(token, x, generator)
         return x
+
+    def _geometric_for_call(self, generator: torch.Generator) -> tuple[str, ...]:
+        """The geometric transforms of this call: one drawn uniformly when ``single`` and there is
+        a choice (no draw otherwise, so one-transform strategies keep their random stream)."""
+        if not self.single or len(self.geometric) < 2:
+            return self.geometric
+        return (self.geometric[int(torch.randint(len(self.geometric), (), generator=generator))],)
+
+    def _apply(self, token: str, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        # looked up per call (not bound once) so tests can count which transforms ran
+        return getattr(self, f"_{token}")(x, generator)
 
     # -- parameter draws: on the CPU from the generator, then to x's device --------------------
 

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from idc_ray.engine import rng
 from idc_ray.engine.augment import DiffAugment, cutmix, mixed_cross_entropy
+from idc_ray.engine.streams import ExpertStream
 from idc_ray.models import build_model
 
 
@@ -45,13 +46,15 @@ class ExpertSpec:
     pretrained: str | None = None
     pt_from: int = 0
     pt_num: int = 1
+    real_sampling: str = "stream"  # "stream": the published persistent loader; "independent": a fresh draw per update
+    dataset: str | None = None  # its name picks the published CIFAR branch of the ResNets (build_model)
 
 
 def new_model(spec: ExpertSpec, seed: int, *keys: int) -> nn.Module:
     """A freshly initialised network whose weights depend only on (seed, keys), built on the CPU."""
     with rng.seeded_global_rng(seed, "weights", *keys):
         return build_model(spec.model, spec.num_classes, spec.channels, spec.size,
-                           width=spec.width, norm=spec.norm)
+                           width=spec.width, norm=spec.norm, dataset=spec.dataset)
 
 
 def pool_checkpoint(pool: str | Path, pool_seed: int, epoch: int) -> Path:
@@ -85,9 +88,15 @@ def init_expert(spec: ExpertSpec, outer: int) -> nn.Module:
 class ExpertTrainer:
     """The expert's real-data training: SGD (lr 0.01, momentum 0.9, wd 5e-4 by default), a
     fresh optimiser at every re-initialisation, batches of ``batch_size`` with per-sample DSA
-    and CutMix. Normalisation happens here; the store holds [0, 1] images."""
+    and CutMix. Normalisation happens here; the store holds [0, 1] images.
 
-    def __init__(self, spec: ExpertSpec, model: nn.Module, device: torch.device | str = "cpu"):
+    ``stream``: the run's real-data stream (``real_sampling: stream``), shared by the trainers
+    of successive re-initialisations as the published loader is; when None, one is made on first
+    use that counts each (outer, inner) as if an outer iteration had one inner iteration (enough
+    for benchmarks that only time updates)."""
+
+    def __init__(self, spec: ExpertSpec, model: nn.Module, device: torch.device | str = "cpu",
+                 stream: ExpertStream | None = None):
         self.spec = spec
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -96,46 +105,88 @@ class ExpertTrainer:
         self.augment = DiffAugment(spec.aug, mode="sample")
         self._mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+        self.stream = stream
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.device) - self._mean) / self._std
 
+    def _sgd_step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
+        """One SGD step on the batch (x, y) after DSA and CutMix; returns its loss."""
+        xb = self.augment(self.normalize(x), generator)
+        xb, ya, yb2, lam = cutmix(xb, y.to(self.device), generator, beta=self.spec.cutmix_beta,
+                                  prob=self.spec.cutmix_prob)
+        loss = mixed_cross_entropy(self.model(xb), ya, yb2, lam)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
     def train_batches(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
         """One SGD step per ``batch_size`` slice of (x, y); returns the mean loss."""
         self.model.train()
-        total, steps = 0.0, 0
-        for start in range(0, len(x), self.spec.batch_size):
-            xb = self.normalize(x[start : start + self.spec.batch_size])
-            yb = y[start : start + self.spec.batch_size].to(self.device)
-            xb = self.augment(xb, generator)
-            xb, ya, yb2, lam = cutmix(xb, yb, generator, beta=self.spec.cutmix_beta, prob=self.spec.cutmix_prob)
-            loss = mixed_cross_entropy(self.model(xb), ya, yb2, lam)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-        return total / max(steps, 1)
+        size = self.spec.batch_size
+        losses = [self._sgd_step(x[i : i + size], y[i : i + size], generator) for i in range(0, len(x), size)]
+        return sum(losses) / max(len(losses), 1)
+
+    def _stream_of(self, store) -> ExpertStream:
+        if self.stream is None:
+            self.stream = expert_stream(self.spec, store, inner_iters=1)
+        return self.stream
+
+    def _train_stream(self, store, batches: range, generator: torch.Generator) -> float:
+        """One SGD step per global batch index of the stream in ``batches``; the mean loss."""
+        self.model.train()
+        stream = self._stream_of(store)
+        losses = [self._sgd_step(*store.take(stream.batch_indices(t)), generator) for t in batches]
+        return sum(losses) / max(len(losses), 1)
 
     def train_inner(self, store, outer: int, inner: int) -> float:
         """The update after inner iteration ``inner``: batches of real data until at least
-        ``n_data`` samples were seen (the published loader loop stops at the first batch index
-        with index * batch >= n_data, so it sees ceil(n_data / batch) full batches)."""
+        ``n_data`` samples were seen (train.py ``train_epoch`` stops at the first batch that
+        brings the count to ``n_data``). ``stream``: the next batches of the run's stream, an
+        epoch's partial batch included; ``independent``: ceil(n_data / batch) full batches of a
+        fresh draw keyed by (seed, outer, inner)."""
         if self.spec.n_data == 0:
             return 0.0
         g = rng.generator(self.spec.seed, "expert", outer, inner)
-        n = math.ceil(self.spec.n_data / self.spec.batch_size) * self.spec.batch_size
-        x, y = store.sample_any(n, g)
-        return self.train_batches(x, y, g)
+        if self.spec.real_sampling == "independent":
+            n = math.ceil(self.spec.n_data / self.spec.batch_size) * self.spec.batch_size
+            x, y = store.sample_any(n, g)
+            return self.train_batches(x, y, g)
+        stream = self._stream_of(store)
+        first = stream.start(outer, inner)
+        return self._train_stream(store, range(first, first + stream.update_len(first)), g)
+
+    def train_early(self, store, outer: int) -> float:
+        """The ``early`` epochs right after the re-initialisation at ``outer`` (ImageNet-10).
+        ``stream``: each takes one epoch's count of batches from the run's stream where it
+        stands (the published loader is not rewound); ``independent``: full shuffled passes."""
+        if self.spec.real_sampling == "independent":
+            return self.train_epochs(store, self.spec.early, outer)
+        stream = self._stream_of(store)
+        first = stream.start(outer, 0) - stream.early_len(outer * stream.inner_iters)
+        loss = 0.0
+        for epoch in range(self.spec.early):
+            g = rng.generator(self.spec.seed, "epoch", outer, epoch)
+            begin = first + epoch * stream.per_epoch
+            loss = self._train_stream(store, range(begin, begin + stream.per_epoch), g)
+        return loss
 
     def train_epochs(self, store, epochs: int, *keys: int) -> float:
-        """Full passes over the real data in shuffled order (``early`` epochs, pretraining)."""
+        """Full passes over the real data in shuffled order (pretraining; ``early`` epochs with
+        ``real_sampling: independent``)."""
         loss = 0.0
         for epoch in range(epochs):
             g = rng.generator(self.spec.seed, "epoch", *keys, epoch)
             x, y = store.sample_any(sum(store.count(c) for c in store.classes), g)
             loss = self.train_batches(x, y, g)
         return loss
+
+
+def expert_stream(spec: ExpertSpec, store, inner_iters: int) -> ExpertStream:
+    """The run's real-data stream for the expert over ``store`` (engine/streams.py)."""
+    return ExpertStream(len(store), spec.batch_size, spec.n_data, inner_iters, spec.fix_iter,
+                        spec.early, spec.seed)
 
 
 def expert_trajectory(spec: ExpertSpec, store, inner_iters: int, start_outer: int, end_outer: int,
@@ -146,15 +197,17 @@ def expert_trajectory(spec: ExpertSpec, store, inner_iters: int, start_outer: in
     for ``early`` epochs) and trained on real data after each inner iteration. Starting in the
     middle of a re-initialisation cycle replays the cycle from its start, so a resumed run sees
     the same states. The update after the last inner iteration of a cycle is skipped: the next
-    re-initialisation discards it, so skipping it changes no bytes. Yields the live module:
+    re-initialisation discards it, so skipping it changes no bytes (the real-data stream still
+    counts it: positions come from the step, engine/streams.py). Yields the live module:
     use (or copy) a state before asking for the next.
     """
     trainer = None
+    stream = expert_stream(spec, store, inner_iters)  # one for the run, as the published loader
     for outer in range(start_outer - start_outer % spec.fix_iter, end_outer):
         if outer % spec.fix_iter == 0:
-            trainer = ExpertTrainer(spec, init_expert(spec, outer), device)
+            trainer = ExpertTrainer(spec, init_expert(spec, outer), device, stream)
             if spec.early:
-                trainer.train_epochs(store, spec.early, outer)
+                trainer.train_early(store, outer)
         cycle_ends = (outer + 1) % spec.fix_iter == 0 or outer + 1 == end_outer
         for inner in range(inner_iters):
             if outer >= start_outer:

@@ -71,12 +71,17 @@ def form_multiscale(x: torch.Tensor, y: torch.Tensor, factor: int) -> tuple[torc
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def bounded_split(n: int, factor: int, bound: int) -> list[tuple[int, int]]:
+def bounded_split(n: int, factor: int, bound: int, *, tight: bool = False) -> list[tuple[int, int]]:
     """How many of ``n`` stored samples to form at each factor, from ``factor`` down to 1, so the
     formed count stays within ``bound`` while every sample forms at least once.
 
-    Greedy, as the published bounded decode: the first samples take the largest factor that
-    still leaves room for the rest at factor 1. Returns [(factor, count), ...] with count > 0.
+    The published bounded decode (condense.py ``decode_zoom_bound``, settings sheet
+    "Corrections"): the room left at factor k is ``bound - formed so far - samples not yet
+    placed``, and k takes ``room // (k * k)`` samples. Dividing by k*k is a known slip: a sample
+    placed at k also frees the one slot reserved for it, so ``tight=True`` divides by k*k - 1 and
+    fills the bound as far as whole samples allow (formation ``bounded_tight``, the corrected
+    variant). At bound 128 the published rule forms n=20 f=3 -> 125, n=30 f=3 -> 122,
+    n=20 f=4 -> 126, n=50 f=2 -> 107. Returns [(factor, count), ...] with count > 0.
     """
     plan: list[tuple[int, int]] = []
     remaining, used = n, 0
@@ -86,8 +91,8 @@ def bounded_split(n: int, factor: int, bound: int) -> list[tuple[int, int]]:
         if k == 1:
             take = remaining
         else:
-            room = bound - used - remaining  # formed slots left after reserving 1 per sample
-            take = min(max(room, 0) // (k * k - 1), remaining)
+            room = bound - used - remaining
+            take = min(max(room, 0) // (k * k - 1 if tight else k * k), remaining)
         if take > 0:
             plan.append((k, take))
             used += take * k * k
@@ -95,10 +100,12 @@ def bounded_split(n: int, factor: int, bound: int) -> list[tuple[int, int]]:
     return plan
 
 
-def form_bounded(x: torch.Tensor, y: torch.Tensor, factor: int, bound: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixed factors from ``factor`` down to 1 keeping at most max(bound, n) formed samples."""
+def form_bounded(x: torch.Tensor, y: torch.Tensor, factor: int, bound: int = 128, *,
+                 tight: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed factors from ``factor`` down to 1 keeping at most max(bound, n) formed samples
+    (split by :func:`bounded_split`)."""
     outs, labels, start = [], [], 0
-    for k, count in bounded_split(len(x), factor, bound):
+    for k, count in bounded_split(len(x), factor, bound, tight=tight):
         fx, fy = form_uniform(x[start : start + count], y[start : start + count], k)
         outs.append(fx)
         labels.append(fy)
@@ -112,6 +119,7 @@ def get_former(formation: str, factor: int, *, axis: int = -1, bound: int = 128)
         "uniform": lambda x, y: form_uniform(x, y, factor),
         "multiscale": lambda x, y: form_multiscale(x, y, factor),
         "bounded": lambda x, y: form_bounded(x, y, factor, bound),
+        "bounded_tight": lambda x, y: form_bounded(x, y, factor, bound, tight=True),
         "1d": lambda x, y: form_1d(x, y, factor, axis),
     }
     if formation not in formers:

@@ -21,13 +21,14 @@ import torch
 import torch.nn as nn
 
 from idc_ray.config import MATCH_PATHS, IDCConfig, Resolved, resolve
-from idc_ray.data import ClassStore, DatasetSpec, RealData
+from idc_ray.data import ClassStore, DatasetSpec, RealData, with_stats
 from idc_ray.engine import rng
 from idc_ray.engine.augment import DiffAugment
 from idc_ray.engine.batched import Batch, batched_match_losses, has_running_stats, same_shapes
 from idc_ray.engine.expert import ExpertSpec, expert_trajectory
 from idc_ray.engine.formation import get_former
 from idc_ray.engine.matching import feature_match_loss, gradient_match_loss, matched_parameters
+from idc_ray.engine.streams import class_stream_indices, global_step
 from idc_ray.engine.synset import ClassOptimizer, SyntheticClass, init_synset, sample_formed
 
 
@@ -54,6 +55,9 @@ class MatchSpec:
     std: tuple[float, ...]
     seed: int
     path: str = "auto"  # "auto" | "loop" | "lean" | "vmap"; auto is resolved per device by the Matcher
+    init_select: str = "first"  # real images the init takes: first of each class (published) or random
+    real_sampling: str = "stream"  # real batch per class: the published per-class stream, or "independent"
+    inner_iters: int = 100  # with outer and inner, gives a class stream's position (engine/streams.py)
 
 
 def resolve_path(path: str, device: torch.device) -> str:
@@ -74,13 +78,15 @@ def resolve_path(path: str, device: torch.device) -> str:
 def build_specs(cfg: IDCConfig, spec: DatasetSpec) -> tuple[MatchSpec, ExpertSpec, Resolved]:
     """Turn a config into the matcher and expert specs (resolving the dataset rules once)."""
     r = resolve(cfg)
+    spec = with_stats(spec, cfg.data.stats)  # the normalisation data.stats selects
     s, m, x = cfg.synset, cfg.match, cfg.expert
     match = MatchSpec(
         objective=m.objective, metric=m.metric, bias=m.bias, fc=m.fc, aug=r.match_aug,
-        batch_real=m.batch_real, batch_syn_max=s.batch_syn_max, formation=s.formation,
+        batch_real=m.batch_real, batch_syn_max=s.batch_syn_max, formation=r.formation,
         factor=s.factor, formation_axis=s.formation_axis, bound=s.bound, lr_img=r.lr_img,
         mom_img=m.mom_img, momentum_mode=m.momentum_mode, num_classes=spec.num_classes,
         mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed, path=m.path,
+        init_select=s.init_select, real_sampling=m.real_sampling, inner_iters=cfg.schedule.inner_iters,
     )
     expert = ExpertSpec(
         model=x.model, num_classes=spec.num_classes, channels=spec.channels, size=spec.size,
@@ -88,7 +94,8 @@ def build_specs(cfg: IDCConfig, spec: DatasetSpec) -> tuple[MatchSpec, ExpertSpe
         batch_size=x.batch_size, n_data=x.n_data, aug=r.expert_aug,
         cutmix_prob=r.expert_cutmix_prob, cutmix_beta=x.cutmix_beta, early=x.early,
         fix_iter=x.fix_iter, mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed,
-        pretrained=x.pretrained, pt_from=x.pt_from, pt_num=x.pt_num,
+        pretrained=x.pretrained, pt_from=x.pt_from, pt_num=x.pt_num, dataset=spec.name,
+        real_sampling=x.real_sampling,
     )
     return match, expert, r
 
@@ -129,17 +136,28 @@ class Matcher:
     def class_batch(self, cls: SyntheticClass, outer: int, inner: int) -> Batch:
         """One class's augmented (x_real, y_real, x_syn, y_syn), differentiable in the stored data.
 
-        Every draw comes from the generator keyed by (seed, "match", class, outer, inner): the real
-        batch, the batch_syn_max subsampling of the formed set, then ONE siamese augmentation of
-        [real; synthetic] (IDC Algorithm 1; settings sheet, "Algorithm 1 as the published code
-        runs it"). Every path calls this, so they all see the same batches.
+        The real batch is the class's stream at this step (:meth:`real_batch`); the batch_syn_max
+        subsampling of the formed set, then ONE siamese augmentation of [real; synthetic] come
+        from the generator keyed by (seed, "match", class, outer, inner) (IDC Algorithm 1;
+        settings sheet, "Algorithm 1 as the published code runs it"). Every path calls this, so
+        they all see the same batches.
         """
         g = rng.generator(self.spec.seed, "match", cls.label, outer, inner)
-        real = self.store.sample(cls.label, self.spec.batch_real, g).to(self.device)
+        real = self.real_batch(cls.label, outer, inner, g).to(self.device)
         formed, y_syn = sample_formed(cls.data, cls.label, self.former, self.spec.batch_syn_max, g)
         batch = self.augment(torch.cat([self.normalize(real), self.normalize(formed)]), g)
         y_real = torch.full((len(real),), cls.label, dtype=torch.long, device=self.device)
         return batch[: len(real)], y_real, batch[len(real):], y_syn
+
+    def real_batch(self, label: int, outer: int, inner: int, g: torch.Generator) -> torch.Tensor:
+        """Class ``label``'s real images at (outer, inner). ``stream`` (published): the slice of
+        the class's current pass that the step's position selects, without replacement across
+        steps (engine/streams.py); ``independent``: a fresh draw of batch_real from ``g``."""
+        if self.spec.real_sampling == "independent":
+            return self.store.sample(label, self.spec.batch_real, g)
+        step = global_step(outer, inner, self.spec.inner_iters)
+        idx = class_stream_indices(self.spec.seed, label, self.store.count(label), self.spec.batch_real, step)
+        return self.store.class_tensor(label)[idx]
 
     def class_loss(self, cls: SyntheticClass, model: nn.Module, params: list, outer: int, inner: int) -> torch.Tensor:
         """The matching loss of one class against the expert, differentiable in the stored data."""
@@ -242,7 +260,7 @@ def initial_synset(cfg: IDCConfig, store: ClassStore, classes: Sequence[int]) ->
     r = resolve(cfg)
     s = cfg.synset
     return init_synset(store, classes, s.ipc, s.factor, r.init, cfg.schedule.seed,
-                       formation=s.formation, axis=s.formation_axis)
+                       formation=r.formation, axis=s.formation_axis, select=s.init_select)
 
 
 def stack_stored(stored: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

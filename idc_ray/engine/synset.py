@@ -16,20 +16,23 @@ from idc_ray.engine import rng
 
 
 def init_class(real: torch.Tensor, ipc: int, factor: int, kind: str, generator: torch.Generator, *,
-               formation: str = "uniform", axis: int = -1) -> torch.Tensor:
+               formation: str = "uniform", axis: int = -1, select: str = "first") -> torch.Tensor:
     """Initial stored samples of one class, (ipc, C, H, W) in [0, 1].
 
-    ``real`` is the class's real images (N, C, H, W) in [0, 1]. ``random``: ipc random real
-    samples; ``mix``: each stored sample is a mosaic of factor^2 real samples downsampled to fit
-    (factor strips for 1-D formation), so multi-formation initially yields real images;
-    ``noise``: uniform noise.
+    ``real`` is the class's real images (N, C, H, W) in [0, 1], in dataset order. ``random``:
+    ipc real samples; ``mix``: each stored sample is a mosaic of factor^2 real samples
+    downsampled to fit (factor strips for 1-D formation), so multi-formation initially yields
+    real images; ``noise``: clamp(N(0.5, 0.25^2), 0, 1) per pixel, as the published Synthesizer
+    draws it. ``select`` picks the real samples: ``first``, the class's first images in dataset
+    order (the published ``class_sample(c, n)``, settings sheet "Corrections"), or ``random``, a
+    permutation drawn from ``generator``.
     """
     c, h, w = real.shape[1:]
     if kind == "noise":
-        return torch.rand((ipc, c, h, w), generator=generator)
+        return torch.randn((ipc, c, h, w), generator=generator).div_(4).add_(0.5).clamp_(0.0, 1.0)
     pieces = factor if formation == "1d" else factor * factor
     need = ipc * (pieces if kind == "mix" else 1)
-    picked = real[torch.randperm(len(real), generator=generator)[:need]]
+    picked = _select(real, need, select, generator)
     if len(picked) < need:  # fewer real samples than needed: cycle through them
         picked = picked.repeat((need + len(picked) - 1) // len(picked), 1, 1, 1)[:need]
     if kind == "random":
@@ -39,6 +42,15 @@ def init_class(real: torch.Tensor, ipc: int, factor: int, kind: str, generator: 
     if formation == "1d":
         return _mosaic_1d(picked, ipc, factor, axis)
     return _mosaic(picked, ipc, factor)
+
+
+def _select(real: torch.Tensor, need: int, select: str, generator: torch.Generator) -> torch.Tensor:
+    """``need`` of the class's real samples: the first ones, or a random subset."""
+    if select == "first":
+        return real[:need]
+    if select == "random":
+        return real[torch.randperm(len(real), generator=generator)[:need]]
+    raise ValueError(f"unknown init selection '{select}'; choose first or random")
 
 
 def _sizes(side: int, factor: int) -> list[int]:
@@ -161,11 +173,11 @@ class SyntheticClass:
 
 
 def init_synset(store, classes, ipc: int, factor: int, kind: str, seed: int, *,
-                formation: str = "uniform", axis: int = -1) -> dict[int, torch.Tensor]:
+                formation: str = "uniform", axis: int = -1, select: str = "first") -> dict[int, torch.Tensor]:
     """Initial stored samples for each class, keyed only by (seed, class) so any shard of classes
     initialises exactly as the full set would."""
     return {
         c: init_class(store.class_tensor(c), ipc, factor, kind, rng.generator(seed, "init", c),
-                      formation=formation, axis=axis)
+                      formation=formation, axis=axis, select=select)
         for c in classes
     }

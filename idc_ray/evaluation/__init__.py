@@ -6,9 +6,11 @@ results.md, curves.png), ``run`` (orchestration, :func:`evaluate_artifact`) and 
 (the Ray tasks; the only module here that imports Ray, loaded on demand).
 """
 
-from idc_ray.evaluation.train import TrainRecipe, TrainResult, evaluate, lr_milestones, train_and_evaluate
+from idc_ray.evaluation.train import (TrainRecipe, TrainResult, evaluate, lr_milestones, report_epochs,
+                                      train_and_evaluate)
 
-__all__ = ["TrainRecipe", "TrainResult", "evaluate", "evaluate_artifact", "lr_milestones", "train_and_evaluate"]
+__all__ = ["TrainRecipe", "TrainResult", "evaluate", "evaluate_artifact", "lr_milestones", "report_epochs",
+           "train_and_evaluate"]
 
 
 def __getattr__(name: str):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from idc_ray.config import IDCConfig, resolve
-from idc_ray.data import ClassStore, RealData
+from idc_ray.data import ClassStore, RealData, with_stats
 from idc_ray.engine import rng
 from idc_ray.evaluation.protocol import as_float_images, random_real
 from idc_ray.evaluation.train import EVAL_BATCH, TrainRecipe, train_and_evaluate
@@ -48,7 +48,8 @@ class FeatureNet:
 def _new_feature_model(cfg: IDCConfig, data: RealData) -> nn.Module:
     spec, x = data.spec, cfg.expert
     with rng.seeded_global_rng(cfg.schedule.seed, "herding-net"):
-        return build_model(x.model, spec.num_classes, spec.channels, spec.size, width=x.width, norm=x.norm)
+        return build_model(x.model, spec.num_classes, spec.channels, spec.size, width=x.width, norm=x.norm,
+                           dataset=spec.name)
 
 
 def train_feature_net(cfg: IDCConfig, data: RealData, epochs: int, *, device: str | torch.device = "cpu",
@@ -63,8 +64,9 @@ def train_feature_net(cfg: IDCConfig, data: RealData, epochs: int, *, device: st
                          batch_size=x.batch_size, augment="" if r.expert_aug == "none" else r.expert_aug,
                          cutmix_prob=r.expert_cutmix_prob, cutmix_beta=x.cutmix_beta)
     model = _new_feature_model(cfg, data)
+    stats = with_stats(data.spec, cfg.data.stats)
     result = train_and_evaluate(model, as_float_images(data.train_x), data.train_y, as_float_images(data.test_x),
-                                data.test_y, recipe, mean=data.spec.mean, std=data.spec.std,
+                                data.test_y, recipe, mean=stats.mean, std=stats.std,
                                 seed=rng.derive_seed(cfg.schedule.seed, "herding-net-train"), device=device,
                                 progress=progress)
     return FeatureNet(model, x.model, x.width, x.norm, epochs, result.last_acc, "trained")
@@ -152,5 +154,5 @@ def baseline_set(name: str, cfg: IDCConfig, data: RealData, ipc: int, *, net: Fe
     if name == "herding":
         if net is None:
             raise ValueError("the herding baseline needs a feature network (train one or pass --herding-net)")
-        return herding(data, ipc, net, device=device)
+        return herding(replace(data, spec=with_stats(data.spec, cfg.data.stats)), ipc, net, device=device)
     raise ValueError(f"unknown baseline '{name}'; choose one of {', '.join(BASELINES)}")

@@ -11,12 +11,12 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from idc_ray.config import IDCConfig, resolve
-from idc_ray.data import DatasetSpec, RealData
+from idc_ray.config import IDCConfig, eval_epochs_for, resolve
+from idc_ray.data import DatasetSpec, RealData, with_stats
 from idc_ray.engine import rng
 from idc_ray.engine.formation import form_classes, get_former
 from idc_ray.evaluation.train import TrainRecipe, train_and_evaluate
-from idc_ray.models import build_model, check_model_input
+from idc_ray.models import build_model, check_model_input, uses_net_width
 
 
 @dataclass
@@ -34,22 +34,29 @@ class ModelScore:
         return statistics.pstdev(self.last) if len(self.last) > 1 else 0.0
 
 
-def recipe_for(cfg: IDCConfig, epochs: int | None = None) -> TrainRecipe:
-    """The test-model training recipe of a config (dataset rules resolved)."""
+def recipe_for(cfg: IDCConfig, epochs: int | None = None, model: str | None = None) -> TrainRecipe:
+    """The training recipe of test model ``model`` under a config (dataset rules resolved;
+    ``epochs`` overrides the epoch rule, which may depend on the model: see ``eval_epochs_for``)."""
     r = resolve(cfg)
     return TrainRecipe(
-        epochs=epochs or r.eval_epochs,
+        epochs=epochs or (eval_epochs_for(cfg, model, r) if model else r.eval_epochs),
         lr=cfg.eval.lr,
+        weight_decay=cfg.eval.weight_decay,
         batch_size=cfg.eval.batch_size,
         augment="" if r.eval_augment == "none" else r.eval_augment,
+        aug_single=cfg.eval.aug_single,
+        loader_aug=r.eval_loader_aug,
         cutmix_prob=r.eval_cutmix_prob,
     )
 
 
 def form_stored(cfg: IDCConfig, stored: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Formed training set of a stored set (classes, ipc, C, H, W) with the config's formation."""
+    """Formed training set of a stored set (classes, ipc, C, H, W) for evaluation: the
+    condensation's formation (``auto`` resolved as condensation resolves it), except that a
+    bounded set is formed uniformly, as the published test.py does (``eval.formation``)."""
     s = cfg.synset
-    return form_classes(stored, labels, get_former(s.formation, s.factor, axis=s.formation_axis, bound=s.bound))
+    formation = resolve(cfg).eval_formation
+    return form_classes(stored, labels, get_former(formation, s.factor, axis=s.formation_axis, bound=s.bound))
 
 
 def random_real(data: RealData, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,6 +66,18 @@ def random_real(data: RealData, ipc: int, seed: int) -> tuple[torch.Tensor, torc
     store = ClassStore(data.train_x, data.train_y)
     xs = [store.sample(c, ipc, rng.generator(seed, "random-baseline", c)) for c in store.classes]
     return torch.stack(xs), torch.tensor(store.classes).repeat_interleave(ipc)
+
+
+def validation_split(data: RealData, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` real training images per class, drawn with (seed, class), on which
+    ``eval.best_on: val`` picks the report epoch of ``best`` instead of the test set. The test
+    model never trains on them, though condensation saw the whole training split."""
+    from idc_ray.data import ClassStore
+
+    store = ClassStore(data.train_x, data.train_y)
+    xs = [store.sample(c, min(per_class, store.count(c)), rng.generator(seed, "eval-val", c)) for c in store.classes]
+    ys = [torch.full((len(x),), c, dtype=torch.long) for c, x in zip(store.classes, xs)]
+    return torch.cat(xs), torch.cat(ys)
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,7 @@ class EvalTask:
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    dataset: str | None = None  # its name picks the published CIFAR branch of the ResNets (build_model)
 
 
 @dataclass
@@ -109,6 +129,8 @@ class Work:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    val_x: torch.Tensor | None = None  # eval.best_on: val
+    val_y: torch.Tensor | None = None
 
 
 def check_models(models: Iterable[str], channels: int, size: int) -> None:
@@ -124,13 +146,20 @@ def as_float_images(x: torch.Tensor) -> torch.Tensor:
 
 
 def plan_tasks(cfg: IDCConfig, spec: DatasetSpec, set_label: str, *, models: Sequence[str] | None = None,
-               repeat: int | None = None, epochs: int | None = None, eval_every: int = 0) -> list[EvalTask]:
-    """The (model, repeat) tasks of one set under ``cfg``'s evaluation recipe."""
-    recipe = replace(recipe_for(cfg, epochs), eval_every=eval_every)
+               repeat: int | None = None, epochs: int | None = None, eval_every: int | None = 0) -> list[EvalTask]:
+    """The (model, repeat) tasks of one set under ``cfg``'s evaluation recipe, each model with
+    its own epochs (``epochs`` overrides them all). ``eval_every``: extra test evaluations for
+    the curves, 0 for none, None for every epochs // 20 of each model."""
+    recipes = {name: recipe_for(cfg, epochs, name) for name in (models or cfg.eval.models)}
+    recipes = {name: replace(r, eval_every=max(1, r.epochs // 20) if eval_every is None else eval_every)
+               for name, r in recipes.items()}
+    spec = with_stats(spec, cfg.data.stats)  # the normalisation data.stats selects
     models = tuple(models or cfg.eval.models)
     repeats = repeat or cfg.eval.repeat
-    return [EvalTask(set_label, name, k, repeats, recipe, cfg.schedule.seed, cfg.eval.width, spec.num_classes,
-                     spec.channels, spec.size, tuple(spec.mean), tuple(spec.std))
+    # eval.width reaches only the models the published code applies net_width to (ConvNets)
+    return [EvalTask(set_label, name, k, repeats, recipes[name], cfg.schedule.seed,
+                     cfg.eval.width if uses_net_width(name) else None, spec.num_classes,
+                     spec.channels, spec.size, tuple(spec.mean), tuple(spec.std), spec.name)
             for name in models for k in range(repeats)]
 
 
@@ -149,17 +178,21 @@ def done_line(record: RunRecord, repeats: int) -> str:
 
 def run_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
              test_y: torch.Tensor, *, device: str | torch.device = "cpu",
-             progress: Callable[[int, float], None] | None = None) -> RunRecord:
-    """Train one freshly initialised test model on (train_x, train_y) and test it.
+             progress: Callable[[int, float], None] | None = None,
+             val: tuple[torch.Tensor, torch.Tensor] | None = None) -> RunRecord:
+    """Train one freshly initialised test model on (train_x, train_y) and test it (``val``:
+    held-out images on which ``best`` is chosen instead of the test set).
 
     The single unit of work of every backend: the sequential loop and the Ray tasks both call
     it, which is what makes their numbers identical (given the same torch thread count).
     """
     started = time.perf_counter()
     with rng.seeded_global_rng(task.seed, f"eval-weights-{task.model}", task.repeat):
-        model = build_model(task.model, task.num_classes, task.channels, task.size, width=task.width)
+        model = build_model(task.model, task.num_classes, task.channels, task.size, width=task.width,
+                            dataset=task.dataset)
     result = train_and_evaluate(model, train_x, train_y, as_float_images(test_x), test_y, task.recipe,
-                                mean=task.mean, std=task.std, seed=task.repeat, device=device, progress=progress)
+                                mean=task.mean, std=task.std, seed=task.repeat, device=device, progress=progress,
+                                val=None if val is None else (as_float_images(val[0]), val[1]))
     dev = torch.device(device)
     name = f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "cpu"
     return RunRecord(task.set_label, task.model, task.repeat, result.best_acc, result.last_acc, result.history,

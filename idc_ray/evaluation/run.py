@@ -18,7 +18,8 @@ from idc_ray import storage
 from idc_ray.config import IDCConfig, resolve
 from idc_ray.data import RealData, get_spec, load_dataset
 from idc_ray.evaluation import baselines as bl
-from idc_ray.evaluation.protocol import RunRecord, Work, check_models, done_line, plan_tasks, progress_line, run_task
+from idc_ray.evaluation.protocol import (RunRecord, Work, check_models, done_line, plan_tasks, progress_line, run_task,
+                                         validation_split)
 from idc_ray.evaluation.report import RESULTS_JSON, SUMMARY_JSON, results_dict, write_report
 from idc_ray.evaluation.sets import (EvalSet, artifact_set, base_config, baseline_eval_set, file_set, is_plain_file,
                                      unique_labels, with_overrides)
@@ -40,7 +41,7 @@ class EvalOptions:
     repeat: int | None = None  # None: each set's eval.repeat
     epochs: int | None = None  # None: the dataset rule (1000; ImageNet by formed samples per class)
     fixed_compute: bool = False  # epochs / (formed per stored sample), the paper's Table 2
-    eval_every: int | None = None  # test every N epochs for the curves; None: epochs // 20; 0: at the end only
+    eval_every: int | None = None  # test also every N epochs for the curves; None: epochs // 20; 0: report epochs only
     seed: int | None = None  # None: each set's schedule.seed
     overrides: tuple[str, ...] = ()  # --set section.key=value for every set's config
     backend: str = "auto"  # ray | local | auto (ray when a Ray session is open in this process)
@@ -180,13 +181,24 @@ def _feature_net(request: SetsRequest, cfg: IDCConfig, real: RealData, device, l
                                 progress=lambda e, a: log(f"[eval] herding net epoch {e}/{epochs} acc {100 * a:.2f}%"))
 
 
-def _epochs(s: EvalSet, options: EvalOptions) -> int:
-    epochs = resolve(s.cfg).eval_epochs
-    return max(1, round(epochs / s.formed_per_stored)) if options.fixed_compute else epochs
+def _epochs(s: EvalSet, options: EvalOptions) -> int | None:
+    """None: each test model's epoch rule. ``--fixed-compute``: the set's epochs divided by the
+    formed samples per stored sample, truncated, for every model (the published ``same_compute``:
+    int(epochs / f^2), and no DenseNet rule)."""
+    if not options.fixed_compute:
+        return None
+    return max(1, int(resolve(s.cfg).eval_epochs / s.formed_per_stored))
 
 
-def _eval_every(epochs: int, options: EvalOptions) -> int:
-    return options.eval_every if options.eval_every is not None else max(1, epochs // 20)
+def _validation(cfg: IDCConfig, real: RealData, cache: dict) -> tuple:
+    """() for the published choice of ``best`` on the test set; (val_x, val_y) held out of the
+    real training split for ``eval.best_on: val`` (one split per data, size and seed)."""
+    if cfg.eval.best_on != "val":
+        return ()
+    key = (_data_key(cfg), cfg.eval.val_per_class, cfg.schedule.seed)
+    if key not in cache:
+        cache[key] = validation_split(real, cfg.eval.val_per_class, cfg.schedule.seed)
+    return cache[key]
 
 
 def use_ray(backend: str) -> bool:
@@ -206,7 +218,8 @@ def run_sequential(work: Sequence[Work], *, device: str = "auto", log: Log = _st
     records = []
     for w in work:
         r = run_task(w.task, w.train_x, w.train_y, w.test_x, w.test_y, device=dev,
-                     progress=lambda e, a, t=w.task: log(progress_line(t, e, a)))
+                     progress=lambda e, a, t=w.task: log(progress_line(t, e, a)),
+                     val=None if w.val_x is None else (w.val_x, w.val_y))
         log(done_line(r, w.task.repeats))
         records.append(r)
     return records
@@ -222,13 +235,13 @@ def evaluate_sets(sets: Sequence[EvalSet], data: Mapping[tuple, RealData], optio
     duration) or sequential in this process, per :func:`use_ray`; both give the same numbers.
     ``crash_once`` is the Ray path's fault-injection testing aid (see ``run_parallel``).
     """
-    work, recipes = [], {}
+    work, recipes, held_out = [], {}, {}
     for s in sets:
         real = data[_data_key(s.cfg)]
-        epochs = _epochs(s, options)
-        tasks = plan_tasks(s.cfg, real.spec, s.label, epochs=epochs, eval_every=_eval_every(epochs, options))
-        recipes[s.label] = tasks[0].recipe
-        work += [Work(t, s.x, s.y, real.test_x, real.test_y) for t in tasks]
+        tasks = plan_tasks(s.cfg, real.spec, s.label, epochs=_epochs(s, options), eval_every=options.eval_every)
+        recipes[s.label] = {t.model: t.recipe for t in tasks}
+        val = _validation(s.cfg, real, held_out)
+        work += [Work(t, s.x, s.y, real.test_x, real.test_y, *val) for t in tasks]
     ray_backend = use_ray(options.backend)
     started = time.perf_counter()
     if ray_backend:

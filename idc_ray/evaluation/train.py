@@ -1,10 +1,19 @@
 """IDC's evaluation protocol: train a freshly initialised test model from scratch on a (formed)
 training set and report top-1 accuracy on a test set.
 
-Settings sheet, "Evaluation protocol": SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 64,
-MultiStepLR x0.2 at 2/3 and 5/6 of the epochs, 1000 epochs for the small datasets; per-sample DSA
-(color_crop_cutout_flip_scale_rotate, cutout dropped when CutMix is on) plus CutMix (beta 1,
-probability 0.5). Normalisation happens here; callers pass [0, 1] images, as the store holds them.
+Settings sheet, "Evaluation protocol" and "Corrections": SGD lr 0.01, momentum 0.9, weight decay
+5e-4, batch 64, MultiStepLR x0.2 at 2/3 and 5/6 of the epochs, 1000 epochs for the small datasets;
+per-sample DSA (color_crop_cutout_flip_scale_rotate, cutout dropped when CutMix is on; one of
+crop/scale/rotate per call, as the published DiffAug's single_aug) plus CutMix (beta 1,
+probability 0.5); ImageNet: the loader-side augmentation of :mod:`idc_ray.evaluation.loader_aug`
+instead of DSA, CutMix probability 1. Normalisation happens here (after the loader-side
+augmentation, before DSA, as published); callers pass [0, 1] images, as the store holds them.
+
+Test accuracy is measured where the published train.py measures it, every ``epochs // 4`` epochs
+(test.py ``num_val=4``: at 1/4, 1/2, 3/4 and all of the epochs when 4 divides them): ``last`` is
+the last of these, ``best`` the highest, i.e. a checkpoint selected on the test set. Given
+held-out validation images, ``best`` is instead the test accuracy at the report epoch with the
+highest validation accuracy (``eval.best_on: val``, the corrected variant).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import torch.nn as nn
 
 from idc_ray.engine import rng
 from idc_ray.engine.augment import DiffAugment, cutmix, mixed_cross_entropy
+from idc_ray.evaluation.loader_aug import build_loader_aug
 
 EVAL_BATCH = 500
 
@@ -29,21 +39,44 @@ class TrainRecipe:
     weight_decay: float = 5e-4
     batch_size: int = 64
     augment: str = "color_crop_flip_scale_rotate"  # per-sample DSA strategy ('' for none)
+    aug_single: bool = True  # DSA: one of crop/scale/rotate per call (published); False: all of them
+    loader_aug: str = "none"  # before normalisation: none | imagenet (RRC, flip, jitter, lighting)
     cutmix_prob: float = 0.5  # 0 disables CutMix
     cutmix_beta: float = 1.0
-    eval_every: int = 0  # 0: evaluate only at the end; otherwise also every eval_every epochs
+    eval_every: int = 0  # test also every eval_every epochs (curves); 0: only at the report epochs
 
 
 @dataclass
 class TrainResult:
-    best_acc: float  # best test accuracy over the evaluations in ``history``
-    last_acc: float  # test accuracy after the final epoch
+    best_acc: float  # highest test accuracy at the report epochs (or at the best validation accuracy)
+    last_acc: float  # test accuracy at the last report epoch (the final epoch when 4 divides epochs)
     history: list[tuple[int, float]] = field(default_factory=list)  # (epochs done, test accuracy)
 
 
 def lr_milestones(epochs: int) -> list[int]:
     """The published schedule's decay epochs: 2/3 and 5/6 of training (666 and 833 of 1000)."""
     return [2 * epochs // 3, 5 * epochs // 6]
+
+
+def report_epochs(epochs: int) -> list[int]:
+    """Where the published train.py tests: every ``epochs // 4`` epochs (test.py ``num_val=4``),
+    i.e. 250, 500, 750, 1000 of 1000; 62, 124, 186, 248 of 250 (the last epochs untested)."""
+    every = max(1, epochs // 4)  # the published code divides by zero below 4 epochs
+    return list(range(every, epochs + 1, every))
+
+
+def select_best(history: Sequence[tuple[int, float]], reported: Sequence[int],
+                val_acc: dict[int, float] | None = None) -> tuple[float, float]:
+    """(best, last) test accuracy over the report epochs of ``history``. ``best`` is the highest
+    test accuracy (the published choice, made on the test set) or, given ``val_acc``, the test
+    accuracy where the validation accuracy is highest (the earliest such epoch)."""
+    at_report = {epoch: acc for epoch, acc in history if epoch in reported}
+    if not at_report:
+        return 0.0, 0.0
+    last = at_report[max(at_report)]
+    if val_acc:
+        return at_report[max(at_report, key=lambda e: (val_acc[e], -e))], last
+    return max(at_report.values()), last
 
 
 def _normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -76,45 +109,56 @@ def train_and_evaluate(
     seed: int,
     device: str | torch.device = "cpu",
     progress: Callable[[int, float], None] | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` (in place, moved to ``device``) on (train_x, train_y) and test it.
 
     Images are un-normalised floats in [0, 1], shape (N, C, H, W). The batch order and the
     augmentation draw from two CPU generators derived from ``seed``, so on the CPU the same
     inputs, seed and initial weights give identical results. ``progress(epoch, acc)`` is called
-    after every evaluation (every ``eval_every`` epochs and after the last one).
+    after every evaluation (at :func:`report_epochs`, every ``eval_every`` epochs and after the
+    last one); ``best_acc``/``last_acc`` come from the report epochs only (see :func:`select_best`;
+    ``val``: validation images and labels tested at the report epochs to select ``best``).
     """
     device = torch.device(device)
     model.to(device)
     normalize = _normalizer(mean, std, device)
-    x_train = normalize(train_x)
+    loader_aug = build_loader_aug(recipe.loader_aug)
+    x_train = normalize(train_x) if loader_aug is None else train_x.to(device, torch.float32)
     y_train = train_y.to(device, torch.long)
     n = len(x_train)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(recipe.epochs), gamma=0.2)
-    augment = DiffAugment(recipe.augment, mode="sample")
+    augment = DiffAugment(recipe.augment, mode="sample", single=recipe.aug_single)
     shuffle_gen = rng.generator(seed, "eval-shuffle")
     aug_gen = rng.generator(seed, "eval-augment")
 
     history: list[tuple[int, float]] = []
+    val_acc: dict[int, float] = {}
+    reported = report_epochs(recipe.epochs)
     for epoch in range(1, recipe.epochs + 1):
         model.train()
         order = torch.randperm(n, generator=shuffle_gen).to(device)
         for start in range(0, n, recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
-            xb, yb = augment(x_train[idx], aug_gen), y_train[idx]
+            xb, yb = x_train[idx], y_train[idx]
+            if loader_aug is not None:
+                xb = normalize(loader_aug(xb, aug_gen))
+            xb = augment(xb, aug_gen)
             xb, ya, yb2, lam = cutmix(xb, yb, aug_gen, beta=recipe.cutmix_beta, prob=recipe.cutmix_prob)
             loss = mixed_cross_entropy(model(xb), ya, yb2, lam)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         scheduler.step()
-        if epoch == recipe.epochs or (recipe.eval_every > 0 and epoch % recipe.eval_every == 0):
+        if epoch == recipe.epochs or epoch in reported or (recipe.eval_every > 0 and epoch % recipe.eval_every == 0):
             acc = evaluate(model, test_x, test_y, normalize, device)
             history.append((epoch, acc))
+            if val is not None and epoch in reported:
+                val_acc[epoch] = evaluate(model, val[0], val[1], normalize, device)
             if progress is not None:
                 progress(epoch, acc)
-    last = history[-1][1] if history else 0.0
-    return TrainResult(best_acc=max((a for _, a in history), default=0.0), last_acc=last, history=history)
+    best, last = select_best(history, reported, val_acc if val is not None else None)
+    return TrainResult(best_acc=best, last_acc=last, history=history)

@@ -1,8 +1,11 @@
 """ConvNet-D, the default backbone of DC/DSA/DM and IDC.
 
 D blocks of [Conv 3x3 (pad 1), norm, ReLU, AvgPool 2x2], then flatten and a linear
-classifier. As in the reference implementation, 28-px inputs (MNIST-like) get padding 3
-on the first conv so the feature map is 32x32 and the net is sized exactly as for 32 px.
+classifier. As in the published models/convnet.py, every 1-channel input gets padding 3 on
+the first conv (settings sheet, "Corrections"): 28 px (MNIST) becomes a 32x32 map, sized
+exactly as for 32 px, and a 64 px spectrogram (speech) goes 68 -> 34 -> 17 -> 8 -> 4 through
+ConvNet-4. 3-channel 28 px inputs also get padding 3 (the published network would size its
+classifier for 32 px there and fail); every other input gets padding 1.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ DEFAULT_WIDTH = 128
 DEFAULT_NORM = "instance"
 
 
-def _first_padding(image_size: int) -> int:
-    return 3 if image_size == 28 else 1
+def first_padding(in_channels: int, image_size: int) -> int:
+    """Padding of the first conv: 3 for 1-channel (and 28 px) inputs, else 1."""
+    return 3 if in_channels == 1 or image_size == 28 else 1
 
 
-def feature_size(image_size: int, depth: int) -> int:
+def feature_size(image_size: int, depth: int, in_channels: int) -> int:
     """Side length of the final feature map (each block halves it, floor)."""
-    size = image_size + 2 * _first_padding(image_size) - 2  # 3x3 conv
+    size = image_size + 2 * first_padding(in_channels, image_size) - 2  # 3x3 conv
     for _ in range(depth):
         size //= 2
     return size
@@ -43,7 +47,7 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         for block in range(depth):
-            padding = _first_padding(image_size) if block == 0 else 1
+            padding = first_padding(in_channels, image_size) if block == 0 else 1
             layers += [
                 nn.Conv2d(channels, width, kernel_size=3, padding=padding),
                 make_norm(width),
@@ -52,7 +56,7 @@ class ConvNet(nn.Module):
             ]
             channels = width
         self.features = nn.Sequential(*layers)
-        side = feature_size(image_size, depth)
+        side = feature_size(image_size, depth, in_channels)
         self.classifier = nn.Linear(width * side * side, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,10 +87,12 @@ def build_convnet(
 
 def check_convnet_input(name: str, depth: int, in_channels: int, image_size: int) -> None:
     """ConvNet-D needs every pooling stage to leave at least 1 px."""
-    if feature_size(image_size, depth) < 1:
-        deepest = max((d for d in range(1, 6) if feature_size(image_size, d) >= 1), default=0)
+    if feature_size(image_size, depth, in_channels) < 1:
+        deepest = max((d for d in range(1, 6) if feature_size(image_size, d, in_channels) >= 1), default=0)
         fix = f"use convnet{deepest} or shallower" if deepest else "use larger images"
+        need = f">= {max(1, 2 ** depth - 4)} (1-channel inputs are padded by 4)" if in_channels == 1 \
+            else f">= {2 ** depth} (28 is padded to 32)"
         raise ValueError(
             f"{name} cannot take {image_size}x{image_size} inputs: its {depth} pooling "
-            f"stage(s) need image_size >= {2 ** depth} (28 is padded to 32); {fix}"
+            f"stage(s) need image_size {need}; {fix}"
         )

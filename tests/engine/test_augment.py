@@ -184,3 +184,62 @@ def test_mixed_cross_entropy_matches_manual():
     expected = lam * F.cross_entropy(logits, ya) + (1 - lam) * F.cross_entropy(logits, yb)
     assert torch.allclose(mixed_cross_entropy(logits, ya, yb, lam), expected)
     assert torch.equal(mixed_cross_entropy(logits, ya, ya, 1.0), F.cross_entropy(logits, ya))
+
+
+# -- the published single_aug structure (misc/augment.py DiffAug, settings sheet "Corrections") ---
+
+def _record_calls(monkeypatch) -> list[tuple[str, int]]:
+    """Replace every transform by an identity that records (token, batch size) of each call."""
+    calls: list[tuple[str, int]] = []
+    for token in TOKENS:
+        def fake(self, x, g, token=token):
+            calls.append((token, x.shape[0]))
+            return x
+        monkeypatch.setattr(DiffAugment, f"_{token}", fake)
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["batch", "sample"])
+def test_one_call_applies_flip_colour_one_geometric_then_cutout(monkeypatch, mode):
+    calls = _record_calls(monkeypatch)
+    aug = DiffAugment("color_crop_cutout_flip_scale_rotate", mode=mode)
+    chosen = set()
+    for seed in range(24):
+        calls.clear()
+        aug(images(n=5), gen(seed))
+        tokens = [t for t, _ in calls]
+        assert tokens[:2] == ["flip", "color"] and tokens[3:] == ["cutout"] and len(tokens) == 4
+        assert tokens[2] in ("crop", "scale", "rotate")
+        assert all(n == 5 for _, n in calls)  # the whole batch goes through the one choice: one per call
+        chosen.add(tokens[2])
+    assert chosen == {"crop", "scale", "rotate"}
+
+
+def test_single_false_applies_every_geometric_transform_in_order(monkeypatch):
+    calls = _record_calls(monkeypatch)
+    DiffAugment("rotate_color_crop_scale", mode="sample", single=False)(images(), gen(0))
+    assert [t for t, _ in calls] == ["color", "rotate", "crop", "scale"]
+
+
+def test_the_geometric_choice_comes_from_the_generator(monkeypatch):
+    calls = _record_calls(monkeypatch)
+    aug = DiffAugment("crop_scale_rotate", mode="sample")
+    state = torch.get_rng_state()
+    picks = []
+    for _ in range(2):
+        calls.clear()
+        g = gen(11)
+        picks.append([aug(images(), g) is not None and calls[-1][0] for _ in range(8)])
+    assert picks[0] == picks[1] and len(set(picks[0])) > 1
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("strategy", ["color_crop_cutout", "color_crop", "none"])
+@pytest.mark.parametrize("mode", ["batch", "sample"])
+def test_matching_and_expert_strategies_are_unchanged_by_single(strategy, mode):
+    # One geometric transform: no draw is spent on the choice, so condensation keeps its bytes.
+    x = images(n=6)
+    g1, g2 = gen(4), gen(4)
+    out1 = DiffAugment(strategy, mode=mode, single=True)(x, g1)
+    out2 = DiffAugment(strategy, mode=mode, single=False)(x, g2)
+    assert torch.equal(out1, out2) and torch.equal(g1.get_state(), g2.get_state())

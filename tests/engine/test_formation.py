@@ -91,7 +91,19 @@ def test_bounded_uses_full_factor_when_room():
     assert bounded_split(10, 3, 128) == [(3, 10)]
 
 
-@pytest.mark.parametrize("formation", ["uniform", "multiscale", "bounded", "1d"])
+# Formed samples per class at bound 128 (settings sheet, "Corrections"): the published decode
+# divides the room by k*k; the tight variant (bounded_tight) by k*k - 1.
+@pytest.mark.parametrize("n,factor,published,tight", [(20, 3, 125, 127), (30, 3, 122, 126),
+                                                      (20, 4, 126, 128), (50, 2, 107, 128)])
+def test_bounded_formed_counts_as_published(n, factor, published, tight):
+    assert sum(k * k * c for k, c in bounded_split(n, factor, 128)) == published
+    assert sum(k * k * c for k, c in bounded_split(n, factor, 128, tight=True)) == tight
+    x, y = _data(n=n, c=1, h=8, w=8)
+    assert len(get_former("bounded", factor)(x, y)[0]) == published
+    assert len(get_former("bounded_tight", factor)(x, y)[0]) == tight
+
+
+@pytest.mark.parametrize("formation", ["uniform", "multiscale", "bounded", "bounded_tight", "1d"])
 def test_gradients_flow_to_stored_data(formation):
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     former = get_former(formation, 2, bound=6)

@@ -1,9 +1,12 @@
 import torch
+import torch.nn.functional as F
 
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import ClassStore, load_dataset
+from idc_ray.engine import rng
 from idc_ray.engine.expert import expert_trajectory, init_expert
 from idc_ray.engine.loop import Matcher, build_specs, condense, initial_synset, stack_stored
+from idc_ray.engine.synset import init_class
 
 
 def _setup(**overrides):
@@ -38,6 +41,21 @@ def test_outer_iters_zero_returns_the_initialisation():
     init, labels = stack_stored(initial_synset(cfg, store, store.classes))
     assert torch.equal(result.stored, init) and torch.equal(result.labels, labels)
     assert result.stored.shape == (4, 1, 1, 28, 28)
+
+
+def test_initialisation_follows_init_select():
+    cfg, data, _, _, store = _setup(**{"schedule.outer_iters": 0})
+    first = condense(cfg, data).stored  # smoke: ipc 1, factor 2: a mosaic of 4 real images per class
+    for c in store.classes:  # top-left piece: the class's first image in dataset order
+        top_left = F.interpolate(store.class_tensor(c)[:1], size=(14, 14))
+        assert torch.equal(first[c, 0, :, :14, :14], top_left[0])
+    random_cfg = apply_overrides(cfg, {"synset.init_select": "random"})
+    drawn = condense(random_cfg, data).stored
+    for c in store.classes:  # the (seed, "init", class) generator's permutation, as before
+        expected = init_class(store.class_tensor(c), 1, 2, "mix", rng.generator(0, "init", c), select="random")
+        assert torch.equal(drawn[c], expected)
+    assert not torch.equal(first, drawn)
+    assert build_specs(random_cfg, data.spec)[0].init_select == "random"  # what Ray matcher actors read
 
 
 def test_condensation_changes_the_initialisation():

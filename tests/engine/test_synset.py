@@ -87,10 +87,34 @@ def test_mix_init_for_odd_sides_and_1d():
     assert one_d.shape == (2, 1, 9, 9)
 
 
-def test_noise_init_in_unit_range_and_seeded():
-    a = init_class(_real(), 2, 2, "noise", torch.Generator().manual_seed(5))
-    b = init_class(_real(), 2, 2, "noise", torch.Generator().manual_seed(5))
-    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+def test_noise_init_is_gaussian_around_one_half_clamped_to_unit_range():
+    # Published Synthesizer: clamp(N(0, 1) / 4 + 0.5, 0, 1). About 2.3 % of the pixels sit on each
+    # bound (uniform noise puts none there) and the spread is near 0.25 (uniform: 0.29).
+    a = init_class(_real(), 64, 2, "noise", torch.Generator().manual_seed(5))
+    b = init_class(_real(), 64, 2, "noise", torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.shape == (64, 1, 8, 8)
+    assert 0.01 < float((a == 0).float().mean()) < 0.04 and 0.01 < float((a == 1).float().mean()) < 0.04
+    assert abs(float(a.mean()) - 0.5) < 0.02 and 0.22 < float(a.std()) < 0.26
+
+
+def test_init_takes_the_first_images_of_the_class_by_default():
+    # The published init reads class_sample(c, n): the class's first n images in dataset order.
+    real = _real()
+    assert torch.equal(init_class(real, 3, 1, "random", torch.Generator().manual_seed(0)), real[:3])
+    stored = init_class(real, 2, 2, "mix", torch.Generator().manual_seed(0))
+    down = torch.nn.functional.interpolate(real[:8], size=(4, 4))
+    quads = [stored[..., :4, :4], stored[..., :4, 4:], stored[..., 4:, :4], stored[..., 4:, 4:]]
+    for k, quad in enumerate(quads):  # piece k of stored sample i is image k * ipc + i
+        assert torch.equal(quad, down[2 * k : 2 * k + 2])
+
+
+def test_random_selection_keeps_the_seeded_permutation():
+    real = _real()
+    out = init_class(real, 3, 1, "random", torch.Generator().manual_seed(0), select="random")
+    expected = real[torch.randperm(16, generator=torch.Generator().manual_seed(0))[:3]]
+    assert torch.equal(out, expected) and not torch.equal(out, real[:3])
+    with pytest.raises(ValueError, match="unknown init selection"):
+        init_class(real, 1, 1, "random", torch.Generator(), select="last")
 
 
 def test_sample_formed_caps_at_batch_syn_max():

@@ -14,7 +14,7 @@ from idc_ray.distributed.driver import RunOptions
 from idc_ray.runner import condense_to
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = {"mean", "std", "runs", "epochs", "wall_s", "device"}
+SCHEMA = {"mean", "std", "best_mean", "best_std", "runs", "epochs", "wall_s", "device"}
 
 
 def run_job(*args: str) -> subprocess.CompletedProcess:
@@ -66,7 +66,7 @@ def test_a_single_artifact_gets_its_report_in_its_folder(artifact):
     done = run_job("--condensed", str(artifact), "--backend", "local", "--repeat", "1", "--fixed-compute")
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((artifact / "results.json").read_text())
-    assert results["models"]["convnet3"]["epochs"] == 1 and results["fixed_compute"]  # round(5 / 2^2)
+    assert results["models"]["convnet3"]["epochs"] == 1 and results["fixed_compute"]  # int(5 / 2^2)
     assert (artifact / "results.md").is_file() and (artifact / "curves.png").is_file()
 
 
@@ -91,3 +91,19 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(artifact, small_imag
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
     assert not out.exists()
     assert sorted(p.name for p in artifact.iterdir()) == before, done.stderr
+
+
+def test_the_published_codes_data_pt_evaluates_as_its_test_py_would(tmp_path):
+    # condense.py saves torch.save([data, labels]) un-normalised and unclamped; test.py forms and
+    # trains on it unclipped. Values from -0.2 to 1.24, as seen after 49 inner iterations on MNIST.
+    g = torch.Generator().manual_seed(2)
+    data = torch.rand(8, 1, 28, 28, generator=g) * 1.44 - 0.2
+    torch.save([data, torch.arange(4).repeat_interleave(2)], tmp_path / "data.pt")
+    out = tmp_path / "eval"
+    done = run_job("--condensed", str(tmp_path / "data.pt"), "--dataset", "tiny", "--factor", "2", "--epochs", "1",
+                   "--repeat", "1", "--models", "convnet3", "--set", "eval.width=8", "--backend", "local",
+                   "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())  # one set: its report is the folder
+    assert (results["set"]["stored_samples"], results["set"]["formed_samples"], results["set"]["factor"]) == (8, 32, 2)
+    assert len(results["models"]["convnet3"]["runs"]) == 1

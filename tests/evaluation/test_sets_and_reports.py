@@ -13,7 +13,7 @@ from idc_ray.evaluation.protocol import form_stored
 from idc_ray.evaluation.run import EvalOptions, SetsRequest, build_sets, evaluate_sets, report_folder, write_reports
 from idc_ray.runner import condense_to
 
-SCHEMA = {"mean", "std", "runs", "epochs", "wall_s", "device"}
+SCHEMA = {"mean", "std", "best_mean", "best_std", "runs", "epochs", "wall_s", "device"}
 QUIET = {"log": lambda _: None}
 
 
@@ -58,6 +58,23 @@ def test_plain_files_in_every_layout(tmp_path):
         build_sets(SetsRequest(condensed=(str(tmp_path / "short.pt"),), dataset="tiny"), EvalOptions(), **QUIET)
 
 
+def test_published_data_pt_is_read_and_kept_unclipped(tmp_path):
+    from idc_ray.engine.formation import form_uniform
+
+    g = torch.Generator().manual_seed(1)
+    data = torch.rand(8, 1, 28, 28, generator=g) * 1.44 - 0.2  # -0.2 .. 1.24: optimised, unclamped
+    labels = torch.arange(4).repeat_interleave(2)
+    torch.save([data, labels], tmp_path / "data.pt")  # the published condense.py's format
+    (s,), _, _ = build_sets(SetsRequest(condensed=(str(tmp_path / "data.pt"),), dataset="tiny", factor=2),
+                            EvalOptions(), **QUIET)
+    fx, fy = form_uniform(data, labels, 2)
+    assert torch.equal(s.x, fx) and torch.equal(s.y, fy) and (s.ipc, s.factor, s.stored) == (2, 2, 8)
+    assert float(s.x.min()) < -0.15 and float(s.x.max()) > 1.15  # as test.py trains on them: no clipping
+    torch.save([(data.clamp(0, 1) - 0.1307) / 0.3081, labels], tmp_path / "normed.pt")  # MNIST-normalised
+    with pytest.raises(ValueError, match=r"values span \[-0.424, 2.82\].*pass --normalized"):
+        build_sets(SetsRequest(condensed=(str(tmp_path / "normed.pt"),), dataset="tiny"), EvalOptions(), **QUIET)
+
+
 def test_baselines_get_the_recipe_of_factor_1_and_fixed_compute_divides_by_f_squared(artifact):
     options = EvalOptions(repeat=1, eval_every=2, backend="local", device="cpu", fixed_compute=True,
                           overrides=("eval.epochs=8",))
@@ -66,7 +83,8 @@ def test_baselines_get_the_recipe_of_factor_1_and_fixed_compute_divides_by_f_squ
     assert [s.cfg.synset.factor for s in sets] == [2, 1, 1] and sets[1].cfg.eval.width == 16
     results = evaluate_sets(sets, data, options, **QUIET)
     assert [r["models"]["convnet3"]["epochs"] for r in results] == [2, 8, 8]  # 8 / 2^2 for the factor-2 set
-    assert [len(r["curves"]["convnet3"][0]) for r in results] == [1, 4, 4]
+    # every 2 epochs (--eval-every) and the report epochs (multiples of epochs // 4: 1, 2 for the 2-epoch run)
+    assert [[e for e, _ in r["curves"]["convnet3"][0]] for r in results] == [[1, 2], [2, 4, 6, 8], [2, 4, 6, 8]]
 
 
 def test_results_json_schema_and_write_order(artifact, tmp_path, monkeypatch):
@@ -79,7 +97,9 @@ def test_results_json_schema_and_write_order(artifact, tmp_path, monkeypatch):
         assert set(m) == SCHEMA and m["epochs"] == 2 and m["device"] == "cpu" and m["wall_s"] > 0
         assert [set(run) for run in m["runs"]] == [{"best", "last"}] * 2
         assert m["mean"] == pytest.approx(sum(run["last"] for run in m["runs"]) / 2)
+        assert m["best_mean"] == pytest.approx(sum(run["best"] for run in m["runs"]) / 2)
         assert all(run["best"] >= run["last"] for run in m["runs"])
+        assert r["best_selected_on"] == "test" and "SELECTED ON THE TEST SET" in r["metric"]
     written: list[str] = []
     real_write = report.storage.atomic_write_bytes
     monkeypatch.setattr(report.storage, "atomic_write_bytes",
@@ -95,6 +115,7 @@ def test_results_json_schema_and_write_order(artifact, tmp_path, monkeypatch):
     assert [s["results"] for s in summary["sets"]] == ["run/results.json", "random-ipc1/results.json"]
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| tiny | 1 | IDC (factor 2) | 16 / 4 |" in table and "| tiny | 1 | random | 4 / 4 |" in table
+    assert "(best " in table and "selected on the test set" in table
     assert (tmp_path / "out" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -127,3 +148,17 @@ def test_evaluate_artifact_writes_next_to_the_artifact(artifact, tmp_path):
     assert set(doc["models"]) == {"convnet3"} and doc["models"]["convnet3"]["epochs"] == 2
     with pytest.raises(ValueError, match="unknown model 'lenet'"):
         evaluate_artifact(str(folder), models=("lenet",), backend="local")
+
+
+def test_best_on_validation_is_recorded_and_drawn_from_the_training_split(artifact):
+    options = EvalOptions(repeat=1, epochs=4, eval_every=0, backend="local", device="cpu",
+                          overrides=("eval.best_on=val", "eval.val_per_class=2"))
+    sets, data, _ = build_sets(SetsRequest(condensed=(artifact,)), options, **QUIET)
+    (doc,) = evaluate_sets(sets, data, options, **QUIET)
+    assert doc["best_selected_on"] == "val" and "held-out real training images" in doc["metric"]
+    run = doc["models"]["convnet3"]["runs"][0]
+    assert run["best"] in [acc for _, acc in doc["curves"]["convnet3"][0]]
+    from idc_ray.evaluation.protocol import validation_split
+
+    vx, vy = validation_split(data[("tiny", None)], 2, 0)
+    assert vx.shape[0] == 8 and vy.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]

@@ -62,6 +62,9 @@ def test_outer_iters_zero_writes_the_initialisation(tmp_path):
         (["--eval-models", "lenet"], "unknown model"),
         (["--eval-models", "convnet3", "--eval-repeat", "0"], "--eval-repeat must be at least 1"),
         (["--eval-epochs", "3"], "--eval-repeat/--eval-epochs need --eval-models"),
+        (["--pool-seeds", "2"], "--pool-cache/--pool-seeds apply to expert.pretrained=auto"),
+        (["--set", "expert.pretrained=auto", "--pool-seeds", "0"], "--pool-seeds must be at least 1"),
+        (["--set", "expert.pretrained=auto", "--pool-cache", "s3://bucket/pools"], "not object storage"),
     ],
 )
 def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, args, message):
@@ -79,7 +82,7 @@ def test_help_lists_every_flag():
     for flag in ("--preset", "--dataset", "--ipc", "--factor", "--seed", "--outer-iters", "--inner-iters",
                  "--output", "--config", "--set", "--backend", "--address", "--num-actors", "--gpus-per-actor",
                  "--checkpoint-every", "--resume", "--max-restarts", "--eval-models", "--eval-repeat",
-                 "--eval-epochs"):
+                 "--eval-epochs", "--pool-cache", "--pool-seeds"):
         assert flag in done.stdout
 
 

@@ -60,9 +60,10 @@ def test_embed_feeds_classifier():
         assert torch.allclose(model(x), model.classifier(model.embed(x)))
 
 
-@pytest.mark.parametrize("image_size, padding", [(28, 3), (32, 1)])
-def test_convnet3_sized_as_for_32px(image_size, padding):
-    model = _build("convnet3", 1, image_size)
+@pytest.mark.parametrize("in_channels, image_size, padding", [(1, 28, 3), (1, 32, 3), (3, 28, 3), (3, 32, 1)])
+def test_convnet3_sized_as_for_32px(in_channels, image_size, padding):
+    """Published models/convnet.py: first-conv padding 3 for every 1-channel input."""
+    model = _build("convnet3", in_channels, image_size)
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     assert first_conv.padding == (padding, padding)
     assert model.classifier.in_features == 128 * 4 * 4 == 2048
