@@ -19,6 +19,8 @@
 5. Where the time of one inner iteration goes on the device, in this process with the device
    synchronised around each part: matching (all classes), the expert's real-data update, and
    moving an expert state as the job does (to CPU for the object store, into the matcher's model).
+6. Every test network of the CIFAR-10, ImageNet-10 and speech presets trains 4 epochs on the
+   device with its preset's evaluation augmentation (ImageNet's is loader-side).
 
 Every section records its error instead of stopping the script, so one failure on CUDA still
 leaves the other measurements. Exit code 1 when a section failed or a check did not hold
@@ -228,6 +230,36 @@ def time_breakdown(device: torch.device, tiny: bool, steps: int) -> dict:
             "classes": len(store.classes)}
 
 
+# Section 6: every test network of these presets, with the preset's evaluation recipe
+# (per-batch DSA, or ImageNet's loader-side augmentation) on the device. --tiny: one per preset.
+PRESET_NETWORKS = {"cifar10": ("convnet3", "resnet10", "densenet121"),
+                   "imagenet10": ("resnetap10", "resnet18", "efficientnet-b0"), "speech": ("convnet4",)}
+
+
+def test_networks(device: torch.device, tiny: bool, log: Log) -> dict:
+    """Section 6: a 4-epoch run of each preset's test networks on random data of the dataset's
+    shape (one image per class to train on), through the protocol's own ``run_task``."""
+    from idc_ray.data import get_spec
+    from idc_ray.evaluation.protocol import plan_tasks, run_task
+
+    results = {}
+    g = torch.Generator().manual_seed(0)
+    for preset, models in PRESET_NETWORKS.items():
+        cfg = load_preset(preset)
+        spec = get_spec(cfg.data.dataset)
+        shape = (spec.num_classes, spec.channels, spec.size, spec.size)
+        train_x, train_y = torch.rand(shape, generator=g), torch.arange(spec.num_classes)
+        test_x = torch.randint(0, 256, (2 * spec.num_classes, *shape[1:]), generator=g, dtype=torch.uint8)
+        test_y = torch.arange(spec.num_classes).repeat(2)
+        for task in plan_tasks(cfg, spec, "random", models=models[:1] if tiny else models, repeat=1, epochs=4):
+            started = time.perf_counter()
+            record = run_task(task, train_x, train_y, test_x, test_y, device=device)
+            results[f"{preset}/{task.model}"] = {"wall_s": time.perf_counter() - started, "device": record.device,
+                                                 "last": record.last, "tests": len(record.history)}
+            log(f"[networks] {preset}/{task.model}: 4 epochs in {time.perf_counter() - started:.1f} s on {record.device}")
+    return results
+
+
 def section(name: str, log: Log, fn, errors: dict):
     log(f"== {name}")
     try:
@@ -238,13 +270,15 @@ def section(name: str, log: Log, fn, errors: dict):
         return None
 
 
-def failed_checks(result: dict) -> list[str]:
+def failed_checks(result: dict, device_type: str) -> list[str]:
     failed = [f"section {name} failed: {err}" for name, err in result["errors"].items()]
     ray_result = result.get("ray_job") or {}
     if ray_result.get("actors_on_device") is False:
         failed.append("a matcher actor did not get the GPU")
     if ray_result and not ray_result.get("stored_equal_within_float32", True):
         failed.append("stored data differ across actor counts by more than the device's run-to-run differences")
+    if device_type == "cuda" and any(not r["device"].startswith("cuda") for r in (result.get("networks") or {}).values()):
+        failed.append("a test network did not train on the GPU")
     if (result.get("evaluation") or {}).get("task_on_device") is False:
         failed.append("the evaluation task did not run on the GPU")
     return failed
@@ -292,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     result["breakdown"] = section("time breakdown", log, lambda: time_breakdown(device, args.tiny, steps), errors)
     log(f"breakdown: {result['breakdown']}")
-    result["failed_checks"] = failed_checks(result)
+    result["networks"] = section("test networks", log, lambda: test_networks(device, args.tiny, log), errors)
+    result["failed_checks"] = failed_checks(result, device.type)
     name = "gpu_tiny" if args.tiny else "gpu"
     path = write(name, result, device)
     (results_dir() / f"{name}.log").write_text("\n".join(log.lines) + "\n")

@@ -94,4 +94,21 @@ def test_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     assert r["evaluation"]["devices"] == ["cpu"] and 0 <= r["evaluation"]["accuracy_last"] <= 1
     shares = r["breakdown"]["share"]
     assert set(shares) == {"matching", "expert", "transfer"} and abs(sum(shares.values()) - 1) < 1e-9
-    assert (tmp_path / "gpu_tiny.log").read_text().count("== ") == 5
+    assert set(r["networks"]) == {"cifar10/convnet3", "imagenet10/resnetap10", "speech/convnet4"}
+    assert all(n["device"] == "cpu" and n["tests"] >= 4 for n in r["networks"].values())
+    assert (tmp_path / "gpu_tiny.log").read_text().count("== ") == 6
+
+
+def test_quality_per_iteration_runs_at_tiny_sizes(tmp_path):
+    """benchmarks/quality_per_iteration.py --tiny: both sampling modes condense from the same
+    initialisation, and each gain is the set's accuracy minus the initialisation's."""
+    env = {**os.environ, "IDC_BENCH_RESULTS": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(BENCH / "quality_per_iteration.py"), "--tiny", "--seeds", "0"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads((tmp_path / "quality_per_iteration_tiny.json").read_text())
+    assert set(r["modes"]) == {"stream", "independent"} and len(r["git"]["commit"]) == 40
+    for mode in r["modes"].values():
+        run = mode["runs"][0]
+        assert run["gain"] == pytest.approx(run["last"] - run["init"]) and len(run["loss_history"]) == 1
+    assert r["modes"]["stream"]["runs"][0]["init"] == r["modes"]["independent"]["runs"][0]["init"]
