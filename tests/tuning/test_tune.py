@@ -17,8 +17,9 @@ from idc_ray.artifacts import load_condensed
 from idc_ray.config import ConfigError, apply_overrides, load_preset
 from idc_ray.data import load_dataset
 from idc_ray.distributed.driver import RunOptions, condense_job
-from idc_ray.tuning import (config_keys, data_settings, ensure_pool, load_space, pool_dir, pool_settings, pool_shared,
-                            settings_key, space_from_dict, stage_outers)
+from idc_ray.distributed.sweep import search_space
+from idc_ray.tune.cache import data_settings, ensure_pool, pool_dir, pool_settings, pool_shared, settings_key
+from idc_ray.tune.space import config_keys, load_space, space_from_dict, stage_outers
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
@@ -67,7 +68,7 @@ def test_every_shipped_space_loads_and_validates(path):
     for preset in presets:
         load_space(path, load_preset(preset))  # every swept value fits the preset
     assert all(p.key in config_keys() for p in space.params)
-    assert set(space.search_space()) == {p.key for p in space.params}
+    assert set(search_space(space)) == {p.key for p in space.params}
     assert "python jobs/tune.py --space tune_spaces/" in path.read_text()  # its header shows the command
 
 
@@ -79,9 +80,9 @@ def test_the_cifar10_space_combines_the_others():
 
 def test_ranges_become_tune_samplers():
     space = load_space(ROOT / "tune_spaces/factor.yaml")
-    factor = space.search_space()["synset.factor"]
+    factor = search_space(space)["synset.factor"]
     assert (factor.lower, factor.upper) == (1, 5)  # randint's high is inclusive in the space, exclusive in Tune
-    lr = load_space(ROOT / "tune_spaces/lr.yaml").search_space()["match.lr_img"]
+    lr = search_space(load_space(ROOT / "tune_spaces/lr.yaml"))["match.lr_img"]
     assert (lr.lower, lr.upper) == (1e-4, 1e-1)
 
 
@@ -94,21 +95,25 @@ def test_ranges_become_tune_samplers():
         ("params: {match.lr_img: {type: uniform, low: 0.1, high: 0.1}}", "low 0.1 must be less than high 0.1"),
         ("params: {match.lr_img: {type: loguniform, low: 0, high: 0.1}}", "loguniform needs positive bounds"),
         ("params: {synset.formation: {type: choice, values: []}}", "choice needs a non-empty list"),
-        ("params: {synset.factor: {type: randint, low: 1.5, high: 4}}", "randint needs integer bounds"),
+        ("params: {synset.factor: {type: randint, low: 1.5, high: 4}}", "'synset.factor' must be an integer, got 1.5"),
+        ("params: {match.lr_img: {type: randint, low: 0.5, high: 4}}", "randint needs integer bounds"),
         ("params: {match.lr_img: {type: normal, low: 0, high: 1}}", "unknown type 'normal'"),
         ("params: {match.lr_img: {type: uniform, low: 0.1}}", "needs 'low' and 'high'"),
-        ("params: {match.lr_img: {type: uniform, low: a, high: 1}}", "params.match.lr_img.low must be a number"),
+        ("params: {match.lr_img: {type: uniform, low: a, high: 1}}", "params.match.lr_img.low: 'match.lr_img' must be a number, got 'a'"),
         ("params: {match.lr_img: {type: choice, values: [1], low: 0}}", "'low' does not apply to type choice"),
         ("params: {match.lr_img: 0.1}", "must be a mapping with a 'type'"),
-        ("params: {synset.ipc: {type: uniform, low: 1, high: 4}}", "uniform samples real numbers but synset.ipc is int"),
-        ("params: {synset.formation: {type: randint, low: 1, high: 4}}", "randint samples integers but synset.formation"),
+        ("params: {synset.ipc: {type: uniform, low: 1, high: 4}}", "'synset.ipc' must be an integer, got 0.5 \\(a uniform draw\\); use randint or choice"),
+        ("params: {synset.formation: {type: randint, low: 1, high: 4}}", "randint draws integers but synset.formation takes str values; use choice"),
         ("params: {}", "'params' must map at least one config field"),
         ("paramz: {}", "unknown key 'paramz'"),
         ("metric: f1\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "metric 'f1' is not reported"),
         ("mode: up\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "mode 'up' must be max or min"),
-        ("stages: 0\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "stages must be an integer >= 1"),
+        ("stages: 0\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "stages must be at least 1, got 0"),
         ("fixed: {match.lr_img: 0.1}\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "both fixed and swept"),
         ("fixed: {expert.colour: 1}\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "unknown config key 'expert.colour'"),
+        ("stages: x\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "'stages' must be an integer, got 'x'"),
+        ("asha: {reduction_factor: 1}\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "must be a number > 1"),
+        ("params: {match.lr_img: {type: choice, values: [0.1, fast]}}", "'match.lr_img' must be a number, got 'fast'"),
         ("[1, 2]", "must be a mapping"),
     ],
 )
@@ -176,11 +181,11 @@ def test_cache_keys_follow_only_the_settings_they_depend_on():
 
 
 def test_the_pool_is_pretrained_once_and_found_again(tmp_path, monkeypatch):
-    import idc_ray.pretrain
+    import idc_ray.tune.cache
 
     calls = []
-    real_pretrain = idc_ray.pretrain.pretrain_pool
-    monkeypatch.setattr(idc_ray.pretrain, "pretrain_pool", lambda *a, **k: calls.append(1) or real_pretrain(*a, **k))
+    real_pretrain = idc_ray.tune.cache.pretrain_pool
+    monkeypatch.setattr(idc_ray.tune.cache, "pretrain_pool", lambda *a, **k: calls.append(1) or real_pretrain(*a, **k))
     cfg = apply_overrides(load_preset("smoke"), {"expert.pretrained": "auto", "expert.pt_num": 2})
     data = load_dataset("tiny", None)
     first = ensure_pool(cfg, lambda: data, tmp_path, 2, log=lambda _: None)
