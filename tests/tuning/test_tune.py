@@ -35,13 +35,33 @@ def load_job(name: str):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A 2-CPU local Ray (or the session's, when another test folder started one)."""
+    """A 2-CPU local Ray (or the session's, when another test folder started one); its address,
+    which the jobs join with --address."""
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    yield
+    yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
+
+
+def run_tune(args: list[str], capsys) -> tuple[int, str, str]:
+    """jobs/tune.py as the command line runs it (one error line and exit 2 for bad input), in
+    this process: (exit code, stdout, stderr)."""
+    from idc_ray.cli import run_main
+
+    job = load_job("tune")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        run_main(lambda: job.main(args))
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
+
+def write_space(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
 
 
 @pytest.fixture
@@ -281,3 +301,74 @@ def test_a_two_trial_sweep_reports_ranks_and_its_best_config_reruns_to_the_same_
     assert code == 0
     assert torch.equal(load_condensed(rerun)[0], load_condensed(artifact)[0])
     assert yaml.safe_load((rerun / "config.yaml").read_text()) == yaml.safe_load((Path(artifact) / "config.yaml").read_text())
+
+
+def test_asha_stops_a_clearly_worse_trial_early(ray_local, tmp_path, capsys):
+    """Two trials, lr_img seven decades apart, run one at a time (each takes the whole cluster):
+    the first (the preset's lr_img) sets the rung, and the second, whose images blow up, falls
+    below it at stage 1 of 2, is stopped there and shows so in the table (with fifo, or without a
+    scheduler, both would finish)."""
+    space = write_space(tmp_path, "preset: smoke\nstages: 2\ninterim_epochs: 5\n"
+                                  "asha: {grace_period: 1, reduction_factor: 2}\n"
+                                  "params: {match.lr_img: {type: grid, values: [1.0e-2, 1.0e+5]}}\n")
+    storage_path = tmp_path / "tune"
+    code, out, err = run_tune(["--space", space, "--num-samples", "1", "--scheduler", "asha", "--address", ray_local,
+                               "--storage-path", str(storage_path), "--name", "asha", "--num-actors", "1",
+                               "--cpus-per-actor", "1", "--quiet"], capsys)
+    assert code == 0, err
+    experiment = storage_path / "asha"
+    reports = {p.parent.name.removeprefix("trial_"): [json.loads(line) for line in p.read_text().splitlines()]
+               for p in experiment.glob("trial_*/result.json")}
+    assert len(reports) == 2
+    stopped = [t for t, history in reports.items() if len(history) == 1 and not history[-1]["final"]]
+    finished = [t for t, history in reports.items() if len(history) == 2 and history[-1]["final"]]
+    assert stopped and finished
+    assert max(reports[t][0]["accuracy"] for t in stopped) < min(reports[t][0]["accuracy"] for t in finished)
+    rows = {line.split(" | ")[1]: line for line in (experiment / "tune_results.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| rank")}
+    assert all("stopped at stage 1/2" in rows[t] for t in stopped)
+    assert all("completed" in rows[t] for t in finished)
+
+
+def test_a_trial_larger_than_the_cluster_is_one_line_and_exit_2(ray_local, tmp_path, capsys):
+    storage_path = tmp_path / "tune"
+    code, _, err = run_tune(["--space", "tune_spaces/lr.yaml", "--preset", "smoke", "--address", ray_local,
+                             "--storage-path", str(storage_path), "--num-actors", "2", "--cpus-per-actor", "1",
+                             "--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: one trial needs 3 CPU") and "cluster has 2" in lines[0], err
+    assert not storage_path.exists()
+
+
+def test_an_unreachable_bucket_is_one_line_and_exit_2(ray_local, aws_env, dead_endpoint, monkeypatch, tmp_path,
+                                                     capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead_endpoint)
+    monkeypatch.chdir(tmp_path)  # where a remote sweep would keep its local copies (runs/tune/<name>)
+    code, _, err = run_tune(["--space", str(ROOT / "tune_spaces/lr.yaml"), "--preset", "smoke",
+                             "--address", ray_local, "--storage-path", "s3://sweeps/tune", "--name", "dead",
+                             "--num-actors", "1", "--cpus-per-actor", "0.5", "--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and dead_endpoint in lines[0] and "s3://sweeps/tune" in lines[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_where_no_trial_completes_exits_1_and_says_so(ray_local, tmp_path, capsys):
+    """Every trial fails where it writes its artifact (a file stands where the artifacts folder
+    goes), after every check the driver does: exit 1, no best config, each error in the table."""
+    space = write_space(tmp_path, "preset: smoke\nstages: 1\n"
+                                  "params: {match.lr_img: {type: grid, values: [1.0e-2, 1.0e-1]}}\n")
+    experiment = tmp_path / "tune" / "broken"
+    experiment.mkdir(parents=True)
+    (experiment / "artifacts").write_text("not a folder")
+    code, out, err = run_tune(["--space", space, "--num-samples", "1", "--address", ray_local,
+                               "--storage-path", str(tmp_path / "tune"), "--name", "broken", "--num-actors", "1",
+                               "--cpus-per-actor", "0.5", "--quiet"], capsys)
+    assert code == 1
+    assert "error: no trial completed every stage" in err
+    assert not (experiment / "best_config.yaml").exists()
+    table = (experiment / "tune_results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert len(rows) == 2 and all(" | error: " in row and "Not a directory" in row for row in rows), table
+    assert "No trial completed every stage, so no best config was written." in table
