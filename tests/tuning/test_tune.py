@@ -4,8 +4,6 @@
 import importlib.util
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -168,18 +166,16 @@ def test_stages_are_spread_over_the_outer_iterations():
     assert stage_outers(0, 4) == [0]
 
 
-def test_tune_job_bad_input_is_one_error_line_and_exit_2(tmp_path):
+def test_tune_job_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("params: {match.lr_img: {type: loguniform, low: 1, high: 0.5}}\n")
     for args, message in [
         (["--space", str(bad), "--preset", "smoke"], "low 1 must be less than high 0.5"),
-        (["--space", "tune_spaces/lr.yaml"], "names no preset; pass --preset"),
+        (["--space", str(ROOT / "tune_spaces/lr.yaml")], "names no preset; pass --preset"),
     ]:
-        done = subprocess.run([sys.executable, "jobs/tune.py", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=120)
-        assert done.returncode == 2, done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+        code, _, err = run_tune(args, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +328,7 @@ def test_asha_stops_a_clearly_worse_trial_early(ray_local, tmp_path, capsys):
 
 def test_a_trial_larger_than_the_cluster_is_one_line_and_exit_2(ray_local, tmp_path, capsys):
     storage_path = tmp_path / "tune"
-    code, _, err = run_tune(["--space", "tune_spaces/lr.yaml", "--preset", "smoke", "--address", ray_local,
+    code, _, err = run_tune(["--space", str(ROOT / "tune_spaces/lr.yaml"), "--preset", "smoke", "--address", ray_local,
                              "--storage-path", str(storage_path), "--num-actors", "2", "--cpus-per-actor", "1",
                              "--quiet"], capsys)
     lines = err.strip().splitlines()
