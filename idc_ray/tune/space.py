@@ -159,7 +159,8 @@ def space_from_dict(data: Any, source: str = "tune space") -> TuneSpace:
     if s.reduction_factor <= 1:
         raise ConfigError(f"{where}: asha.reduction_factor must be a number > 1, got {s.reduction_factor:g}")
     if s.grace_period > s.stages:
-        raise ConfigError(f"{where}: asha.grace_period {s.grace_period} is more than the {s.stages} stages a trial reports")
+        raise ConfigError(f"{where}: asha.grace_period {s.grace_period} is more than the {s.stages} stages "
+                          "a trial reports")
     return TuneSpace(source, params, preset, metric, mode, dict(fixed), s.stages, s.interim_epochs, s.pool_seeds,
                      s.grace_period, s.reduction_factor)
 
