@@ -246,6 +246,31 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str, source: str) -> Any:
     return replace(obj, **changes)
 
 
+def coerce(key: str, value: Any, source: str = "override", root: type | None = None) -> Any:
+    """``value`` as the field ``key`` (dotted, e.g. ``match.lr_img``) of ``root`` (default
+    :class:`IDCConfig`) stores it: the one type check and conversion every config value goes
+    through (YAML files, ``--set``, the values of a Tune space). Ranges are :func:`validate`'s job.
+
+    Raises:
+        ConfigError: one line naming ``source``, the key and what it takes.
+    """
+    obj: Any = (root or IDCConfig)()
+    *sections, leaf = key.split(".")
+    for i, name in enumerate([*sections, leaf]):
+        known = {f.name: f for f in fields(obj)}
+        prefix = ".".join(sections[:i]) + "." if i else ""
+        if name not in known:
+            raise ConfigError(f"{source}: unknown key '{key}'; valid keys: {', '.join(prefix + k for k in known)}")
+        if i < len(sections):
+            obj = getattr(obj, name)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{source}: unknown key '{key}'; '{prefix}{name}' has no keys below it")
+    current = getattr(obj, leaf)
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"{source}: '{key}' is a section; give one of its keys, e.g. {key}.{fields(current)[0].name}")
+    return _coerce(value, current, known[leaf], key, source)
+
+
 def _coerce(value: Any, current: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     """Check a leaf value against the field's declared type (written as a string annotation)."""
     kind = str(f.type)

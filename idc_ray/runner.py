@@ -90,7 +90,7 @@ def pool_cache_dir(cfg: IDCConfig, out_dir: str | Path, pool: PoolOptions | None
             so it must be a local folder or one every node mounts).
     """
     from idc_ray import storage
-    from idc_ray.tuning import AUTO_POOL
+    from idc_ray.tune.cache import AUTO_POOL
 
     if cfg.expert.pretrained != AUTO_POOL:
         if pool is not None:
@@ -115,9 +115,9 @@ def with_pool(cfg: IDCConfig, cache: str, seeds: int, options: RunOptions, devic
               storage_options: dict | None) -> IDCConfig:
     """``cfg`` with ``expert.pretrained: auto`` replaced by the folder of its pretrained pool,
     taken from ``cache`` or pretrained now and cached there, keyed by the settings that shape it
-    (``idc_ray.tuning.ensure_pool``, the function Tune trials use); on the Ray backend the seeds
+    (``idc_ray.tune.cache.ensure_pool``, the function Tune trials use); on the Ray backend the seeds
     run as parallel Ray tasks (``idc_ray.distributed.pool``)."""
-    from idc_ray.tuning import ensure_pool
+    from idc_ray.tune.cache import ensure_pool
 
     resolve(cfg)  # a bad config fails now, not after hours of pretraining
     log = lambda message: print(f"[idc-ray] {message}", file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ import sys
 from idc_ray.cli import add_config_arguments, config_from_args, run_main, setup_logging
 from idc_ray.config import ConfigError
 from idc_ray.storage import parse_storage_options
-from idc_ray.tuning import load_space
+from idc_ray.tune.space import load_space
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -213,3 +213,21 @@ def test_published_normalisation_by_default_corrected_on_request():
         apply_overrides(load_preset("cifar10"), ["data.stats=measured"])
     with pytest.raises(ConfigError, match="synset.init_select 'last' is unknown"):
         apply_overrides(load_preset("cifar10"), ["synset.init_select=last"])
+
+
+def test_coerce_is_the_one_type_check_of_a_dotted_field():
+    from idc_ray.config import coerce
+
+    assert coerce("match.lr_img", "1e-4") == 1e-4 and isinstance(coerce("match.lr_img", 1), float)
+    assert coerce("eval.models", "convnet3, resnet10") == ("convnet3", "resnet10")
+    assert coerce("expert.pretrained", None) is None
+    for key, value, message in [
+        ("synset.ipc", 0.5, "'synset.ipc' must be an integer, got 0.5"),
+        ("match.lr_img", "fast", "'match.lr_img' must be a number, got 'fast'"),
+        ("match.colour", 1, "unknown key 'match.colour'; valid keys: match.objective, match.metric"),
+        ("match", 1, "'match' is a section; give one of its keys, e.g. match."),
+        ("synset.ipc.x", 1, "unknown key 'synset.ipc.x'"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as info:
+            coerce(key, value, "where")
+        assert "\n" not in str(info.value) and str(info.value).startswith("where: ")

@@ -1,5 +1,5 @@
 """The pretrained expert pool of ``expert.pretrained: auto`` built on a Ray cluster: one task per
-pool seed, in parallel, into the keyed cache that Tune trials use too (``idc_ray.tuning.ensure_pool``).
+pool seed, in parallel, into the keyed cache that Tune trials use too (``idc_ray.tune.cache.ensure_pool``).
 
 The published ImageNet-100 run pre-trains its 10 networks in a separate step before the
 condensation (settings sheet, "Per-dataset settings"); here ``jobs/condense.py`` builds the pool
@@ -25,7 +25,7 @@ from idc_ray.data import RealData, load_dataset
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.engine.expert import pool_checkpoint
-from idc_ray.tuning import ensure_pool
+from idc_ray.tune.cache import ensure_pool
 
 
 def _log(message: str) -> None:
@@ -88,7 +88,7 @@ def pretrain_seeds(cfg: IDCConfig, folder: Path, seeds: int, epochs: int, option
 def ensure_pool_on_ray(cfg: IDCConfig, cache_dir: str, seeds: int, options: RunOptions,
                        storage_options: dict | None = None, log: Callable[[str], None] = _log) -> str:
     """The cached pool of ``cfg`` (``<cache_dir>/pools/<key>``, the key of
-    :func:`idc_ray.tuning.pool_settings`), pretrained here by parallel seed tasks when missing."""
+    :func:`idc_ray.tune.cache.pool_settings`), pretrained here by parallel seed tasks when missing."""
     build = lambda plain, folder, epochs: pretrain_seeds(plain, folder, seeds, epochs, options, storage_options, log)
     return ensure_pool(cfg, None, cache_dir, seeds, log=log, build=build)
 

@@ -24,6 +24,9 @@ from typing import Any, Callable, Mapping
 
 import ray
 import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.util.placement_group import PlacementGroup, get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -37,9 +40,9 @@ from idc_ray.distributed.ray_group import ClusterError
 from idc_ray.evaluation.parallel import evaluate_task
 from idc_ray.evaluation.protocol import RunRecord, form_stored, plan_tasks
 from idc_ray.runner import condense_to
-from idc_ray.tuning import (AUTO_POOL, TrialRow, TuneSpace, best_config_text, data_settings, ensure_pool,
-                            interim_epochs, pool_shared, rank_trials, results_markdown, settings_key, stage_outers,
-                            trial_config)
+from idc_ray.tune.cache import AUTO_POOL, data_settings, ensure_pool, pool_shared, settings_key
+from idc_ray.tune.results import TrialRow, best_config_text, rank_trials, results_markdown
+from idc_ray.tune.space import Param, TuneSpace, interim_epochs, stage_outers, trial_config
 
 RESULTS_MD = "tune_results.md"
 BEST_CONFIG = "best_config.yaml"
@@ -90,6 +93,24 @@ class TrialResources:
                 raise ClusterError(f"one trial needs {amount:g} {key} ({self.num_actors} matchers + 1 expert) but the "
                                    f"cluster has {float(total.get(key, 0)):g}; lower --num-actors, --cpus-per-actor "
                                    "or the GPU shares")
+
+
+def sampler(param: Param):
+    """The ``ray.tune`` sampler of a swept parameter."""
+    if param.type == "loguniform":
+        return tune.loguniform(param.low, param.high)
+    if param.type == "uniform":
+        return tune.uniform(param.low, param.high)
+    if param.type == "randint":
+        return tune.randint(param.low, param.high + 1)  # tune's upper bound is exclusive
+    if param.type == "choice":
+        return tune.choice(list(param.values))
+    return tune.grid_search(list(param.values))
+
+
+def search_space(space: TuneSpace) -> dict[str, Any]:
+    """The Tune ``param_space``: dotted config keys to samplers."""
+    return {p.key: sampler(p) for p in space.params}
 
 
 @dataclass(frozen=True)
@@ -191,8 +212,6 @@ def condense_trial(config: dict[str, Any], setup: TrialSetup, prepared: Mapping[
     Each stage continues the previous one from its checkpoint (``--resume`` semantics), so the
     final artifact has the bytes of one uninterrupted run of the trial's config.
     """
-    from ray import tune
-
     _to_job_dir()
     trial = tune.get_context().get_trial_id()
     cfg = trial_config(setup.base, config)
@@ -295,10 +314,6 @@ def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: in
     Raises:
         ValueError (one line) for bad settings; ClusterError when a trial cannot fit the cluster.
     """
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
     if num_samples < 1:
         raise ValueError(f"--num-samples must be at least 1, got {num_samples}")
     if scheduler not in SCHEDULERS:
@@ -333,7 +348,7 @@ def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: in
                                     resources.placement())
     tuner = tune.Tuner(
         trainable,
-        param_space=space.search_space(),
+        param_space=search_space(space),
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=num_samples,
                                     scheduler=asha if scheduler == "asha" else None,
                                     search_alg=BasicVariantGenerator(random_state=search_seed),
@@ -365,4 +380,5 @@ def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: in
 
 
 __all__ = ["PreparedData", "SweepResult", "TrialResources", "TrialSetup", "build_pool", "condense_trial",
-           "default_resources", "evaluate_stored", "prepare_data", "run_sweep", "stage_metrics"]
+           "default_resources", "evaluate_stored", "prepare_data", "run_sweep", "sampler", "search_space",
+           "stage_metrics"]

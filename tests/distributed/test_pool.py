@@ -13,7 +13,7 @@ import yaml
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import load_dataset
 from idc_ray.pretrain import pretrain_pool
-from idc_ray.tuning import pool_dir
+from idc_ray.tune.cache import pool_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTO = {"expert.pretrained": "auto", "expert.pt_from": 1, "schedule.outer_iters": 1, "schedule.inner_iters": 1}

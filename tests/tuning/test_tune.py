@@ -4,8 +4,6 @@
 import importlib.util
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,9 @@ from idc_ray.artifacts import load_condensed
 from idc_ray.config import ConfigError, apply_overrides, load_preset
 from idc_ray.data import load_dataset
 from idc_ray.distributed.driver import RunOptions, condense_job
-from idc_ray.tuning import (config_keys, data_settings, ensure_pool, load_space, pool_dir, pool_settings, pool_shared,
-                            settings_key, space_from_dict, stage_outers)
+from idc_ray.distributed.sweep import search_space
+from idc_ray.tune.cache import data_settings, ensure_pool, pool_dir, pool_settings, pool_shared, settings_key
+from idc_ray.tune.space import config_keys, load_space, space_from_dict, stage_outers
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
@@ -34,13 +33,33 @@ def load_job(name: str):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A 2-CPU local Ray (or the session's, when another test folder started one)."""
+    """A 2-CPU local Ray (or the session's, when another test folder started one); its address,
+    which the jobs join with --address."""
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    yield
+    yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
+
+
+def run_tune(args: list[str], capsys) -> tuple[int, str, str]:
+    """jobs/tune.py as the command line runs it (one error line and exit 2 for bad input), in
+    this process: (exit code, stdout, stderr)."""
+    from idc_ray.cli import run_main
+
+    job = load_job("tune")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        run_main(lambda: job.main(args))
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
+
+def write_space(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
 
 
 @pytest.fixture
@@ -67,7 +86,7 @@ def test_every_shipped_space_loads_and_validates(path):
     for preset in presets:
         load_space(path, load_preset(preset))  # every swept value fits the preset
     assert all(p.key in config_keys() for p in space.params)
-    assert set(space.search_space()) == {p.key for p in space.params}
+    assert set(search_space(space)) == {p.key for p in space.params}
     assert "python jobs/tune.py --space tune_spaces/" in path.read_text()  # its header shows the command
 
 
@@ -79,9 +98,9 @@ def test_the_cifar10_space_combines_the_others():
 
 def test_ranges_become_tune_samplers():
     space = load_space(ROOT / "tune_spaces/factor.yaml")
-    factor = space.search_space()["synset.factor"]
+    factor = search_space(space)["synset.factor"]
     assert (factor.lower, factor.upper) == (1, 5)  # randint's high is inclusive in the space, exclusive in Tune
-    lr = load_space(ROOT / "tune_spaces/lr.yaml").search_space()["match.lr_img"]
+    lr = search_space(load_space(ROOT / "tune_spaces/lr.yaml"))["match.lr_img"]
     assert (lr.lower, lr.upper) == (1e-4, 1e-1)
 
 
@@ -94,21 +113,25 @@ def test_ranges_become_tune_samplers():
         ("params: {match.lr_img: {type: uniform, low: 0.1, high: 0.1}}", "low 0.1 must be less than high 0.1"),
         ("params: {match.lr_img: {type: loguniform, low: 0, high: 0.1}}", "loguniform needs positive bounds"),
         ("params: {synset.formation: {type: choice, values: []}}", "choice needs a non-empty list"),
-        ("params: {synset.factor: {type: randint, low: 1.5, high: 4}}", "randint needs integer bounds"),
+        ("params: {synset.factor: {type: randint, low: 1.5, high: 4}}", "'synset.factor' must be an integer, got 1.5"),
+        ("params: {match.lr_img: {type: randint, low: 0.5, high: 4}}", "randint needs integer bounds"),
         ("params: {match.lr_img: {type: normal, low: 0, high: 1}}", "unknown type 'normal'"),
         ("params: {match.lr_img: {type: uniform, low: 0.1}}", "needs 'low' and 'high'"),
-        ("params: {match.lr_img: {type: uniform, low: a, high: 1}}", "params.match.lr_img.low must be a number"),
+        ("params: {match.lr_img: {type: uniform, low: a, high: 1}}", "params.match.lr_img.low: 'match.lr_img' must be a number, got 'a'"),
         ("params: {match.lr_img: {type: choice, values: [1], low: 0}}", "'low' does not apply to type choice"),
         ("params: {match.lr_img: 0.1}", "must be a mapping with a 'type'"),
-        ("params: {synset.ipc: {type: uniform, low: 1, high: 4}}", "uniform samples real numbers but synset.ipc is int"),
-        ("params: {synset.formation: {type: randint, low: 1, high: 4}}", "randint samples integers but synset.formation"),
+        ("params: {synset.ipc: {type: uniform, low: 1, high: 4}}", "'synset.ipc' must be an integer, got 0.5 \\(a uniform draw\\); use randint or choice"),
+        ("params: {synset.formation: {type: randint, low: 1, high: 4}}", "randint draws integers but synset.formation takes str values; use choice"),
         ("params: {}", "'params' must map at least one config field"),
         ("paramz: {}", "unknown key 'paramz'"),
         ("metric: f1\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "metric 'f1' is not reported"),
         ("mode: up\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "mode 'up' must be max or min"),
-        ("stages: 0\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "stages must be an integer >= 1"),
+        ("stages: 0\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "stages must be at least 1, got 0"),
         ("fixed: {match.lr_img: 0.1}\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "both fixed and swept"),
         ("fixed: {expert.colour: 1}\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "unknown config key 'expert.colour'"),
+        ("stages: x\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "'stages' must be an integer, got 'x'"),
+        ("asha: {reduction_factor: 1}\nparams: {match.lr_img: {type: choice, values: [0.1]}}", "must be a number > 1"),
+        ("params: {match.lr_img: {type: choice, values: [0.1, fast]}}", "'match.lr_img' must be a number, got 'fast'"),
         ("[1, 2]", "must be a mapping"),
     ],
 )
@@ -143,18 +166,16 @@ def test_stages_are_spread_over_the_outer_iterations():
     assert stage_outers(0, 4) == [0]
 
 
-def test_tune_job_bad_input_is_one_error_line_and_exit_2(tmp_path):
+def test_tune_job_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("params: {match.lr_img: {type: loguniform, low: 1, high: 0.5}}\n")
     for args, message in [
         (["--space", str(bad), "--preset", "smoke"], "low 1 must be less than high 0.5"),
-        (["--space", "tune_spaces/lr.yaml"], "names no preset; pass --preset"),
+        (["--space", str(ROOT / "tune_spaces/lr.yaml")], "names no preset; pass --preset"),
     ]:
-        done = subprocess.run([sys.executable, "jobs/tune.py", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=120)
-        assert done.returncode == 2, done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+        code, _, err = run_tune(args, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,11 +197,11 @@ def test_cache_keys_follow_only_the_settings_they_depend_on():
 
 
 def test_the_pool_is_pretrained_once_and_found_again(tmp_path, monkeypatch):
-    import idc_ray.pretrain
+    import idc_ray.tune.cache
 
     calls = []
-    real_pretrain = idc_ray.pretrain.pretrain_pool
-    monkeypatch.setattr(idc_ray.pretrain, "pretrain_pool", lambda *a, **k: calls.append(1) or real_pretrain(*a, **k))
+    real_pretrain = idc_ray.tune.cache.pretrain_pool
+    monkeypatch.setattr(idc_ray.tune.cache, "pretrain_pool", lambda *a, **k: calls.append(1) or real_pretrain(*a, **k))
     cfg = apply_overrides(load_preset("smoke"), {"expert.pretrained": "auto", "expert.pt_num": 2})
     data = load_dataset("tiny", None)
     first = ensure_pool(cfg, lambda: data, tmp_path, 2, log=lambda _: None)
@@ -276,3 +297,74 @@ def test_a_two_trial_sweep_reports_ranks_and_its_best_config_reruns_to_the_same_
     assert code == 0
     assert torch.equal(load_condensed(rerun)[0], load_condensed(artifact)[0])
     assert yaml.safe_load((rerun / "config.yaml").read_text()) == yaml.safe_load((Path(artifact) / "config.yaml").read_text())
+
+
+def test_asha_stops_a_clearly_worse_trial_early(ray_local, tmp_path, capsys):
+    """Two trials, lr_img seven decades apart, run one at a time (each takes the whole cluster):
+    the first (the preset's lr_img) sets the rung, and the second, whose images blow up, falls
+    below it at stage 1 of 2, is stopped there and shows so in the table (with fifo, or without a
+    scheduler, both would finish)."""
+    space = write_space(tmp_path, "preset: smoke\nstages: 2\ninterim_epochs: 5\n"
+                                  "asha: {grace_period: 1, reduction_factor: 2}\n"
+                                  "params: {match.lr_img: {type: grid, values: [1.0e-2, 1.0e+5]}}\n")
+    storage_path = tmp_path / "tune"
+    code, out, err = run_tune(["--space", space, "--num-samples", "1", "--scheduler", "asha", "--address", ray_local,
+                               "--storage-path", str(storage_path), "--name", "asha", "--num-actors", "1",
+                               "--cpus-per-actor", "1", "--quiet"], capsys)
+    assert code == 0, err
+    experiment = storage_path / "asha"
+    reports = {p.parent.name.removeprefix("trial_"): [json.loads(line) for line in p.read_text().splitlines()]
+               for p in experiment.glob("trial_*/result.json")}
+    assert len(reports) == 2
+    stopped = [t for t, history in reports.items() if len(history) == 1 and not history[-1]["final"]]
+    finished = [t for t, history in reports.items() if len(history) == 2 and history[-1]["final"]]
+    assert stopped and finished
+    assert max(reports[t][0]["accuracy"] for t in stopped) < min(reports[t][0]["accuracy"] for t in finished)
+    rows = {line.split(" | ")[1]: line for line in (experiment / "tune_results.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| rank")}
+    assert all("stopped at stage 1/2" in rows[t] for t in stopped)
+    assert all("completed" in rows[t] for t in finished)
+
+
+def test_a_trial_larger_than_the_cluster_is_one_line_and_exit_2(ray_local, tmp_path, capsys):
+    storage_path = tmp_path / "tune"
+    code, _, err = run_tune(["--space", str(ROOT / "tune_spaces/lr.yaml"), "--preset", "smoke", "--address", ray_local,
+                             "--storage-path", str(storage_path), "--num-actors", "2", "--cpus-per-actor", "1",
+                             "--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: one trial needs 3 CPU") and "cluster has 2" in lines[0], err
+    assert not storage_path.exists()
+
+
+def test_an_unreachable_bucket_is_one_line_and_exit_2(ray_local, aws_env, dead_endpoint, monkeypatch, tmp_path,
+                                                     capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead_endpoint)
+    monkeypatch.chdir(tmp_path)  # where a remote sweep would keep its local copies (runs/tune/<name>)
+    code, _, err = run_tune(["--space", str(ROOT / "tune_spaces/lr.yaml"), "--preset", "smoke",
+                             "--address", ray_local, "--storage-path", "s3://sweeps/tune", "--name", "dead",
+                             "--num-actors", "1", "--cpus-per-actor", "0.5", "--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and dead_endpoint in lines[0] and "s3://sweeps/tune" in lines[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_where_no_trial_completes_exits_1_and_says_so(ray_local, tmp_path, capsys):
+    """Every trial fails where it writes its artifact (a file stands where the artifacts folder
+    goes), after every check the driver does: exit 1, no best config, each error in the table."""
+    space = write_space(tmp_path, "preset: smoke\nstages: 1\n"
+                                  "params: {match.lr_img: {type: grid, values: [1.0e-2, 1.0e-1]}}\n")
+    experiment = tmp_path / "tune" / "broken"
+    experiment.mkdir(parents=True)
+    (experiment / "artifacts").write_text("not a folder")
+    code, out, err = run_tune(["--space", space, "--num-samples", "1", "--address", ray_local,
+                               "--storage-path", str(tmp_path / "tune"), "--name", "broken", "--num-actors", "1",
+                               "--cpus-per-actor", "0.5", "--quiet"], capsys)
+    assert code == 1
+    assert "error: no trial completed every stage" in err
+    assert not (experiment / "best_config.yaml").exists()
+    table = (experiment / "tune_results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert len(rows) == 2 and all(" | error: " in row and "Not a directory" in row for row in rows), table
+    assert "No trial completed every stage, so no best config was written." in table

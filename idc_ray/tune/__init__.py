@@ -1,0 +1,3 @@
+"""Ray Tune sweeps without Ray: search spaces (:mod:`.space`), the caches trials share
+(:mod:`.cache`) and the ranked results (:mod:`.results`). The trainable and the Tuner live in
+:mod:`idc_ray.distributed.sweep`."""
