@@ -1,16 +1,18 @@
 """How far the matching paths are from the exact (float64) step, in float32.
 
-    python benchmarks/precision.py
+    python benchmarks/precision.py [--tiny]
 
 One matching step (ConvNet-3 width 128, 28x28x1, ipc 10, factor 2, batch_real 64, 2 classes)
 run by the loop and by the vmap path in float32, against the loop in float64. In float64 the
 two paths agree to rounding (~1e-16), so their float32 difference is float32 error of the
 double-backward (a sum of large terms that cancel), not a difference in what they compute.
-Writes benchmarks/results/precision.json.
+Writes benchmarks/results/precision.json (``--tiny``: width 8, ipc 2, batch_real 16, seconds,
+the test suite's run; precision_tiny.json).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -25,11 +27,12 @@ from idc_ray.engine.expert import init_expert  # noqa: E402
 from idc_ray.engine.loop import Matcher, build_specs, initial_synset  # noqa: E402
 
 CLASSES = [0, 1]
+TINY = {"expert.width": 8, "synset.ipc": 2, "match.batch_real": 16}
 
 
-def step_update(data, path: str, dtype: torch.dtype, metric: str) -> torch.Tensor:
+def step_update(data, path: str, dtype: torch.dtype, metric: str, tiny: bool = False) -> torch.Tensor:
     """The change one step makes to the stored data, computed in ``dtype``."""
-    cfg = apply_overrides(paper_config(), {"match.path": path, "match.metric": metric})
+    cfg = apply_overrides(paper_config(), {**(TINY if tiny else {}), "match.path": path, "match.metric": metric})
     match, expert, _ = build_specs(cfg, data.spec)
     store = ClassStore(data.train_x, data.train_y)
     matcher = Matcher(match, store, initial_synset(cfg, store, CLASSES))
@@ -45,20 +48,30 @@ def step_update(data, path: str, dtype: torch.dtype, metric: str) -> torch.Tenso
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="width 8, ipc 2, batch_real 16 (seconds; the tests' run)")
+    tiny = parser.parse_args().tiny
     data = load_dataset("mnist5k")
     results = {}
     for metric in ("mse", "l1"):
-        exact = step_update(data, "loop", torch.float64, metric)
+        update = {(path, bits): step_update(data, path, dtype, metric, tiny)
+                  for path, bits, dtype in (("loop", 64, torch.float64), ("vmap", 64, torch.float64),
+                                            ("loop", 32, torch.float32), ("lean", 32, torch.float32),
+                                            ("vmap", 32, torch.float32))}
+        diff = lambda a, b: (update[a] - update[b]).abs().max().item()  # noqa: E731
+        exact = ("loop", 64)
         results[metric] = {
-            "max_abs_update": exact.abs().max().item(),
-            "vmap64_vs_loop64": (step_update(data, "vmap", torch.float64, metric) - exact).abs().max().item(),
-            "loop32_vs_loop64": (step_update(data, "loop", torch.float32, metric) - exact).abs().max().item(),
-            "lean32_vs_loop64": (step_update(data, "lean", torch.float32, metric) - exact).abs().max().item(),
-            "vmap32_vs_loop64": (step_update(data, "vmap", torch.float32, metric) - exact).abs().max().item(),
+            "max_abs_update": update[exact].abs().max().item(),
+            "vmap64_vs_loop64": diff(("vmap", 64), exact),
+            "loop32_vs_loop64": diff(("loop", 32), exact),
+            "lean32_vs_loop64": diff(("lean", 32), exact),
+            "vmap32_vs_loop64": diff(("vmap", 32), exact),
+            "lean32_vs_loop32": diff(("lean", 32), ("loop", 32)),  # 0: lean is the loop, bit for bit
         }
         print(metric, {k: f"{v:.2e}" for k, v in results[metric].items()})
-    print(write("precision", {"setting": "one step, ConvNet-3 width 128, 28x28x1, ipc 10, factor 2, 2 classes",
-                              "metrics": results}))
+    setting = "width 8, ipc 2, batch_real 16" if tiny else "width 128, ipc 10, batch_real 64"
+    print(write("precision_tiny" if tiny else "precision",
+                {"setting": f"one step, ConvNet-3 {setting}, 28x28x1, factor 2, 2 classes", "metrics": results}))
 
 
 if __name__ == "__main__":

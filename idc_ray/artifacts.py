@@ -21,8 +21,7 @@ import hashlib
 import io
 import json
 import os
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -48,12 +47,6 @@ _PREVIEW_FORMED_PER_CLASS = 32  # columns of the formed preview: a readable imag
 
 class ArtifactError(ValueError):
     """A condensed-data folder that is missing, incomplete, corrupt or of a foreign format."""
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write a local file through ``write(tmp_path)`` then rename: readers never see half a file."""
-    with storage.atomic_local_path(path) as tmp:
-        write(tmp)
 
 
 def _png(images: torch.Tensor, per_row: int) -> bytes:
@@ -173,19 +166,11 @@ def read_manifest(uri: str | os.PathLike, storage_options: Mapping | None = None
     """The manifest of the artifact at ``uri`` (its folder or its manifest.json), format-checked."""
     folder = _folder(uri)
     target = storage.join(folder, MANIFEST)
-    raw = storage.read_required(target, storage_options, ArtifactError(
-        f"no {MANIFEST} at '{folder}': not a condensed set, or its writing did not finish; "
-        "pass the output folder of a completed jobs/condense.py run"))
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        manifest = None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"'{target}' is not an idc-ray condensed-set manifest (foreign or damaged file)")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"'{target}' has format version {manifest.get('format_version')!r}; this idc_ray "
-                            f"{__version__} reads version {FORMAT_VERSION}: load it with the idc_ray that wrote it")
-    return manifest
+    return storage.read_json(target, storage_options, fmt=FORMAT, version=FORMAT_VERSION, version_key="format_version",
+                             kind="idc-ray condensed-set manifest", error=ArtifactError,
+                             fix="load it with the idc_ray that wrote it, or rerun jobs/condense.py",
+                             missing=ArtifactError(f"no {MANIFEST} at '{folder}': not a condensed set, or its writing "
+                                                   "did not finish; pass the output folder of a completed jobs/condense.py run"))
 
 
 def load_condensed(uri: str | os.PathLike, storage_options: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -241,14 +226,3 @@ def formed_dataset(uri: str | os.PathLike, storage_options: Mapping | None = Non
         x = (x - mean) / std
     return torch.utils.data.TensorDataset(x, y)
 
-
-def load_condensed_pt(uri: str | os.PathLike, storage_options: Mapping | None = None) -> dict[str, Any]:
-    """The first release's dict view of a condensed set, for callers not yet moved to
-    :func:`load_condensed`: ``data`` (stored), ``labels`` and ``meta`` (the ``meta`` given to
-    :func:`save_condensed`, rebuilt from the manifest)."""
-    stored, labels, manifest = load_condensed(uri, storage_options)
-    formation = manifest["formation"]
-    meta = {"dataset": manifest["dataset"], "ipc": manifest["ipc"], "factor": formation["factor"],
-            "formation": formation["mode"], "formation_axis": formation["axis"], "bound": formation["bound"],
-            "resolved": manifest["resolved"], "code_version": manifest["code_version"], **manifest["metrics"]}
-    return {"format_version": manifest["format_version"], "data": stored, "labels": labels, "meta": meta}

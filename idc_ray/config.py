@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from idc_ray.errors import first_line
+
 FORMATIONS = ("auto", "uniform", "multiscale", "bounded", "bounded_tight", "1d")
 INITS = ("auto", "mix", "random", "noise")
 INIT_SELECTS = ("first", "random")
@@ -189,7 +191,7 @@ def load_yaml(path: str | Path, base: IDCConfig | None = None) -> IDCConfig:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{p}' is not valid YAML ({_first_line(e)}); fix its syntax")
+        raise ConfigError(f"config file '{p}' is not valid YAML ({first_line(e)}); fix its syntax")
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{p}' must hold a mapping of sections, not {type(data).__name__}")
     return from_dict(data, base=base, source=str(p))
@@ -312,10 +314,6 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------

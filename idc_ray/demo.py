@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from idc_ray.artifacts import _atomic_write, load_condensed
+from idc_ray import storage
+from idc_ray.artifacts import load_condensed
 from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import ClassStore, load_dataset
 from idc_ray.engine.loop import initial_synset, stack_stored
@@ -74,6 +75,6 @@ def run_demo(cfg: IDCConfig, out: str | Path, *, device: str = "auto", ipc10_rep
     cfg10 = apply_overrides(cfg, {"synset.ipc": 10})
     rows += compare(cfg10, out / "ipc10", device=device, repeat=ipc10_repeat, log=log, options=options)
     text = table(rows, cfg.eval.models[0])
-    _atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps([r.__dict__ for r in rows], indent=2)))
-    _atomic_write(out / "results.md", lambda tmp: tmp.write_text(text + "\n"))
+    storage.atomic_write_bytes(out / "results.json", json.dumps([r.__dict__ for r in rows], indent=2).encode())
+    storage.atomic_write_bytes(out / "results.md", (text + "\n").encode())
     return text

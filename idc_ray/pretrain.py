@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from idc_ray.artifacts import _atomic_write
+from idc_ray import storage
 from idc_ray.config import IDCConfig
 from idc_ray.data import ClassStore, RealData
 from idc_ray.engine.expert import ExpertTrainer, new_model, pool_checkpoint
@@ -38,7 +38,8 @@ def pretrain_seed(cfg: IDCConfig, data: RealData, out: str | Path, seed: int, *,
                 on_epoch(seed, epoch, loss)
         path = pool_checkpoint(out, seed, epoch)
         state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
-        _atomic_write(path, lambda tmp: torch.save(state, tmp))
+        with storage.atomic_local_path(path) as tmp:
+            torch.save(state, tmp)
         written.append(path)
     return written
 

@@ -13,23 +13,20 @@ Atomicity: a local file is written under a temporary name in the same folder, fs
 (``os.replace`` is atomic on POSIX). An S3 object appears only when its PUT (or multipart upload)
 completes, so an interrupted upload leaves nothing; a failed streaming upload is aborted. A set of
 files is committed by writing the files first and a small pointer or manifest LAST
-(:func:`commit_checkpoint`, the artifact's ``manifest.json``, the dataset's ``dataset.json``).
+(the checkpoints' ``latest.json``, the artifact's ``manifest.json``, the dataset's ``dataset.json``).
 
 Every failure of the backend surfaces as one :class:`StorageError` line naming the URI and the fix.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
 import tempfile
-import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import fsspec
 from fsspec.core import split_protocol
@@ -195,6 +192,31 @@ def read_required(uri: str | os.PathLike, storage_options: Mapping[str, Any] | N
         raise missing from None
 
 
+def read_json(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *, fmt: str, version: int,
+              kind: str, error: Callable[[str], Exception] = StorageError, fix: str,
+              missing: Exception | None = None, version_key: str = "version", implied: bool = False) -> dict[str, Any]:
+    """A required JSON object carrying ``"format": fmt`` and ``version_key: version``.
+
+    Every problem is one line naming ``uri``: ``missing`` (when given) if nothing is there, else
+    ``error(message)`` for a file that is not JSON, not an object, of another format (``kind``
+    says what was expected, ``fix`` what to do) or of another version. ``implied``: a file
+    without format/version keys (hand-written) counts as the expected ones.
+    """
+    uri = os.fspath(uri)
+    raw = read_bytes(uri, storage_options) if missing is None else read_required(uri, storage_options, missing)
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"'{uri}' is not valid JSON ({type(e).__name__}), not an {kind} (foreign or damaged file); {fix}") from None
+    found = value.get("format", fmt if implied else None) if isinstance(value, dict) else None
+    if found != fmt:
+        raise error(f"'{uri}' is not an {kind} (format {found!r}, foreign or damaged file); {fix}")
+    found = value.get(version_key, version if implied else None)
+    if found != version:
+        raise error(f"'{uri}' has format version {found!r}; this idc_ray reads {fmt!r} version {version}: {fix}")
+    return value
+
+
 @contextmanager
 def open_input(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Iterator[IO[bytes]]:
     """A seekable binary file for streaming reads (what pyarrow's ParquetFile takes)."""
@@ -300,89 +322,3 @@ def remove(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = N
         except FileNotFoundError:
             if not missing_ok:
                 raise
-
-
-# ---------------------------------------------------------------------------------------------
-# Multi-file commits: checkpoints
-# ---------------------------------------------------------------------------------------------
-CHECKPOINT_POINTER = "latest.json"
-CHECKPOINT_FORMAT = "idc-ray/checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    """A committed checkpoint as read back: its step, folder URI, files and metadata."""
-
-    step: int
-    uri: str
-    files: dict[str, bytes]
-    meta: dict[str, Any]
-
-
-def commit_checkpoint(root: str | os.PathLike, step: int, files: Mapping[str, bytes],
-                      storage_options: Mapping[str, Any] | None = None, *, meta: Mapping[str, Any] | None = None,
-                      keep: int = 2) -> str:
-    """Write ``files`` as checkpoint ``step`` under ``root`` and publish it atomically.
-
-    The files go to a new folder ``ckpt-<step>-<random>/`` (never one a reader may be using, even
-    when the same step is saved twice); then ``latest.json`` (step, folder, sha256 of each file)
-    is rewritten LAST, in one atomic write. A crash before that leaves the previous checkpoint
-    published and intact; the orphan folder is removed by the next commit. Folders other than the
-    newest ``keep`` published ones are pruned after the pointer moves. Returns the folder URI.
-    """
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1, got {keep}")
-    root = os.fspath(root)
-    previous = _read_pointer(root, storage_options)
-    folder = f"ckpt-{step:08d}-{uuid.uuid4().hex[:8]}"
-    for name, data in files.items():
-        if "/" in name or name in ("", ".", ".."):
-            raise ValueError(f"checkpoint file names must be plain names, got {name!r}")
-        atomic_write_bytes(join(root, folder, name), data, storage_options)
-    older = [previous["folder"], *previous.get("history", [])] if previous else []
-    kept = [folder, *older][:keep]
-    pointer = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, "folder": folder,
-               "files": {n: hashlib.sha256(d).hexdigest() for n, d in files.items()},
-               "meta": dict(meta or {}), "history": kept[1:]}
-    atomic_write_bytes(join(root, CHECKPOINT_POINTER), json.dumps(pointer, indent=1).encode(), storage_options)
-    for name in listdir(root, storage_options):
-        if name.startswith("ckpt-") and name not in kept:
-            remove(join(root, name), storage_options, recursive=True)
-    return join(root, folder)
-
-
-def _read_pointer(root: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    uri = join(root, CHECKPOINT_POINTER)
-    try:
-        pointer = json.loads(read_bytes(uri, storage_options))
-    except StorageError as e:
-        if e.kind == "missing":
-            return None
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        pointer = None
-    if not isinstance(pointer, dict) or pointer.get("format") != CHECKPOINT_FORMAT:
-        raise StorageError(f"'{uri}' is not an idc-ray checkpoint pointer: remove it or choose another folder", "io")
-    if pointer.get("version") != CHECKPOINT_VERSION:
-        raise StorageError(f"'{uri}' has checkpoint version {pointer.get('version')}, this idc_ray reads "
-                           f"{CHECKPOINT_VERSION}: resume with the matching idc_ray or start a new run", "io")
-    return pointer
-
-
-def latest_checkpoint(root: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> StoredCheckpoint | None:
-    """The checkpoint ``latest.json`` points at, its files checked against their sha256; None if
-    no checkpoint was ever committed under ``root``."""
-    root = os.fspath(root)
-    pointer = _read_pointer(root, storage_options)
-    if pointer is None:
-        return None
-    folder = join(root, pointer["folder"])
-    files = {}
-    for name, digest in pointer["files"].items():
-        data = read_bytes(join(folder, name), storage_options)
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise StorageError(f"checkpoint file '{join(folder, name)}' does not match its checksum (corrupt or "
-                               "modified): remove the checkpoint folder to start over", "io")
-        files[name] = data
-    return StoredCheckpoint(step=int(pointer["step"]), uri=folder, files=files, meta=pointer.get("meta", {}))

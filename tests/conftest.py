@@ -79,3 +79,10 @@ def dead_endpoint(monkeypatch) -> str:
     sock.close()
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(autouse=True)
+def _decode_cache(monkeypatch, tmp_path):
+    """Each test's decode cache (idc_ray/data/cache.py) in its own temporary folder, never the
+    user's ~/.cache."""
+    monkeypatch.setenv("IDC_CACHE_DIR", str(tmp_path / "idc-cache"))

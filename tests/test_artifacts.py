@@ -206,11 +206,3 @@ def test_save_rejects_inconsistent_inputs(tmp_path):
                                  config_yaml="{}", meta={"dataset": "speech"})
     assert not (tmp_path / "manifest.json").exists()
 
-
-def test_first_release_dict_view_still_works(tmp_path):
-    stored, labels = _stored()
-    _save(tmp_path, stored, labels, backend="local")
-    saved = artifacts.load_condensed_pt(tmp_path)
-    assert torch.equal(saved["data"], stored) and torch.equal(saved["labels"], labels)
-    assert saved["meta"]["loss_history"] == [0.5, 0.25] and saved["meta"]["backend"] == "local"
-    assert saved["meta"]["factor"] == 2 and saved["meta"]["formation"] == "uniform"

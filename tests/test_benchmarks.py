@@ -40,17 +40,33 @@ def _machine_and_date(result: dict) -> None:
     assert result["date"].endswith("Z")
 
 
-def test_matching_keys(results):
+def test_matching_paths_agree(results):
+    """The lean path is the loop bit for bit (it only skips a term the step never uses); vmap
+    differs by float32 rounding only."""
     r = results["matching_width8"]
     _machine_and_date(r)
-    rates = r["class_steps_per_s"]
-    assert set(rates) == {"loop", "lean", "vmap"} and all(v > 0 for v in rates.values())
-    assert r["speedup_best_vs_loop"] == pytest.approx(max(rates.values()) / rates["loop"])
-    assert r["speedup_best_vs_loop"] >= 1.0
-    assert r["28x28x1"]["speedup_chosen_vs_loop"] == pytest.approx(rates["lean"] / rates["loop"])
+    assert set(r["class_steps_per_s"]) == {"loop", "lean", "vmap"} and all(v > 0 for v in r["class_steps_per_s"].values())
     for shape in ("28x28x1", "32x32x3"):
+        diff = r[shape]["max_abs_diff_vs_loop"]
         assert r[shape]["chosen_path"] == "lean"
-        assert r[shape]["max_abs_diff_vs_loop"]["loop"] == 0 and r[shape]["max_abs_diff_vs_loop"]["vmap"] < 1e-3
+        assert diff["lean"] == 0 and diff["vmap"] < 1e-3
+
+
+def test_precision_runs_at_tiny_size(tmp_path):
+    """benchmarks/precision.py --tiny: in float64 the loop and vmap paths compute the same step
+    (to rounding); in float32 lean equals the loop bit for bit, and every float32 path is really
+    float32 (it differs from float64) yet close to the exact step."""
+    env = {**os.environ, "IDC_BENCH_RESULTS": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(BENCH / "precision.py"), "--tiny"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads((tmp_path / "precision_tiny.json").read_text())
+    assert set(r["metrics"]) == {"mse", "l1"}
+    for m in r["metrics"].values():
+        assert m["max_abs_update"] > 0 and m["vmap64_vs_loop64"] < 1e-12
+        assert m["lean32_vs_loop32"] == 0 and m["lean32_vs_loop64"] == m["loop32_vs_loop64"]
+        for path in ("loop32", "vmap32"):
+            assert 0 < m[f"{path}_vs_loop64"] < 1e-2 * m["max_abs_update"]
 
 
 def test_roofline_keys(results):

@@ -15,17 +15,21 @@ from idc_ray.config import (
     resolve,
 )
 
-# Settings sheet, "Per-dataset settings": (model, metric, lr_img, n_data, factor, outer iters, extra)
+# Settings sheet, "Per-dataset settings", one literal per cell: (model, metric, lr_img, n_data,
+# factor, outer iters, expert lr, expert weight decay, batch_real, extra). Expert lr and weight
+# decay: "SGD lr 0.01, momentum 0.9, weight decay 5e-4" (Algorithm 1) unless the row says
+# otherwise (ImageNet-100: net lr 0.1, wd 1e-4; batch_real 128 in the corrections); speech's
+# network lr 3e-4 is the paper's appendix C.1 (the sheet's row does not name one).
 SHEET = {
-    "cifar10": ("convnet3", "mse", 5e-3, 2000, 2, 2000, {}),
-    "cifar100": ("convnet3", "mse", 5e-3, 2000, 2, 2000, {}),
-    "svhn": ("convnet3", "mse", 5e-3, 500, 2, 2000, {}),
-    "mnist": ("convnet3", "l1", 1e-4, 500, 2, 2000, {}),
-    "fashion": ("convnet3", "l1", 1e-4, 500, 2, 2000, {}),
-    "imagenet10": ("resnetap10", "l1", 3e-3, 500, 3, 500, {"expert.early": 10}),
-    "imagenet100": ("resnetap10", "l1", 1e-3, 500, 3, 500,
-                    {"expert.pt_from": 5, "expert.lr": 0.1, "expert.weight_decay": 1e-4, "expert.batch_size": 128}),
-    "speech": ("convnet4", "l1", 3e-3, 500, 2, 1000, {"synset.formation": "1d"}),
+    "cifar10": ("convnet3", "mse", 5e-3, 2000, 2, 2000, 0.01, 5e-4, 64, {}),
+    "cifar100": ("convnet3", "mse", 5e-3, 2000, 2, 2000, 0.01, 5e-4, 64, {}),
+    "svhn": ("convnet3", "mse", 5e-3, 500, 2, 2000, 0.01, 5e-4, 64, {}),
+    "mnist": ("convnet3", "l1", 1e-4, 500, 2, 2000, 0.01, 5e-4, 64, {}),
+    "fashion": ("convnet3", "l1", 1e-4, 500, 2, 2000, 0.01, 5e-4, 64, {}),
+    "imagenet10": ("resnetap10", "l1", 3e-3, 500, 3, 500, 0.01, 5e-4, 64, {"expert.early": 10}),
+    "imagenet100": ("resnetap10", "l1", 1e-3, 500, 3, 500, 0.1, 1e-4, 128,
+                    {"expert.pt_from": 5, "expert.batch_size": 128}),
+    "speech": ("convnet4", "l1", 3e-3, 500, 2, 1000, 3e-4, 5e-4, 64, {"synset.formation": "1d"}),
 }
 
 
@@ -38,17 +42,15 @@ def _get(cfg, dotted):
 
 @pytest.mark.parametrize("name", sorted(SHEET))
 def test_presets_equal_the_settings_sheet(name):
-    model, metric, lr_img, n_data, factor, outer, extra = SHEET[name]
+    model, metric, lr_img, n_data, factor, outer, expert_lr, weight_decay, batch_real, extra = SHEET[name]
     cfg = load_preset(name)
     assert cfg.data.dataset == name
     assert (cfg.expert.model, cfg.match.metric, cfg.match.lr_img) == (model, metric, lr_img)
     assert (cfg.expert.n_data, cfg.synset.factor, cfg.schedule.outer_iters) == (n_data, factor, outer)
+    assert (cfg.expert.lr, cfg.expert.weight_decay, cfg.match.batch_real) == (expert_lr, weight_decay, batch_real)
     # Defaults shared by every row.
-    batch_real = 128 if name == "imagenet100" else 64  # argument.py: max(128, batch_real) at 100 classes
-    assert cfg.schedule.inner_iters == 100 and cfg.match.batch_real == batch_real and cfg.synset.batch_syn_max == 128
+    assert cfg.schedule.inner_iters == 100 and cfg.synset.batch_syn_max == 128 and cfg.expert.momentum == 0.9
     assert cfg.match.mom_img == 0.5 and cfg.match.momentum_mode == "shared"
-    assert (cfg.expert.lr if name not in ("imagenet100", "speech") else 0.01) == 0.01
-    assert (cfg.expert.momentum, cfg.expert.weight_decay if name != "imagenet100" else 5e-4) == (0.9, 5e-4)
     for key, value in extra.items():
         assert _get(cfg, key) == value
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 
 import pytest
+import torch
 
 from idc_ray import storage
+from idc_ray.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from idc_ray.storage import StorageError
 
 
@@ -75,53 +79,128 @@ def test_parse_storage_options():
             storage.parse_storage_options(bad)
 
 
-# ------------------------------------------------------------------ checkpoints
-def test_checkpoint_commit_publishes_last_and_prunes(root):
-    assert storage.latest_checkpoint(root) is None
-    first = storage.commit_checkpoint(root, 1, {"state.pt": b"one", "extra.json": b"{}"}, meta={"outer": 1})
-    ckpt = storage.latest_checkpoint(root)
-    assert ckpt.step == 1 and ckpt.files == {"state.pt": b"one", "extra.json": b"{}"} and ckpt.meta == {"outer": 1}
-    assert ckpt.uri == first
-    storage.commit_checkpoint(root, 2, {"state.pt": b"two"})
-    storage.commit_checkpoint(root, 2, {"state.pt": b"two again"})  # same step twice: new folder
-    ckpt = storage.latest_checkpoint(root)
-    assert ckpt.step == 2 and ckpt.files == {"state.pt": b"two again"}
-    folders = [n for n in storage.listdir(root) if n.startswith("ckpt-")]
-    assert len(folders) == 2 and first.rstrip("/").rsplit("/", 1)[-1] not in folders  # keep=2
+# ------------------------------------------------------------------ checkpoints (idc_ray/checkpoint.py)
+def _ckpt(outer: int) -> Checkpoint:
+    g = torch.Generator().manual_seed(outer)
+    classes = {c: {"data": torch.rand(2, 1, 4, 4, generator=g), "optimizer": {"buffer": None}} for c in (0, 1)}
+    return Checkpoint(outer, classes, {"name": "test"}, [0.5] * outer)
 
 
-def test_interrupted_checkpoint_keeps_the_previous_one(root, monkeypatch):
-    storage.commit_checkpoint(root, 1, {"state.pt": b"one"})
+def _same(a: Checkpoint, b: Checkpoint) -> bool:
+    return (a.outer, a.config, a.loss_history, sorted(a.classes)) == (b.outer, b.config, b.loss_history, sorted(b.classes)) \
+        and all(torch.equal(a.classes[c]["data"], b.classes[c]["data"]) for c in a.classes)
+
+
+def _files(store: CheckpointStore) -> list[str]:
+    return [n for n in storage.listdir(store.root) if n.startswith("ckpt-")]
+
+
+class _Warnings(logging.Handler):
+    """The idc_ray logger's warnings (its handlers may not propagate to pytest's caplog)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def warnings_seen():
+    handler = _Warnings()
+    logging.getLogger("idc_ray").addHandler(handler)
+    yield handler.lines
+    logging.getLogger("idc_ray").removeHandler(handler)
+
+
+def test_checkpoint_save_publishes_pointer_last_and_keeps_the_newest_two(root):
+    store = CheckpointStore(root)
+    store.check_reachable()
+    assert store.latest() is None
+    for outer in (1, 2, 3):
+        uri = store.save(_ckpt(outer))
+    assert uri == storage.join(root, "checkpoints", "ckpt-0000003.pt")
+    assert _same(store.latest(), _ckpt(3)) and _files(store) == ["ckpt-0000002.pt", "ckpt-0000003.pt"]
+    pointer = json.loads(storage.read_bytes(storage.join(store.root, "latest.json")))
+    assert (pointer["outer"], [e["outer"] for e in pointer["checkpoints"]]) == (3, [3, 2])
+    assert pointer["checkpoints"][0]["sha256"] == hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+
+
+def test_crash_between_checkpoint_file_and_pointer_keeps_the_previous_one(root, monkeypatch):
+    store = CheckpointStore(root)
+    store.save(_ckpt(1))
+    published = storage.read_bytes(storage.join(store.root, "ckpt-0000001.pt"))
     real_write = storage.atomic_write_bytes
-    calls = []
 
-    def crash_on_second_file(uri, data, options=None):
-        calls.append(uri)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed mid-commit
+    def killed_before_the_pointer(uri, data, options=None):
+        if str(uri).endswith("latest.json"):
+            raise KeyboardInterrupt  # the process dies after the checkpoint file, before its pointer
         real_write(uri, data, options)
 
-    monkeypatch.setattr(storage, "atomic_write_bytes", crash_on_second_file)
+    monkeypatch.setattr(storage, "atomic_write_bytes", killed_before_the_pointer)
     with pytest.raises(KeyboardInterrupt):
-        storage.commit_checkpoint(root, 2, {"a.pt": b"new-a", "b.pt": b"new-b"})
+        store.save(_ckpt(2))
     monkeypatch.setattr(storage, "atomic_write_bytes", real_write)
-    ckpt = storage.latest_checkpoint(root)
-    assert ckpt.step == 1 and ckpt.files == {"state.pt": b"one"}
-    storage.commit_checkpoint(root, 3, {"state.pt": b"three"}, keep=1)  # prunes the orphan too
-    assert len([n for n in storage.listdir(root) if n.startswith("ckpt-")]) == 1
+    assert "ckpt-0000002.pt" in _files(store)  # the orphan was written ...
+    again = CheckpointStore(root)
+    assert _same(again.latest(), _ckpt(1))  # ... but the previous checkpoint is still the latest
+    assert storage.read_bytes(storage.join(store.root, "ckpt-0000001.pt")) == published
+    again.save(_ckpt(5))
+    assert _files(again) == ["ckpt-0000001.pt", "ckpt-0000005.pt"]  # the orphan is pruned
 
 
-def test_corrupt_checkpoint_is_one_clear_line(tmp_path):
-    root = str(tmp_path)
-    folder = storage.commit_checkpoint(root, 5, {"state.pt": b"payload"})
-    with open(os.path.join(folder, "state.pt"), "wb") as f:
-        f.write(b"payloaX")
-    with pytest.raises(StorageError, match="checksum") as err:
-        storage.latest_checkpoint(root)
+def test_corrupt_checkpoint_is_refused_in_one_line_and_the_previous_one_used(root, warnings_seen):
+    store = CheckpointStore(root)
+    store.save(_ckpt(1))
+    newest = store.save(_ckpt(2))
+    raw = bytearray(storage.read_bytes(newest))
+    raw[len(raw) // 2] ^= 0xFF
+    storage.atomic_write_bytes(newest, bytes(raw))
+    entry = json.loads(storage.read_bytes(storage.join(store.root, "latest.json")))["checkpoints"][0]
+    with pytest.raises(CheckpointError) as err:
+        store.load(entry)
+    assert "\n" not in str(err.value) and newest in str(err.value) and "sha256" in str(err.value)
+    assert _same(store.latest(), _ckpt(1))
+    assert len(warnings_seen) == 1 and newest in warnings_seen[0] and "falling back" in warnings_seen[0]
+
+
+def test_unreadable_checkpoints_with_no_good_one_left_are_one_line(tmp_path, warnings_seen):
+    store = CheckpointStore(str(tmp_path))
+    store.save(_ckpt(1))
+    pointer_uri = storage.join(store.root, "latest.json")
+    pointer = json.loads(storage.read_bytes(pointer_uri))
+    garbage = b"not a torch file"  # its checksum matches: refused because it does not load
+    storage.atomic_write_bytes(storage.join(store.root, "ckpt-0000001.pt"), garbage)
+    pointer["checkpoints"][0]["sha256"] = hashlib.sha256(garbage).hexdigest()
+    storage.atomic_write_bytes(pointer_uri, json.dumps(pointer).encode())
+    with pytest.raises(CheckpointError) as err:
+        store.latest()
+    message = str(err.value)
+    assert "\n" not in message and "ckpt-0000001.pt' is unreadable" in message and "no earlier good checkpoint" in message
+    storage.atomic_write_bytes(pointer_uri, json.dumps({"format": 1, "outer": 1, "file": "ckpt-0000001.pt"}).encode())
+    with pytest.raises(CheckpointError, match="not an idc-ray checkpoint pointer") as err:
+        store.latest()  # the first release's pointer, without checksums
     assert "\n" not in str(err.value)
-    (tmp_path / "latest.json").write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(StorageError, match="not an idc-ray checkpoint pointer"):
-        storage.latest_checkpoint(root)
+
+
+# ------------------------------------------------------------------ read_json
+def test_read_json_checks_format_and_version(tmp_path):
+    uri = str(tmp_path / "doc.json")
+    read = lambda **kw: storage.read_json(uri, fmt="f", version=2, kind="f document", fix="fix it", **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="nothing here"):
+        read(missing=ValueError("nothing here"))
+    for text, message in (("{oops", "is not valid JSON"), ("[1]", "not an f document"),
+                          ('{"format": "g", "version": 2}', "format 'g'"),
+                          ('{"format": "f", "version": 3}', "format version 3")):
+        (tmp_path / "doc.json").write_text(text)
+        with pytest.raises(StorageError) as err:
+            read()
+        assert message in str(err.value) and uri in str(err.value) and str(err.value).endswith("fix it")
+    (tmp_path / "doc.json").write_text('{"format": "f", "version": 2, "x": 1}')
+    assert read()["x"] == 1
+    (tmp_path / "doc.json").write_text('{"x": 1}')
+    assert read(implied=True) == {"x": 1}
 
 
 # ------------------------------------------------------------------ S3 failures

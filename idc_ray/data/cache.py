@@ -5,8 +5,10 @@ load costs a file open rather than minutes of decoding. The cache file name hold
 everything the arrays depend on (loader settings and the list of input files with their sizes),
 so changed inputs or settings never read a stale cache.
 
-Location, in order: the ``IDC_CACHE_DIR`` environment variable, else ``<root>/.idc_cache``
-(next to the data). A cache that cannot be written only costs a warning.
+Location, in order: the ``IDC_CACHE_DIR`` environment variable, else the user's cache folder
+(``$XDG_CACHE_HOME/idc_ray``, else ``~/.cache/idc_ray``): data folders are often read-only or
+shared, so nothing is written next to the data. The data root is part of the digest, so one
+cache serves any number of data folders. A cache that cannot be written only costs a warning.
 """
 
 from __future__ import annotations
@@ -28,11 +30,18 @@ CACHE_ENV = "IDC_CACHE_DIR"
 CACHE_VERSION = 1
 
 
+def cache_dir() -> Path:
+    """``$IDC_CACHE_DIR``, else ``$XDG_CACHE_HOME/idc_ray``, else ``~/.cache/idc_ray``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "idc_ray"
+
+
 def cache_path(root: str, name: str, key: dict[str, Any]) -> Path:
-    """Where the decoded arrays of ``name`` with settings/inputs ``key`` live."""
-    folder = os.environ.get(CACHE_ENV) or os.path.join(root, ".idc_cache")
-    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True).encode()).hexdigest()
-    return Path(folder) / f"{name}-{digest[:16]}.pt"
+    """Where the decoded arrays of ``name`` under ``root`` with settings/inputs ``key`` live."""
+    key = {"version": CACHE_VERSION, "root": os.path.abspath(root), **key}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return cache_dir() / f"{name}-{digest[:16]}.pt"
 
 
 def cached(path: Path, build: Callable[[], tuple[Arrays, dict[str, Any]]]) -> tuple[Arrays, dict[str, Any]]:

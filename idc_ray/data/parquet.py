@@ -59,18 +59,11 @@ def is_dataset(root, storage_options: Mapping | None = None) -> bool:
 def read_info(root, storage_options: Mapping | None = None) -> dict[str, Any]:
     """The validated dataset.json under ``root``."""
     uri = storage.join(os.fspath(root), DATASET_JSON)
-    raw = storage.read_required(uri, storage_options, DatasetNotFoundError(
-        f"no {DATASET_JSON} at {uri}: point --data-uri at a folder written by "
-        "jobs/prepare_data.py (or write dataset.json, see docs/artifact.md)"))
-    try:
-        info = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetFormatError(f"{uri} is not valid JSON ({type(e).__name__}); {_fix(uri)}") from None
-    if not isinstance(info, dict):
-        raise DatasetFormatError(f"{uri} must hold a JSON object; {_fix(uri)}")
-    if info.get("format", DATASET_FORMAT) != DATASET_FORMAT or info.get("version", DATASET_VERSION) != DATASET_VERSION:
-        raise DatasetFormatError(f"{uri} has format {info.get('format')!r} version {info.get('version')!r}; "
-                                 f"this idc_ray reads {DATASET_FORMAT!r} version {DATASET_VERSION}")
+    info = storage.read_json(uri, storage_options, fmt=DATASET_FORMAT, version=DATASET_VERSION, implied=True,
+                             kind="idc-ray Parquet dataset description", error=DatasetFormatError, fix=_fix(uri),
+                             missing=DatasetNotFoundError(
+                                 f"no {DATASET_JSON} at {uri}: point --data-uri at a folder written by "
+                                 "jobs/prepare_data.py (or write dataset.json, see docs/artifact.md)"))
     missing = [k for k in ("class_names", "shape", "mean", "std") if k not in info]
     if missing:
         raise DatasetFormatError(f"{uri} lacks {', '.join(missing)}; {_fix(uri)}")

@@ -12,7 +12,6 @@ still ends with the bytes of an uninterrupted run.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,9 +21,10 @@ import torch
 
 from idc_ray.config import IDCConfig, resolve
 from idc_ray.data import ClassStore, DatasetSpec, get_spec, load_dataset
-from idc_ray.distributed.checkpoint import Checkpoint, CheckpointStore
+from idc_ray.checkpoint import Checkpoint, CheckpointStore
 from idc_ray.engine.expert import expert_trajectory
 from idc_ray.engine.loop import Matcher, Progress, build_specs, initial_synset, stack_stored
+from idc_ray.errors import first_line
 
 log = logging.getLogger("idc_ray")
 
@@ -160,9 +160,9 @@ def run_schedule(cfg: IDCConfig, make_group: Callable[[Checkpoint | None, int], 
             if restarts > options.max_restarts:
                 kept = f"; the last good checkpoint (outer {ckpt.outer}) is kept" if ckpt else ""
                 raise JobError(f"actors failed {restarts} times, more than --max-restarts {options.max_restarts}: "
-                               f"{_first_line(e)}{kept}") from None
+                               f"{first_line(e, typed=True)}{kept}") from None
             log.warning("actor failure: %s; restarting the actors from %s (outer %d), restart %d of at most %d",
-                        _first_line(e), where, back_to, restarts, options.max_restarts)
+                        first_line(e, typed=True), where, back_to, restarts, options.max_restarts)
 
 
 def _run_outer(group: Group, outer: int, inner_iters: int, window: int,
@@ -186,15 +186,6 @@ def _run_outer(group: Group, outer: int, inner_iters: int, window: int,
     while pending:
         drain_one()
     return sum(losses) / len(losses)
-
-
-def _first_line(e: BaseException) -> str:
-    """A one-line description; for errors wrapped by a task (Ray's ``cause``), the cause."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, BaseException) and cause is not e:
-        return _first_line(cause)
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
 
 
 def check_resume(cfg: IDCConfig, ckpt: Checkpoint) -> None:

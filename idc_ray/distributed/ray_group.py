@@ -19,9 +19,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from idc_ray.config import IDCConfig, resolve
 from idc_ray.data import DatasetSpec
 from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_runtime_env
-from idc_ray.distributed.checkpoint import Checkpoint, CheckpointStore
+from idc_ray.checkpoint import Checkpoint, CheckpointStore
 from idc_ray.distributed.driver import RunOptions, run_schedule, shard_classes
 from idc_ray.engine.loop import Progress, build_specs
+from idc_ray.errors import first_line
 
 log = logging.getLogger("idc_ray")
 PLACEMENT_TIMEOUT_S = 120
@@ -41,7 +42,7 @@ def connect(address: str | None) -> str | None:
         context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
         return context.dashboard_url or None
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ClusterError(f"no Ray cluster at --address {address} ({str(e).splitlines()[0][:120]}); "
+        raise ClusterError(f"no Ray cluster at --address {address} ({first_line(e, 120)}); "
                            "start one with `ray start --head` or omit --address to run locally") from None
 
 

@@ -37,6 +37,7 @@ from idc_ray.data import DatasetSpec, get_spec, load_dataset
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.distributed.ray_group import ClusterError
+from idc_ray.errors import first_line
 from idc_ray.evaluation.parallel import evaluate_task
 from idc_ray.evaluation.protocol import RunRecord, form_stored, plan_tasks
 from idc_ray.runner import condense_to
@@ -287,15 +288,6 @@ def _trial_id(result) -> str:
     return match.group(1) if match else os.path.basename(str(result.path))
 
 
-def _first_line(error: BaseException) -> str:
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException) and cause is not error:
-        return _first_line(cause)
-    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if ln.strip()]
-    raised = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", ln)]
-    return (raised[-1] if raised else lines[0] if lines else type(error).__name__)[:300]
-
-
 def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: int = 4, scheduler: str = "asha",
               storage_path: str = "runs/tune", name: str | None = None, cache_dir: str | None = None,
               resources: TrialResources | None = None, storage_options: dict | None = None, search_seed: int = 0,
@@ -359,7 +351,7 @@ def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: in
     grid = tuner.fit()
 
     rows = [TrialRow(_trial_id(r), dict(r.config or {}), dict(r.metrics or {}),
-                     None if r.error is None else _first_line(r.error)) for r in grid]
+                     None if r.error is None else first_line(r.error)) for r in grid]
     ranked = rank_trials(rows, space.metric, space.mode)
     best = ranked[0] if ranked and ranked[0].completed else None
     files: dict[str, str] = {}

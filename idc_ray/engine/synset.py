@@ -6,7 +6,7 @@ class's slice is updated independently, so a shard of classes can live in anothe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -164,7 +164,6 @@ class SyntheticClass:
     label: int
     data: torch.Tensor
     optimizer: ClassOptimizer
-    history: list[float] = field(default_factory=list)
 
     def clamp_(self) -> None:
         """Clamp to [0, 1]; the published loop does this at the start of each outer iteration."""

@@ -18,6 +18,7 @@ from torch import nn
 from idc_ray.config import IDCConfig, resolve
 from idc_ray.data import ClassStore, RealData, with_stats
 from idc_ray.engine import rng
+from idc_ray.errors import first_line
 from idc_ray.evaluation.protocol import as_float_images, random_real
 from idc_ray.evaluation.train import EVAL_BATCH, TrainRecipe, train_and_evaluate
 from idc_ray.models import build_model
@@ -89,9 +90,8 @@ def load_feature_net(cfg: IDCConfig, data: RealData, path: str | Path) -> Featur
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"--herding-net '{path}' does not fit {cfg.expert.model} (width {cfg.expert.width}) on "
-                         f"{data.spec.name}: {first[:160]}") from None
+                         f"{data.spec.name}: {first_line(e, 160)}") from None
     return FeatureNet(model, cfg.expert.model, cfg.expert.width, cfg.expert.norm, 0, None, str(path))
 
 

@@ -22,6 +22,7 @@ import torch
 from ray.util import metrics
 
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
+from idc_ray.errors import first_line
 from idc_ray.evaluation.protocol import EvalTask, RunRecord, Work, done_line, progress_line, run_task
 
 ACCURACY_METRIC = "idc_eval_accuracy"  # exported as ray_idc_eval_accuracy{model, set}
@@ -156,10 +157,8 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
             try:
                 r = ray.get(done[0])
             except ray.exceptions.RayError as e:
-                cause = getattr(e, "cause", None) or e
-                first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
                 raise RuntimeError(f"evaluation of {t.model} repeat {t.repeat + 1} on {t.set_label} failed: "
-                                   f"{type(cause).__name__}: {first[:300]}") from None
+                                   f"{first_line(e, typed=True)}") from None
             records[i] = r
             log(f"{done_line(r, t.repeats)}; {len(records)}/{len(work)} after {time.perf_counter() - started:.0f}s")
     finally:

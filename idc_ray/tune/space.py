@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from idc_ray.config import ConfigError, IDCConfig, apply_overrides, coerce
+from idc_ray.errors import first_line
 
 PARAM_TYPES = ("loguniform", "uniform", "randint", "choice", "grid")
 METRICS = {"accuracy": "max", "loss": "min"}  # what a trial reports, and the direction that is better
@@ -111,8 +112,7 @@ def load_space(path: str | os.PathLike, base: IDCConfig | None = None) -> TuneSp
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"tune space '{p}' is not valid YAML ({first}); fix its syntax") from None
+        raise ConfigError(f"tune space '{p}' is not valid YAML ({first_line(e)}); fix its syntax") from None
     space = space_from_dict(data, source=str(p))
     if base is not None:
         space.base_config(base)

@@ -60,7 +60,7 @@ def test_registered_imagenet10_loads_at_224_and_is_cached(tmp_path, monkeypatch)
     data = load_dataset("imagenet10", str(tmp_path))
     assert data.train_x.shape == (10, 3, 224, 224) and data.test_x.shape == (10, 3, 224, 224)
     assert sorted(data.train_y.tolist()) == list(range(10))
-    assert len(list((tmp_path / ".idc_cache").glob("imagenet10-224px-*.pt"))) == 1
+    assert len(list((tmp_path / "idc-cache").glob("imagenet10-224px-*.pt"))) == 1  # IDC_CACHE_DIR, conftest
 
     def no_decoding(*args):
         raise AssertionError("decoded again despite the cache")
@@ -78,7 +78,28 @@ def test_cache_dir_from_environment_and_invalidated_by_new_files(tmp_path, monke
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "data" / "train" / classes[0] / "new.png")
     second = load_imagenet_folder(str(tmp_path / "data"), classes=classes, size=16)
     assert len(first[0]) == 4 and len(second[0]) == 5
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2 and not (tmp_path / "data" / ".idc_cache").exists()
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["train", "val"]  # nothing beside the data
+
+
+def test_cache_defaults_to_the_users_cache_folder(tmp_path, monkeypatch):
+    """Without IDC_CACHE_DIR: $XDG_CACHE_HOME/idc_ray, else ~/.cache/idc_ray; never the data
+    folder (often read-only or shared). Copies of the same files in two folders do not share
+    a cache entry."""
+    classes = IMAGENET10_CLASSES[:2]
+    for name in ("data", "copy"):
+        write_tree(tmp_path / name, classes)
+    monkeypatch.delenv("IDC_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    load_imagenet_folder(str(tmp_path / "data"), classes=classes, size=16)
+    assert len(list((tmp_path / "xdg" / "idc_ray").glob("imagenet-16px-*.pt"))) == 1
+    load_imagenet_folder(str(tmp_path / "copy"), classes=classes, size=16)
+    assert len(list((tmp_path / "xdg" / "idc_ray").glob("imagenet-16px-*.pt"))) == 2
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    load_imagenet_folder(str(tmp_path / "data"), classes=classes, size=16)
+    assert len(list((tmp_path / "home" / ".cache" / "idc_ray").glob("imagenet-16px-*.pt"))) == 1
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["train", "val"]
 
 
 def test_missing_class_folder_and_split_are_named(tmp_path):

@@ -107,7 +107,7 @@ def test_nested_archive_folder_and_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(speech, "read_wav", no_decoding)
     again = load_dataset("speech", str(tmp_path))
     assert torch.equal(first.train_x, again.train_x) and len(first.test_x) == 8
-    meta = torch.load(next((tmp_path / ".idc_cache").glob("speech-*.pt")), weights_only=True)["meta"]
+    meta = torch.load(next((tmp_path / "idc-cache").glob("speech-*.pt")), weights_only=True)["meta"]
     assert meta["test"][0].endswith("00_clip.wav") and len(meta["train"]) == 8  # the split, kept with the data
 
 

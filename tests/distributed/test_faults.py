@@ -8,7 +8,7 @@ import ray
 import torch
 
 from idc_ray.config import apply_overrides, load_preset
-from idc_ray.distributed.checkpoint import CheckpointStore
+from idc_ray.checkpoint import CheckpointStore
 from idc_ray.distributed.driver import JobError, RunOptions, condense_job
 
 SMALL = {"schedule.outer_iters": 3, "schedule.inner_iters": 2}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from idc_ray.artifacts import load_condensed_pt
+from idc_ray.artifacts import load_condensed
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -129,9 +129,9 @@ def test_job_submit_runs_the_condensation_and_exports_metrics(head, tmp_path):
     assert 'shard="matcher-0[classes 0-1]"' in seen
     assert "matcher-1[classes 2-3] on node" in logs and "condensed set written to" in logs
     assert "checkpoint after outer iteration 30" in logs
-    saved = load_condensed_pt(out)
-    assert saved["data"].shape == (4, 1, 1, 28, 28) and saved["meta"]["backend"] == "ray"
-    assert torch.isfinite(saved["data"]).all()
+    stored, _, manifest = load_condensed(out)
+    assert stored.shape == (4, 1, 1, 28, 28) and manifest["metrics"]["backend"] == "ray"
+    assert torch.isfinite(stored).all()
 
 
 def test_bad_address_is_one_line_and_exit_2(tmp_path):

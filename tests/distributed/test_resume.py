@@ -1,6 +1,8 @@
 """Kill the driver process mid-run, start it again with --resume: same bytes as one clean run."""
 
+import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from idc_ray.artifacts import load_condensed_pt
+from idc_ray.artifacts import load_condensed
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.distributed.driver import RunOptions, condense_job
 
@@ -52,9 +54,9 @@ def test_resume_after_killing_the_driver_gives_the_same_bytes(ray_cluster, one_t
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert f"resuming from the checkpoint after outer iteration {interrupted_at}" in err
-    saved = load_condensed_pt(out)
-    assert torch.equal(saved["data"], clean.stored)
-    assert saved["meta"]["loss_history"] == pytest.approx(clean.loss_history, abs=0)
+    stored, _, manifest = load_condensed(out)
+    assert torch.equal(stored, clean.stored)
+    assert manifest["metrics"]["loss_history"] == pytest.approx(clean.loss_history, abs=0)
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(ray_cluster, tmp_path):
@@ -67,3 +69,48 @@ def test_resume_refuses_a_checkpoint_of_another_config(ray_cluster, tmp_path):
     assert err.strip().splitlines() == [
         "error: --resume: the checkpoint in the output folder was written with another config; "
         "use the same --preset/--config/--set, or another --output"]
+
+
+def _condense_main():
+    """jobs/condense.py as a module (jobs/ is not a package), to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location("condense_job_for_resume_tests", ROOT / "jobs" / "condense.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path):
+    """The newest checkpoint's file is damaged: --resume refuses it (a warning naming the file),
+    continues from the previous one and still ends with the bytes of an uninterrupted run."""
+    cfg = apply_overrides(load_preset("smoke"), ["schedule.outer_iters=3", "schedule.inner_iters=2"])
+    clean = condense_job(cfg, str(tmp_path / "clean"), RunOptions(backend="local"))
+    main, out = _condense_main(), tmp_path / "run"
+    common = ["--preset", "smoke", "--set", "schedule.inner_iters=2", "--backend", "local", "--device", "cpu",
+              "--checkpoint-every", "1", "--output", str(out), "--quiet"]
+    assert main([*common, "--set", "schedule.outer_iters=2"]) == 0  # stands for a run stopped after outer 2
+    newest = out / "checkpoints" / "ckpt-0000002.pt"
+    raw = bytearray(newest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    newest.write_bytes(bytes(raw))
+
+    seen = _Lines()
+    logging.getLogger("idc_ray").addHandler(seen)
+    try:
+        assert main([*common, "--set", "schedule.outer_iters=3", "--resume"]) == 0
+    finally:
+        logging.getLogger("idc_ray").removeHandler(seen)
+    refused = [line for line in seen.lines if "falling back" in line]
+    assert len(refused) == 1 and str(newest) in refused[0] and "sha256" in refused[0]
+    assert "resuming from the checkpoint after outer iteration 1" in seen.lines
+    stored, _, manifest = load_condensed(out)
+    assert torch.equal(stored, clean.stored)
+    assert manifest["metrics"]["loss_history"] == pytest.approx(clean.loss_history, abs=0)
