@@ -314,9 +314,9 @@ def pool_settings(cfg: IDCConfig, seeds: int) -> dict[str, Any]:
     the expert's network and optimiser, the resolved augmentation, the seed, how many networks and
     epochs. Matching, synthetic-set and evaluation settings are not part of it."""
     from idc_ray.data import get_spec
-    from idc_ray.engine.loop import build_specs
+    from idc_ray.engine.plan import build_plan
 
-    _, expert, _ = build_specs(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri))
+    expert = build_plan(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri)).expert
     net = {k: v for k, v in dataclasses.asdict(expert).items() if k not in _POOL_UNUSED}
     from idc_ray.models import NETWORKS_REVISION
 
