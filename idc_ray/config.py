@@ -150,15 +150,16 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> IDCConfig:
-    """The named preset as a validated config."""
+def load_preset(name: str, *, validated: bool = True) -> IDCConfig:
+    """The named preset as a validated config (``validated=False``: the caller validates the
+    config it builds on top, once)."""
     path = resources.files("idc_ray") / "presets" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(preset_names())}")
-    return from_dict(yaml.safe_load(path.read_text()) or {}, source=f"preset {name}")
+    return from_dict(yaml.safe_load(path.read_text()) or {}, source=f"preset {name}", validated=validated)
 
 
-def load_yaml(path: str | Path, base: IDCConfig | None = None) -> IDCConfig:
+def load_yaml(path: str | Path, base: IDCConfig | None = None, *, validated: bool = True) -> IDCConfig:
     """A config from a YAML file (a full config or a partial one applied on top of ``base``)."""
     p = Path(path)
     if not p.is_file():
@@ -169,17 +170,20 @@ def load_yaml(path: str | Path, base: IDCConfig | None = None) -> IDCConfig:
         raise ConfigError(f"config file '{p}' is not valid YAML ({_first_line(e)}); fix its syntax")
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{p}' must hold a mapping of sections, not {type(data).__name__}")
-    return from_dict(data, base=base, source=str(p))
+    return from_dict(data, base=base, source=str(p), validated=validated)
 
 
-def from_dict(data: Mapping[str, Any], base: IDCConfig | None = None, source: str = "config") -> IDCConfig:
-    """Apply a nested mapping on top of ``base`` (defaults when None); validates the result."""
+def from_dict(data: Mapping[str, Any], base: IDCConfig | None = None, source: str = "config", *,
+              validated: bool = True) -> IDCConfig:
+    """Apply a nested mapping on top of ``base`` (defaults when None); validates the result
+    unless ``validated=False`` (keys and types are always checked)."""
     cfg = _merge(base or IDCConfig(), data, prefix="", source=source)
-    validate(cfg)
+    if validated:
+        validate(cfg)
     return cfg
 
 
-def apply_overrides(cfg: IDCConfig, overrides: list[str] | Mapping[str, Any]) -> IDCConfig:
+def apply_overrides(cfg: IDCConfig, overrides: list[str] | Mapping[str, Any], *, validated: bool = True) -> IDCConfig:
     """Apply ``section.key=value`` strings (values parsed as YAML) or a mapping of dotted keys."""
     items = overrides.items() if isinstance(overrides, Mapping) else [_split_override(o) for o in overrides]
     nested: dict[str, Any] = {}
@@ -191,7 +195,7 @@ def apply_overrides(cfg: IDCConfig, overrides: list[str] | Mapping[str, Any]) ->
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{key}' conflicts with another override; set it once")
         node[parts[-1]] = value
-    return from_dict(nested, base=cfg, source="override")
+    return from_dict(nested, base=cfg, source="override", validated=validated)
 
 
 def _split_override(text: str) -> tuple[str, Any]:

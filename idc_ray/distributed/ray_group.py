@@ -149,9 +149,18 @@ class RayGroup:
     def placement(self) -> list[dict]:
         """Where each matcher runs, once every actor is constructed. An actor whose constructor
         raised (its data could not be loaded: a wrong --data-uri, say) raises RayActorError with
-        ``actor_init_failed`` here; run_on_ray turns it into the one-line error."""
-        *infos, _ = ray.get([*(m.info.remote() for m in self.matchers), self.expert.ready.remote()])
-        return infos
+        ``actor_init_failed`` here; run_on_ray turns it into the one-line error. Every reply is
+        fetched, so Ray reports no other actor's failure as an unhandled error on stderr."""
+        refs = [*(m.info.remote() for m in self.matchers), self.expert.ready.remote()]
+        replies, failure = [], None
+        for ref in refs:
+            try:
+                replies.append(ray.get(ref))
+            except ray.exceptions.RayActorError as e:
+                failure = failure or e
+        if failure is not None:
+            raise failure
+        return replies[:-1]
 
     def _expert_state(self):
         """The ref of the next expert state, keeping ``lookahead`` more requested ahead."""
