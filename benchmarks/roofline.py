@@ -76,7 +76,7 @@ def ray_actors_step_s(cfg, spec: DatasetSpec, expert_state: dict, actors: int, s
         actor = MatcherActor.options(num_cpus=1, runtime_env=actor_runtime_env(True))
         group = [actor.remote(f"shard{i}", plan, classes, cfg.data.dataset, None, None)
                  for i, classes in enumerate(shard_classes(spec.num_classes, actors))]
-        infos = ray.get([a.info.remote() for a in group])
+        infos = ray.get([a.setup.remote() for a in group])
         assert all(i["threads"] == 1 and i["keeps_freed_memory"] for i in infos), infos
         state = ray.put(expert_state)
         ray.get([a.step.remote(state, 0, 0) for a in group])  # warm-up

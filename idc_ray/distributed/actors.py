@@ -53,17 +53,19 @@ def use_assigned_cpus() -> int:
 @ray.remote(max_restarts=0)
 class MatcherActor:
     """Owns a contiguous shard of classes: their real images only, their stored samples and
-    optimiser state. ``step`` updates the shard against one expert state from the object store."""
+    optimiser state. ``setup`` reads the shard and builds its matcher; ``step`` updates the shard
+    against one expert state from the object store.
+
+    Reading the data is a method, not part of the constructor, so that its errors (a wrong
+    --data-uri) come back to the driver as the method's exception, which the driver reports in
+    one line: Ray prints a failed constructor's traceback on the driver's stderr as well."""
 
     def __init__(self, name: str, plan: Plan, classes: list[int], dataset: str, data_uri: str | None,
                  state: dict | None, fault: dict | None = None, storage_options: dict | None = None):
         self.name = name
         self.threads = use_assigned_cpus()
         self.device = actor_device()
-        # Only this shard's classes are read and held (Parquet sources read just their rows).
-        store = load_dataset(dataset, data_uri, storage_options=storage_options, classes=classes).train_store(classes)
-        self.matcher = build_matcher(plan, store, classes, state, self.device)
-        self.model = new_model(plan.expert, 0, 0).to(self.device)  # weights are replaced every step
+        self.source = (plan, classes, dataset, data_uri, state, storage_options)
         self.fault = fault
         tags = {"shard": name}
         self.m_loss = metrics.Gauge("idc_matching_loss", "mean matching loss of the shard's last step", tag_keys=("shard",))
@@ -71,6 +73,15 @@ class MatcherActor:
         self.m_outer = metrics.Gauge("idc_outer_iteration", "current outer iteration", tag_keys=("shard",))
         for m in (self.m_loss, self.m_rate, self.m_outer):
             m.set_default_tags(tags)
+
+    def setup(self) -> dict:
+        """Read this shard's classes only (Parquet sources read just their rows) and build the
+        matcher (from the checkpoint's state, if any); returns :meth:`info`."""
+        plan, classes, dataset, data_uri, state, storage_options = self.source
+        store = load_dataset(dataset, data_uri, storage_options=storage_options, classes=classes).train_store(classes)
+        self.matcher = build_matcher(plan, store, classes, state, self.device)
+        self.model = new_model(plan.expert, 0, 0).to(self.device)  # weights are replaced every step
+        return self.info()
 
     def info(self) -> dict:
         ctx = ray.get_runtime_context()
@@ -104,13 +115,15 @@ class ExpertActor:
                  start_outer: int, end_outer: int, storage_options: dict | None = None):
         use_assigned_cpus()
         self.device = actor_device()
-        store = load_dataset(dataset, data_uri, storage_options=storage_options).train_store()
-        self.trajectory = expert_trajectory(expert, store, inner_iters, start_outer, end_outer, self.device)
+        self.source = (expert, dataset, data_uri, inner_iters, start_outer, end_outer, storage_options)
         self.produced = 0
         self.m_depth = metrics.Gauge("idc_expert_queue_depth", "expert states produced but not yet consumed by the matchers")
 
-    def ready(self) -> None:
-        """Returns once the constructor has run (raises RayActorError if it raised)."""
+    def setup(self) -> None:
+        """Read the training split and start the trajectory (as MatcherActor.setup)."""
+        expert, dataset, data_uri, inner_iters, start_outer, end_outer, storage_options = self.source
+        store = load_dataset(dataset, data_uri, storage_options=storage_options).train_store()
+        self.trajectory = expert_trajectory(expert, store, inner_iters, start_outer, end_outer, self.device)
 
     def produce(self, consumed: int) -> dict:
         """The next expert state (CPU tensors). ``consumed`` is how many the matchers finished."""

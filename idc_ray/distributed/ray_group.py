@@ -146,18 +146,21 @@ class RayGroup:
         self.requested = 0
         self.consumed = 0
 
-    def placement(self) -> list[dict]:
-        """Where each matcher runs, once every actor is constructed. An actor whose constructor
-        raised (its data could not be loaded: a wrong --data-uri, say) raises RayActorError with
-        ``actor_init_failed`` here; run_on_ray turns it into the one-line error. Every reply is
-        fetched, so Ray reports no other actor's failure as an unhandled error on stderr."""
-        refs = [*(m.info.remote() for m in self.matchers), self.expert.ready.remote()]
+    def setup(self) -> list[dict]:
+        """Let every actor read its data; returns where each matcher runs. Bad data (a wrong
+        --data-uri, say: the actor's ValueError) is a user error, not a failure to recover from:
+        one line. Any other exception propagates with its cause. Every reply is fetched, so Ray
+        reports no other actor's failure as an unhandled error on stderr."""
+        refs = [*(m.setup.remote() for m in self.matchers), self.expert.setup.remote()]
         replies, failure = [], None
         for ref in refs:
             try:
                 replies.append(ray.get(ref))
-            except ray.exceptions.RayActorError as e:
+            except ray.exceptions.RayError as e:
                 failure = failure or e
+        cause = getattr(failure, "cause", None)
+        if isinstance(cause, ValueError):
+            raise ValueError((str(cause).strip().splitlines() or [type(cause).__name__])[0]) from None
         if failure is not None:
             raise failure
         return replies[:-1]
@@ -249,7 +252,7 @@ def run_on_ray(cfg: IDCConfig, plan: Plan, spec: DatasetSpec, ckpts: CheckpointS
         group = RayGroup(cfg, plan, layout, pg, ckpt, first, options, faults, f"{run_id}.{next(attempts)}",
                          storage_options)
         faults[:] = [f for f in faults if f.get("repeat")]  # others fire in the first incarnation only
-        placement[:] = group.placement()
+        placement[:] = group.setup()
         for p in placement:
             log.info("%s on node %s (%s, %d threads)", p["name"], p["node"][:12], p["device"], p["threads"])
         return group
