@@ -51,7 +51,8 @@ from idc_ray.data import ClassStore, load_dataset  # noqa: E402
 from idc_ray.distributed.driver import RunOptions, condense_job  # noqa: E402
 from idc_ray.distributed.ray_group import EXPERT_GPU_SHARE, plan_layout  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert, new_model  # noqa: E402
-from idc_ray.engine.loop import Matcher, build_specs, initial_synset, resolve_path  # noqa: E402
+from idc_ray.engine.loop import Matcher, resolve_path  # noqa: E402
+from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 
 # The paper's MNIST condensation settings (settings sheet, "Per-dataset settings") on the embedded
 # MNIST subset; --tiny shrinks the network and the set so the CPU runs it in seconds.
@@ -203,10 +204,11 @@ def time_breakdown(device: torch.device, tiny: bool, steps: int) -> dict:
     """Section 5: one inner iteration's parts on ``device``, each timed with the device synchronised."""
     cfg = job_config(tiny, steps + 1)
     data = load_dataset(cfg.data.dataset)
-    match, expert_spec, _ = build_specs(cfg, data.spec)
+    plan = build_plan(cfg, data.spec)
+    match, expert_spec = plan.match, plan.expert
     store = ClassStore(data.train_x, data.train_y)
     path = resolve_path("auto", device)
-    matcher = Matcher(match, store, initial_synset(cfg, store, store.classes), device)
+    matcher = Matcher(match, store, initial_synset(match, store, store.classes), device)
     trainer = ExpertTrainer(expert_spec, init_expert(expert_spec, 0).to(device), device)
     replica = new_model(expert_spec, 0, 0).to(device)
     parts: dict[str, list[float]] = {"matching": [], "expert": [], "transfer": []}

@@ -32,7 +32,8 @@ from common import paper_config, use_actor_allocator, write  # noqa: E402
 from idc_ray.config import apply_overrides  # noqa: E402
 from idc_ray.data import ClassStore, RealData, get_spec, load_dataset  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert  # noqa: E402
-from idc_ray.engine.loop import Matcher, build_specs, initial_synset, resolve_path, stack_stored  # noqa: E402
+from idc_ray.engine.loop import Matcher, resolve_path, stack_stored  # noqa: E402
+from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 
 PATHS = ("loop", "lean", "vmap")
 DEFAULT_WIDTH = 128
@@ -105,9 +106,10 @@ def time_expert(trainer: ExpertTrainer, store: ClassStore, steps: int, device: t
 def measure(data: RealData, steps: int, device: torch.device, width: int = DEFAULT_WIDTH) -> dict:
     # Shapes come from data.spec; the MNIST rules only set lr and augmentation.
     cfg = apply_overrides(paper_config(), {"expert.width": width})
-    match, expert_spec, _ = build_specs(cfg, data.spec)
+    plan = build_plan(cfg, data.spec)
+    match, expert_spec = plan.match, plan.expert
     store = ClassStore(data.train_x, data.train_y)
-    init = initial_synset(cfg, store, store.classes)
+    init = initial_synset(match, store, store.classes)
     model = init_expert(expert_spec, 0).to(device)
     matchers = {path: Matcher(replace(match, path=path), store, init, device) for path in PATHS}
     paths, after_one = time_paths(matchers, model, steps, device)

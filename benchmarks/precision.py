@@ -24,7 +24,8 @@ from common import paper_config, write  # noqa: E402
 from idc_ray.config import apply_overrides  # noqa: E402
 from idc_ray.data import ClassStore, load_dataset  # noqa: E402
 from idc_ray.engine.expert import init_expert  # noqa: E402
-from idc_ray.engine.loop import Matcher, build_specs, initial_synset  # noqa: E402
+from idc_ray.engine.loop import Matcher  # noqa: E402
+from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 
 CLASSES = [0, 1]
 TINY = {"expert.width": 8, "synset.ipc": 2, "match.batch_real": 16}
@@ -33,9 +34,10 @@ TINY = {"expert.width": 8, "synset.ipc": 2, "match.batch_real": 16}
 def step_update(data, path: str, dtype: torch.dtype, metric: str, tiny: bool = False) -> torch.Tensor:
     """The change one step makes to the stored data, computed in ``dtype``."""
     cfg = apply_overrides(paper_config(), {**(TINY if tiny else {}), "match.path": path, "match.metric": metric})
-    match, expert, _ = build_specs(cfg, data.spec)
+    plan = build_plan(cfg, data.spec)
+    match, expert = plan.match, plan.expert
     store = ClassStore(data.train_x, data.train_y)
-    matcher = Matcher(match, store, initial_synset(cfg, store, CLASSES))
+    matcher = Matcher(match, store, initial_synset(match, store, CLASSES))
     # The engine keeps float32; this measurement casts its state (real batches come from uint8).
     matcher._mean, matcher._std = matcher._mean.to(dtype), matcher._std.to(dtype)
     for cls in matcher.classes.values():

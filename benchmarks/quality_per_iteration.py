@@ -31,7 +31,9 @@ from common import write  # noqa: E402
 
 from idc_ray.config import IDCConfig, apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import ClassStore, load_dataset  # noqa: E402
-from idc_ray.engine.loop import condense, initial_synset, stack_stored  # noqa: E402
+from idc_ray.distributed.local import condense_local  # noqa: E402
+from idc_ray.engine.loop import stack_stored  # noqa: E402
+from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 from idc_ray.evaluation.protocol import evaluate_set, form_stored  # noqa: E402
 
 MODES = {
@@ -71,7 +73,7 @@ def base_config(args: argparse.Namespace) -> IDCConfig:
 def accuracy(cfg: IDCConfig, data, stored: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace) -> dict:
     """Test accuracy (%) of ConvNet-3 trained on the formed set, evaluation seed fixed."""
     eval_cfg = apply_overrides(cfg, {"schedule.seed": args.eval_seed})
-    x, y = form_stored(eval_cfg, stored, labels)
+    x, y = form_stored(eval_cfg, data.spec, stored, labels)
     score = evaluate_set(eval_cfg, data, x, y, models=("convnet3",), repeat=args.eval_repeat,
                          epochs=args.eval_epochs, device=args.device)["convnet3"]
     return {"last": 100 * score.mean, "best": 100 * statistics.fmean(score.best),
@@ -104,19 +106,21 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for seed in args.seeds:
         cfg = apply_overrides(base, {"schedule.seed": seed})
-        init, labels = stack_stored(initial_synset(cfg, store, store.classes))
+        init, labels = stack_stored(initial_synset(build_plan(cfg, data.spec).match, store, store.classes))
         key = hashlib.sha256(init.numpy().tobytes()).digest()
         if key not in inits:
             inits[key] = accuracy(cfg, data, init, labels, args)
             print(f"init (seed {seed}): {inits[key]['last']:.2f}%", flush=True)
         for mode, overrides in MODES.items():
             started = time.perf_counter()
-            result = condense(apply_overrides(cfg, overrides), data, device=args.device)
+            run_cfg = apply_overrides(cfg, overrides)
+            stored, stored_labels, history = condense_local(run_cfg, build_plan(run_cfg, data.spec), store,
+                                                            device=args.device)
             seconds = time.perf_counter() - started
-            acc = accuracy(cfg, data, result.stored, result.labels, args)
+            acc = accuracy(cfg, data, stored, stored_labels, args)
             gain = acc["last"] - inits[key]["last"]
             runs[mode].append({"seed": seed, "init": inits[key]["last"], **acc, "gain": gain,
-                               "condense_s": seconds, "loss_history": result.loss_history})
+                               "condense_s": seconds, "loss_history": history})
             print(f"seed {seed} {mode}: {acc['last']:.2f}% (gain {gain:+.2f}) in {seconds:.0f}s", flush=True)
     payload = {
         "settings": {"preset": "smoke" if args.tiny else args.preset, "config": base.to_dict(), "seeds": args.seeds, "inner_iters": args.inner,

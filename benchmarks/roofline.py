@@ -34,9 +34,10 @@ from common import paper_config, use_actor_allocator, write  # noqa: E402
 
 from idc_ray.config import apply_overrides  # noqa: E402
 from idc_ray.data import ClassStore, DatasetSpec, load_dataset  # noqa: E402
-from idc_ray.distributed.driver import shard_classes  # noqa: E402
+from idc_ray.distributed.schedule import shard_classes  # noqa: E402
 from idc_ray.engine.expert import init_expert  # noqa: E402
-from idc_ray.engine.loop import Matcher, build_specs, initial_synset  # noqa: E402
+from idc_ray.engine.loop import Matcher  # noqa: E402
+from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 
 GOAL = 0.4
 
@@ -68,16 +69,15 @@ def ray_actors_step_s(cfg, spec: DatasetSpec, expert_state: dict, actors: int, s
 
     from idc_ray.distributed.actors import MatcherActor, actor_runtime_env
 
-    match, expert, resolved = build_specs(cfg, spec)
+    plan = build_plan(cfg, spec)
     ray.init(address="local", num_cpus=actors, include_dashboard=False, logging_level=logging.ERROR,
              log_to_driver=False)
     try:
         actor = MatcherActor.options(num_cpus=1, runtime_env=actor_runtime_env(True))
-        group = [actor.remote(f"shard{i}", match, expert, classes, cfg.data.dataset, None, resolved.init,
-                              cfg.synset.ipc, None)
+        group = [actor.remote(f"shard{i}", plan, classes, cfg.data.dataset, None, None)
                  for i, classes in enumerate(shard_classes(spec.num_classes, actors))]
-        infos = ray.get([a.info.remote() for a in group])
-        assert all(i["threads"] == 1 and i["keeps_freed_memory"] and not i["error"] for i in infos), infos
+        infos = ray.get([a.setup.remote() for a in group])
+        assert all(i["threads"] == 1 and i["keeps_freed_memory"] for i in infos), infos
         state = ray.put(expert_state)
         ray.get([a.step.remote(state, 0, 0) for a in group])  # warm-up
         started = time.perf_counter()
@@ -97,9 +97,10 @@ def main() -> None:
     args = parser.parse_args()
     cfg = apply_overrides(paper_config(), {"expert.width": args.width})
     data = load_dataset(cfg.data.dataset)
-    match, expert_spec, _ = build_specs(cfg, data.spec)
+    plan = build_plan(cfg, data.spec)
+    match, expert_spec = plan.match, plan.expert
     store = ClassStore(data.train_x, data.train_y)
-    matcher = Matcher(match, store, initial_synset(cfg, store, store.classes))
+    matcher = Matcher(match, store, initial_synset(match, store, store.classes))
     model = init_expert(expert_spec, 0)
     matcher.step(model, 0, 0)  # the counted step must not be the first (lazy init is not FLOPs)
     with FlopCounterMode(display=False) as counter:

@@ -31,9 +31,10 @@ import yaml
 from torchvision.utils import save_image
 
 from idc_ray import __version__, storage
-from idc_ray.config import from_dict, resolve
+from idc_ray.config import from_dict
 from idc_ray.data import DatasetSpec, get_spec
 from idc_ray.engine.formation import form_classes, get_former
+from idc_ray.engine.plan import resolve
 
 FORMAT = "idc-ray/condensed"
 FORMAT_VERSION = 2  # 1 was the condensed.pt of the first release
@@ -119,7 +120,7 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
     formation = {field: meta.get(key, synset.get(key)) for field, key in
                  (("mode", "formation"), ("factor", "factor"), ("axis", "formation_axis"), ("bound", "bound"))}
     if formation["mode"] == "auto":  # the manifest records the formation the run used
-        formation["mode"] = resolve(from_dict(config)).formation
+        formation["mode"] = resolve(from_dict(config), spec).formation
     consumed = {"dataset", "ipc", "factor", "formation", "formation_axis", "bound", "code_version", "resolved"}
 
     storage.remove(storage.join(out, MANIFEST), storage_options)  # from here on, readers see no artifact

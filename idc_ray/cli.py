@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Callable
 
-from idc_ray.config import ConfigError, IDCConfig, apply_overrides, load_preset, load_yaml, preset_names
+from idc_ray.config import ConfigError, IDCConfig, apply_overrides, load_preset, load_yaml, preset_names, validate
 
 EXIT_BAD_INPUT = 2
 
@@ -41,14 +41,17 @@ _FLAG_KEYS = {
 
 
 def config_from_args(args: argparse.Namespace) -> IDCConfig:
-    cfg = load_preset(args.preset)
+    """Preset, then --config, flags and --set on top; the result is validated once (a value
+    may be out of range in between, e.g. --ipc above the preset's bound with --set synset.bound)."""
+    cfg = load_preset(args.preset, validated=False)
     if args.config:
-        cfg = load_yaml(args.config, base=cfg)
+        cfg = load_yaml(args.config, base=cfg, validated=False)
     flags = {key: getattr(args, attr) for attr, key in _FLAG_KEYS.items() if getattr(args, attr) is not None}
     if flags:
-        cfg = apply_overrides(cfg, flags)
+        cfg = apply_overrides(cfg, flags, validated=False)
     if args.set:
-        cfg = apply_overrides(cfg, args.set)
+        cfg = apply_overrides(cfg, args.set, validated=False)
+    validate(cfg)
     return cfg
 
 

@@ -3,9 +3,11 @@
 A run is described by a frozen :class:`IDCConfig` made of small sections. Named presets are YAML
 files shipped in ``idc_ray/presets/`` (one per row of the settings sheet, plus a CPU demo);
 overrides come from YAML files or ``section.key=value`` strings. Unknown keys and impossible
-values are rejected with one :class:`ConfigError` line. Values that the published implementation
-derives from others (the lr_img scaling, dataset-specific augmentation rules) are computed in
-:func:`resolve` and recorded next to the nominal values, never written over what the user gave.
+values are rejected with one :class:`ConfigError` line. This module is a leaf: values that
+depend on the dataset, the engine or the model registry are checked, and the values the published
+implementation derives from others (the lr_img scaling, dataset-specific augmentation rules)
+computed, by ``idc_ray.engine.plan`` (``check``, ``resolve``) and recorded next to the nominal
+values, never written over what the user gave.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import yaml
 
 from idc_ray.errors import first_line
 
-FORMATIONS = ("auto", "uniform", "multiscale", "bounded", "bounded_tight", "1d")
 INITS = ("auto", "mix", "random", "noise")
 INIT_SELECTS = ("first", "random")
 REAL_SAMPLINGS = ("stream", "independent")  # engine/streams.py
@@ -32,7 +33,6 @@ MATCH_PATHS = ("auto", "loop", "lean", "vmap")
 EVAL_LOADER_AUGS = ("none", "imagenet")  # idc_ray.evaluation.loader_aug.LOADER_AUGS
 EVAL_FORMATIONS = ("published", "condensed")
 EVAL_BEST_ON = ("test", "val")
-NORMS = ("instance", "batch", "none")
 
 
 class ConfigError(ValueError):
@@ -68,7 +68,7 @@ class MatchConfig:
     fc: bool = False  # include 2-D parameters (the classifier) in gradient matching
     aug: str | None = None  # None: dataset rule (color_crop_cutout; color_crop for MNIST f > 1)
     batch_real: int = 64
-    lr_img: float = 5e-3  # nominal; scaled by (ipc/10)(size/base)^2, see resolve()
+    lr_img: float = 5e-3  # nominal; scaled by (ipc/10)(size/base)^2, see engine/plan.py resolve()
     mom_img: float = 0.5
     momentum_mode: str = "shared"  # shared: the published single-optimiser behaviour
     path: str = "auto"  # loop (published), lean (loop, leaner conv double backward), vmap (classes batched); auto: vmap on CUDA, lean on CPU
@@ -142,29 +142,6 @@ class IDCConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """Values derived from a config by the published implementation's rules (settings sheet)."""
-
-    lr_img: float  # effective data learning rate
-    init: str
-    formation: str  # "auto" resolved
-    match_aug: str
-    expert_aug: str
-    expert_cutmix_prob: float
-    eval_augment: str
-    eval_loader_aug: str
-    eval_cutmix_prob: float
-    eval_epochs: int  # every test model but DenseNet on CIFAR at ipc >= 50, f > 1 (eval_epochs_for)
-    eval_formation: str  # how evaluation forms the stored set
-    num_classes: int
-    channels: int
-    size: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 # ---------------------------------------------------------------------------------------------
 # Building configs from presets, YAML and overrides
 # ---------------------------------------------------------------------------------------------
@@ -175,15 +152,16 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> IDCConfig:
-    """The named preset as a validated config."""
+def load_preset(name: str, *, validated: bool = True) -> IDCConfig:
+    """The named preset as a validated config (``validated=False``: the caller validates the
+    config it builds on top, once)."""
     path = resources.files("idc_ray") / "presets" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(preset_names())}")
-    return from_dict(yaml.safe_load(path.read_text()) or {}, source=f"preset {name}")
+    return from_dict(yaml.safe_load(path.read_text()) or {}, source=f"preset {name}", validated=validated)
 
 
-def load_yaml(path: str | Path, base: IDCConfig | None = None) -> IDCConfig:
+def load_yaml(path: str | Path, base: IDCConfig | None = None, *, validated: bool = True) -> IDCConfig:
     """A config from a YAML file (a full config or a partial one applied on top of ``base``)."""
     p = Path(path)
     if not p.is_file():
@@ -194,17 +172,20 @@ def load_yaml(path: str | Path, base: IDCConfig | None = None) -> IDCConfig:
         raise ConfigError(f"config file '{p}' is not valid YAML ({first_line(e)}); fix its syntax")
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{p}' must hold a mapping of sections, not {type(data).__name__}")
-    return from_dict(data, base=base, source=str(p))
+    return from_dict(data, base=base, source=str(p), validated=validated)
 
 
-def from_dict(data: Mapping[str, Any], base: IDCConfig | None = None, source: str = "config") -> IDCConfig:
-    """Apply a nested mapping on top of ``base`` (defaults when None); validates the result."""
+def from_dict(data: Mapping[str, Any], base: IDCConfig | None = None, source: str = "config", *,
+              validated: bool = True) -> IDCConfig:
+    """Apply a nested mapping on top of ``base`` (defaults when None); validates the result
+    unless ``validated=False`` (keys and types are always checked)."""
     cfg = _merge(base or IDCConfig(), data, prefix="", source=source)
-    validate(cfg)
+    if validated:
+        validate(cfg)
     return cfg
 
 
-def apply_overrides(cfg: IDCConfig, overrides: list[str] | Mapping[str, Any]) -> IDCConfig:
+def apply_overrides(cfg: IDCConfig, overrides: list[str] | Mapping[str, Any], *, validated: bool = True) -> IDCConfig:
     """Apply ``section.key=value`` strings (values parsed as YAML) or a mapping of dotted keys."""
     items = overrides.items() if isinstance(overrides, Mapping) else [_split_override(o) for o in overrides]
     nested: dict[str, Any] = {}
@@ -216,7 +197,7 @@ def apply_overrides(cfg: IDCConfig, overrides: list[str] | Mapping[str, Any]) ->
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{key}' conflicts with another override; set it once")
         node[parts[-1]] = value
-    return from_dict(nested, base=cfg, source="override")
+    return from_dict(nested, base=cfg, source="override", validated=validated)
 
 
 def _split_override(text: str) -> tuple[str, Any]:
@@ -326,23 +307,12 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(cfg: IDCConfig) -> None:
-    """Reject impossible values with one clear line. Imports the registries lazily."""
-    from idc_ray.data import UnknownDatasetError, get_spec
-    from idc_ray.engine.augment import DiffAugment
-    from idc_ray.models import UnknownModelError, available_models, check_model_input
-
-    try:
-        spec = get_spec(cfg.data.dataset, cfg.data.data_uri)  # `parquet` reads <data_uri>/dataset.json
-    except UnknownDatasetError as e:
-        raise ConfigError(str(e)) from None
+    """Reject impossible values with one clear line. Only what the config knows by itself: what
+    depends on the dataset, the engine or the model registry (factor against the image side,
+    formation, norm, augmentation and model names) is checked by ``idc_ray.engine.plan.check``."""
     s, m, x, sc, ev = cfg.synset, cfg.match, cfg.expert, cfg.schedule, cfg.eval
     _check(s.ipc >= 1, f"synset.ipc must be at least 1, got {s.ipc}")
     _check(s.factor >= 1, f"synset.factor must be at least 1, got {s.factor}")
-    _check(
-        s.factor <= spec.size,
-        f"synset.factor {s.factor} is larger than the image side {spec.size} of {spec.name}; use a factor <= {spec.size}",
-    )
-    _check(s.formation in FORMATIONS, f"synset.formation '{s.formation}' is unknown; choose one of {', '.join(FORMATIONS)}")
     _check(s.formation_axis in (-1, -2), f"synset.formation_axis must be -1 (width/time) or -2 (height), got {s.formation_axis}")
     _check(s.init in INITS, f"synset.init '{s.init}' is unknown; choose one of {', '.join(INITS)}")
     _check(s.init_select in INIT_SELECTS,
@@ -359,23 +329,6 @@ def validate(cfg: IDCConfig) -> None:
     _check(m.batch_real >= 1, f"match.batch_real must be at least 1, got {m.batch_real}")
     _check(m.lr_img > 0, f"match.lr_img must be positive, got {m.lr_img}")
     _check(0 <= m.mom_img < 1, f"match.mom_img must be in [0, 1), got {m.mom_img}")
-    for key, strategy in (("match.aug", m.aug), ("expert.aug", x.aug), ("eval.augment", ev.augment)):
-        if strategy is not None:
-            try:
-                DiffAugment(strategy)
-            except ValueError as e:
-                raise ConfigError(f"{key}: {e}") from None
-    try:
-        names = [x.model, *ev.models]
-        for name in names:
-            check_model_input(name, spec.channels, spec.size)
-    except UnknownModelError:
-        raise ConfigError(
-            f"unknown model in expert.model/eval.models ({', '.join(names)}); choose from {', '.join(available_models())}"
-        ) from None
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    _check(x.norm is None or x.norm in NORMS, f"expert.norm '{x.norm}' is unknown; choose one of {', '.join(NORMS)}")
     _check(x.width is None or x.width >= 1, f"expert.width must be at least 1, got {x.width}")
     _check(x.lr > 0 and x.batch_size >= 1 and x.n_data >= 0, "expert.lr must be > 0, expert.batch_size >= 1 and expert.n_data >= 0")
     _check(x.cutmix_prob is None or 0 <= x.cutmix_prob <= 1, f"expert.cutmix_prob must be in [0, 1], got {x.cutmix_prob}")
@@ -395,157 +348,6 @@ def validate(cfg: IDCConfig) -> None:
     _check(ev.val_per_class >= 1, f"eval.val_per_class must be at least 1, got {ev.val_per_class}")
 
 
-def effective_lr_img(lr_img: float, ipc: int, size: int, base_size: int) -> float:
-    """The data learning rate the published code actually uses: lr_img * (ipc/10) * (size/base)^2.
-
-    Settings sheet, "Learning-rate scaling". Both values are recorded with every run.
-    """
-    return lr_img * (ipc / 10) * (size / base_size) ** 2
-
-
-def resolve(cfg: IDCConfig) -> Resolved:
-    """Derive the values the published implementation computes from the dataset and factor.
-
-    Explicit user values always win; only fields left as None/'auto' take the dataset rule.
-    Rules (settings sheet): init mix when f > 1; MNIST with f > 1 matches with color_crop and
-    trains expert and test models without CutMix; ImageNet uses CutMix with probability 1;
-    speech uses no augmentation; evaluation DSA drops flip for MNIST/SVHN and cutout when
-    CutMix is on; SVHN at ipc 1, f 1 evaluates without CutMix. Settings sheet "Corrections":
-    MNIST with f > 1 evaluates with color_crop_scale_rotate (misc/reproduce.py); ImageNet
-    evaluates without DSA, with the loader-side augmentation of data.py (``imagenet``);
-    evaluation forms a bounded set uniformly (test.py) unless ``eval.formation: condensed``.
-    """
-    from idc_ray.data import get_spec
-
-    spec = get_spec(cfg.data.dataset, cfg.data.data_uri)
-    s, m, x, ev = cfg.synset, cfg.match, cfg.expert, cfg.eval
-    family = _family(spec.name)
-    init = s.init if s.init != "auto" else ("mix" if s.factor > 1 else "random")
-    formation = auto_formation(s, family)
-
-    if family == "speech":
-        match_aug, expert_aug, cutmix = "none", "none", 0.0
-    else:
-        match_aug = "color_crop" if family == "mnist" and s.factor > 1 else "color_crop_cutout"
-        expert_aug = "color_crop"
-        if family == "mnist" and s.factor > 1:
-            cutmix = 0.0
-        elif family == "imagenet":
-            cutmix = 1.0
-        else:
-            cutmix = 0.5
-    eval_cutmix = cutmix
-    if family == "svhn" and s.ipc == 1 and s.factor == 1:
-        eval_cutmix = 0.0
-    eval_cutmix = ev.cutmix_prob if ev.cutmix_prob is not None else eval_cutmix
-    if family == "speech":
-        eval_aug = "none"
-    else:
-        tokens = ["color", "crop", "cutout", "flip", "scale", "rotate"]
-        if not spec.flip:
-            tokens.remove("flip")
-        if eval_cutmix > 0 or (family == "mnist" and s.factor > 1):
-            tokens.remove("cutout")
-        eval_aug = "none" if family == "imagenet" else "_".join(tokens)
-    loader_aug = "imagenet" if family == "imagenet" else "none"
-    return Resolved(
-        lr_img=effective_lr_img(m.lr_img, s.ipc, spec.size, spec.lr_base_size),
-        init=init,
-        formation=formation,
-        match_aug=m.aug if m.aug is not None else match_aug,
-        expert_aug=x.aug if x.aug is not None else expert_aug,
-        expert_cutmix_prob=x.cutmix_prob if x.cutmix_prob is not None else cutmix,
-        eval_augment=ev.augment if ev.augment is not None else eval_aug,
-        eval_loader_aug=ev.loader_aug if ev.loader_aug is not None else loader_aug,
-        eval_cutmix_prob=eval_cutmix,
-        eval_epochs=ev.epochs if ev.epochs is not None else default_eval_epochs(family, _formed_per_class(s, formation), spec.num_classes),
-        eval_formation=eval_formation(formation, ev.formation),
-        num_classes=spec.num_classes,
-        channels=spec.channels,
-        size=spec.size,
-    )
-
-
-def default_eval_epochs(family: str, formed_per_class: int, num_classes: int) -> int:
-    """1000 epochs for the small datasets; ImageNet by formed samples per class (3000 at 1,
-    2000 up to 10, 1500 up to 50, 1000 up to 200, 500 up to 500, 300 beyond; for 100 classes
-    2/3 of that rounded down to a multiple of 100: 2000, 1300, 1000, 600, 300, 200), as
-    argument.py's ``ipc_epoch`` (settings sheet, "Corrections")."""
-    if family != "imagenet":
-        return 1000
-    for limit, epochs in ((1, 3000), (10, 2000), (50, 1500), (200, 1000), (500, 500)):
-        if formed_per_class <= limit:
-            break
-    else:
-        epochs = 300
-    if num_classes == 100:  # the published test is `nclass == 100`
-        epochs = int(2 / 3 * epochs)
-        epochs -= epochs % 100
-    return epochs
-
-
-DENSENET_CIFAR_EPOCHS = 400
-
-
-def eval_epochs_for(cfg: IDCConfig, model: str, resolved: Resolved | None = None) -> int:
-    """Training epochs of test model ``model``: ``resolve(cfg).eval_epochs``, except that DenseNet
-    on CIFAR at ipc >= 50 with factor > 1 trains 400 epochs when ``eval.epochs`` is left to the
-    dataset rule (test.py; settings sheet, "Corrections"). ``--fixed-compute`` skips this rule,
-    as the published ``same_compute`` does (idc_ray.evaluation.run)."""
-    r = resolved or resolve(cfg)
-    s = cfg.synset
-    densenet_rule = (cfg.eval.epochs is None and cfg.data.dataset.startswith("cifar") and model.startswith("densenet")
-                     and s.ipc >= 50 and s.factor > 1)
-    return DENSENET_CIFAR_EPOCHS if densenet_rule else r.eval_epochs
-
-
-def eval_formation(formation: str, mode: str) -> str:
-    """The formation evaluation applies to a set condensed with ``formation``. ``published``:
-    bounded sets are formed uniformly, as the published test.py decodes them (its comment: a
-    bound only prevents OOM during condensation and uniform evaluates better); ``condensed``:
-    exactly the formation the set was condensed with, the consistent variant."""
-    if mode == "published" and formation.startswith("bounded"):
-        return "uniform"
-    return formation
-
-
-def auto_formation(s: SynsetConfig, family: str) -> str:
-    """``synset.formation: auto`` as the published code decides it (misc/reproduce.py): bounded
-    for ImageNet with factor >= 3 and ipc >= 20 (to keep the formed set within memory), else
-    uniform. Only the ImageNet branch of reproduce.py switches; other datasets stay uniform."""
-    if s.formation != "auto":
-        return s.formation
-    return "bounded" if family == "imagenet" and s.factor >= 3 and s.ipc >= 20 else "uniform"
-
-
-def _formed_per_class(s: SynsetConfig, formation: str) -> int:
-    """Formed samples per class as the epoch rule counts them. Bounded formation: ipc * f^2
-    capped at ``bound``, as the published ``ipc_epoch(..., bound=batch_syn_max)`` counts them
-    (argument.py), not the exact bounded count."""
-    if formation.startswith("bounded"):
-        return min(s.ipc * s.factor**2, s.bound)
-    return s.ipc * formed_per_sample(s.factor, formation)
-
-
-def _family(dataset: str) -> str:
-    """mnist5k follows MNIST's rules, imagenet10/100 ImageNet's; others are their own family."""
-    for family in ("mnist", "imagenet"):
-        if dataset.startswith(family):
-            return family
-    return dataset
-
-
-def formed_per_sample(factor: int, formation: str) -> int:
-    """Formed samples per stored sample for uniform, multi-scale and 1-D formation."""
-    if formation == "uniform":
-        return factor**2
-    if formation == "multiscale":
-        return sum(k**2 for k in range(1, factor + 1))
-    if formation == "1d":
-        return factor
-    raise ValueError(f"formed_per_sample is not defined for '{formation}'; it depends on ipc and bound")
-
-
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -553,16 +355,12 @@ __all__ = [
     "ExpertConfig",
     "IDCConfig",
     "MatchConfig",
-    "Resolved",
     "ScheduleConfig",
     "SynsetConfig",
     "apply_overrides",
-    "effective_lr_img",
-    "eval_epochs_for",
     "from_dict",
     "load_preset",
     "load_yaml",
     "preset_names",
-    "resolve",
     "validate",
 ]

@@ -13,7 +13,8 @@ from idc_ray import storage
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import ClassStore, load_dataset
-from idc_ray.engine.loop import initial_synset, stack_stored
+from idc_ray.engine.loop import stack_stored
+from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.evaluation.protocol import evaluate_set, form_stored, random_real
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.runner import condense_to, connect, resolve_device
@@ -38,11 +39,11 @@ def compare(cfg: IDCConfig, out: Path, *, device: str = "auto", repeat: int | No
     log(f"[ipc {ipc}] condensing {cfg.data.dataset} ({cfg.schedule.outer_iters} x {cfg.schedule.inner_iters} iterations)")
     stored, stored_labels, _ = load_condensed(condense_to(cfg, out, device=device, options=options))
     store = ClassStore(data.train_x, data.train_y)
-    init, labels = stack_stored(initial_synset(cfg, store, store.classes))
+    init, labels = stack_stored(initial_synset(build_plan(cfg, data.spec).match, store, store.classes))
     random_x, random_y = random_real(data, ipc, cfg.schedule.seed)
     sets = {
-        f"IDC (factor {cfg.synset.factor})": form_stored(cfg, stored, stored_labels),
-        "its initialisation": form_stored(cfg, init, labels),
+        f"IDC (factor {cfg.synset.factor})": form_stored(cfg, data.spec, stored, stored_labels),
+        "its initialisation": form_stored(cfg, data.spec, init, labels),
         "random real": (random_x.flatten(0, 1), random_y),
     }
     rows = []

@@ -17,7 +17,7 @@ from idc_ray import storage
 from idc_ray.config import IDCConfig
 from idc_ray.data import ClassStore, RealData
 from idc_ray.engine.expert import ExpertTrainer, new_model, pool_checkpoint
-from idc_ray.engine.loop import build_specs
+from idc_ray.engine.plan import build_plan
 
 
 def pretrain_seed(cfg: IDCConfig, data: RealData, out: str | Path, seed: int, *, epochs: int,
@@ -26,7 +26,7 @@ def pretrain_seed(cfg: IDCConfig, data: RealData, out: str | Path, seed: int, *,
     """Train pool network ``seed`` on the real data, saving ``seed{seed}/epoch{e}.pt`` for
     e = 0..epochs (epoch 0 is the initialisation). Its draws are keyed by (config seed, pool
     seed), so a seed gives the same network whichever process trains it."""
-    _, spec, _ = build_specs(cfg, data.spec)
+    spec = build_plan(cfg, data.spec).expert
     store = ClassStore(data.train_x, data.train_y)
     seeded = replace(spec, seed=spec.seed * 1000 + seed)
     trainer = ExpertTrainer(seeded, new_model(seeded, seeded.seed, -1), device)

@@ -11,10 +11,11 @@ import torch
 
 from idc_ray import __version__
 from idc_ray.artifacts import record_metrics, save_condensed
-from idc_ray.config import IDCConfig, resolve
+from idc_ray.config import IDCConfig
 from idc_ray.data import with_stats
-from idc_ray.distributed.driver import RunOptions, condense_job
-from idc_ray.engine.loop import CondenseResult, Progress
+from idc_ray.distributed.driver import JobResult, RunOptions, condense_job, dataset_spec
+from idc_ray.engine.loop import Progress
+from idc_ray.engine.plan import Plan, build_plan
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -119,7 +120,6 @@ def with_pool(cfg: IDCConfig, cache: str, seeds: int, options: RunOptions, devic
     run as parallel Ray tasks (``idc_ray.distributed.pool``)."""
     from idc_ray.tune.cache import ensure_pool
 
-    resolve(cfg)  # a bad config fails now, not after hours of pretraining
     log = lambda message: print(f"[idc-ray] {message}", file=sys.stderr, flush=True)
     if options.backend == "ray":
         from idc_ray.distributed.pool import ensure_pool_on_ray
@@ -147,12 +147,12 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
     ``expert.pretrained: auto`` the pretrained pool is found in, or first built into, the cache
     of ``pool`` (:func:`with_pool`); the written config names the pool's folder.
     """
+    spec = dataset_spec(cfg, storage_options)
+    plan = build_plan(cfg, spec)  # a bad config fails now, not after hours of pretraining or condensation
     if final_eval is not None:
         from idc_ray.evaluation.protocol import check_models
-        from idc_ray.data import get_spec
 
-        spec = get_spec(cfg.data.dataset, cfg.data.data_uri, storage_options)
-        check_models(final_eval.models, spec.channels, spec.size)  # before hours of condensation
+        check_models(final_eval.models, spec.channels, spec.size)
     options = options or RunOptions(backend="local")
     dev = resolve_device(device)
     pool_cache = pool_cache_dir(cfg, out_dir, pool)
@@ -168,9 +168,10 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
     try:
         if pool_cache is not None:
             cfg = with_pool(cfg, pool_cache, (pool or PoolOptions()).seeds, options, dev, storage_options)
+            plan = replace(plan, expert=replace(plan.expert, pretrained=cfg.expert.pretrained))
         job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=printer,
-                           storage_options=storage_options)
-        path = _save(cfg, out_dir, job, dev, options, storage_options)
+                           storage_options=storage_options, spec=spec, plan=plan)
+        path = _save(cfg, plan, out_dir, job, dev, options, storage_options)
         if final_eval is not None:
             _evaluate_written(path, final_eval, options, str(dev), storage_options)
     finally:
@@ -181,26 +182,25 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
     return path
 
 
-def _save(cfg: IDCConfig, out_dir: str | Path, job, dev: torch.device, options: RunOptions,
+def _save(cfg: IDCConfig, plan: Plan, out_dir: str | Path, job: JobResult, dev: torch.device, options: RunOptions,
           storage_options: dict | None) -> str:
-    result = CondenseResult(job.stored, job.labels, resolve(cfg), job.loss_history, job.seconds)
     meta = {
         "dataset": cfg.data.dataset,
         "ipc": cfg.synset.ipc,
         "factor": cfg.synset.factor,
-        "formation": result.resolved.formation,
+        "formation": plan.resolved.formation,
         "formation_axis": cfg.synset.formation_axis,
         "bound": cfg.synset.bound,
-        "resolved": result.resolved.to_dict(),
-        "loss_history": result.loss_history,
-        "seconds": result.seconds,
+        "resolved": plan.resolved.to_dict(),
+        "loss_history": job.loss_history,
+        "seconds": job.seconds,
         "device": str(dev),
         "backend": options.backend,
         "placement": job.placement,
         "restarts": job.restarts,
         "code_version": __version__,
     }
-    return save_condensed(out_dir, result.stored, result.labels, config_yaml=cfg.to_yaml(), meta=meta,
+    return save_condensed(out_dir, job.stored, job.labels, config_yaml=cfg.to_yaml(), meta=meta,
                           spec=with_stats(job.spec, cfg.data.stats), storage_options=storage_options)
 
 

@@ -19,6 +19,7 @@ import sys
 
 from idc_ray.cli import add_config_arguments, config_from_args, run_main, setup_logging
 from idc_ray.config import ConfigError
+from idc_ray.data import get_spec
 from idc_ray.storage import parse_storage_options
 from idc_ray.tune.space import load_space
 
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args.preset = args.preset or space.preset
     if args.preset is None:
         raise ConfigError(f"tune space '{args.space}' names no preset; pass --preset (e.g. --preset smoke)")
-    base = space.base_config(config_from_args(args))
     storage_options = parse_storage_options(args.storage_options)
+    cfg = config_from_args(args)
+    base = space.base_config(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri, storage_options))
     if args.num_samples < 1 or args.num_actors < 1:
         raise ValueError(f"--num-samples and --num-actors must be at least 1, got {args.num_samples} and {args.num_actors}")
     if args.cpus_per_actor is not None and args.cpus_per_actor <= 0:

@@ -3,17 +3,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from idc_ray.config import (
-    ConfigError,
-    IDCConfig,
-    apply_overrides,
-    effective_lr_img,
-    from_dict,
-    load_preset,
-    load_yaml,
-    preset_names,
-    resolve,
-)
+from idc_ray.config import ConfigError, IDCConfig, apply_overrides, from_dict, load_preset, load_yaml, preset_names
+from idc_ray.data import get_spec
+from idc_ray.engine.plan import build_plan, check, effective_lr_img, resolve
+
+
+def _resolve(cfg):
+    """The dataset rules for a preset's registered dataset (the caller passes the spec it has)."""
+    return resolve(cfg, get_spec(cfg.data.dataset))
 
 # Settings sheet, "Per-dataset settings", one literal per cell: (model, metric, lr_img, n_data,
 # factor, outer iters, expert lr, expert weight decay, batch_real, extra). Expert lr and weight
@@ -63,27 +60,27 @@ def test_every_shipped_preset_loads():
 
 
 def test_dataset_rules_resolve_like_the_published_code():
-    mnist = resolve(load_preset("mnist"))
+    mnist = _resolve(load_preset("mnist"))
     assert (mnist.match_aug, mnist.expert_cutmix_prob, mnist.eval_cutmix_prob) == ("color_crop", 0.0, 0.0)
     assert mnist.init == "mix" and mnist.eval_augment == "color_crop_scale_rotate"  # misc/reproduce.py
-    mnist_f1 = resolve(apply_overrides(load_preset("mnist"), ["synset.factor=1"]))
+    mnist_f1 = _resolve(apply_overrides(load_preset("mnist"), ["synset.factor=1"]))
     assert (mnist_f1.match_aug, mnist_f1.expert_cutmix_prob, mnist_f1.init) == ("color_crop_cutout", 0.5, "random")
-    c10 = resolve(load_preset("cifar10"))
+    c10 = _resolve(load_preset("cifar10"))
     assert c10.match_aug == "color_crop_cutout" and c10.expert_aug == "color_crop"
     assert c10.eval_augment == "color_crop_flip_scale_rotate" and c10.eval_cutmix_prob == 0.5
-    svhn1 = resolve(apply_overrides(load_preset("svhn"), ["synset.ipc=1", "synset.factor=1"]))
+    svhn1 = _resolve(apply_overrides(load_preset("svhn"), ["synset.ipc=1", "synset.factor=1"]))
     assert svhn1.eval_cutmix_prob == 0.0 and svhn1.eval_augment == "color_crop_cutout_scale_rotate"
-    speech = resolve(load_preset("speech"))
+    speech = _resolve(load_preset("speech"))
     assert (speech.match_aug, speech.expert_aug, speech.eval_augment) == ("none", "none", "none")
-    inet = resolve(load_preset("imagenet10"))
+    inet = _resolve(load_preset("imagenet10"))
     assert inet.expert_cutmix_prob == 1.0 and inet.eval_epochs == 1000  # 90 formed per class
-    assert resolve(load_preset("imagenet100")).eval_epochs == 600  # int(2/3 * 1000) rounded down to 100s
-    assert resolve(load_preset("cifar10")).eval_epochs == 1000
+    assert _resolve(load_preset("imagenet100")).eval_epochs == 600  # int(2/3 * 1000) rounded down to 100s
+    assert _resolve(load_preset("cifar10")).eval_epochs == 1000
 
 
 def test_explicit_values_win_over_dataset_rules():
     cfg = apply_overrides(load_preset("mnist"), ["match.aug=color_crop_cutout", "expert.cutmix_prob=0.25"])
-    r = resolve(cfg)
+    r = _resolve(cfg)
     assert (r.match_aug, r.expert_cutmix_prob) == ("color_crop_cutout", 0.25)
     assert cfg.match.lr_img == 1e-4  # nominal value kept under its own name
 
@@ -93,7 +90,7 @@ def test_lr_img_scaling():
     assert effective_lr_img(5e-3, 50, 32, 32) == pytest.approx(2.5e-2)
     assert effective_lr_img(3e-3, 10, 224, 224) == pytest.approx(3e-3)
     assert effective_lr_img(1e-3, 20, 64, 32) == pytest.approx(8e-3)
-    assert resolve(apply_overrides(load_preset("cifar10"), ["synset.ipc=50"])).lr_img == pytest.approx(2.5e-2)
+    assert _resolve(apply_overrides(load_preset("cifar10"), ["synset.ipc=50"])).lr_img_scaled == pytest.approx(2.5e-2)
 
 
 @pytest.mark.parametrize(
@@ -101,17 +98,11 @@ def test_lr_img_scaling():
     [
         ("synset.ipc=0", "synset.ipc must be at least 1, got 0"),
         ("synset.factor=0", "synset.factor must be at least 1"),
-        ("synset.factor=40", "larger than the image side 32"),
-        ("expert.model=vgg11", "unknown model"),
-        ("eval.models=[convnet3,lenet]", "unknown model"),
-        ("data.dataset=imagenet1k", "unknown dataset"),
         ("match.metric=l3", "match.metric 'l3' is unknown"),
-        ("match.aug=color_warp", "match.aug"),
         ("synset.ipx=3", "unknown key 'synset.ipx'"),
         ("foo.bar=1", "unknown key 'foo'"),
         ("synset.ipc=ten", "'synset.ipc' must be an integer"),
         ("match.bias=maybe", "'match.bias' must be true or false"),
-        ("synset.formation=zoom", "synset.formation 'zoom' is unknown"),
     ],
 )
 def test_bad_values_give_one_clear_line(override, message):
@@ -119,6 +110,29 @@ def test_bad_values_give_one_clear_line(override, message):
         apply_overrides(load_preset("cifar10"), [override])
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("synset.factor=40", "larger than the image side 32"),
+        ("expert.model=vgg11", "unknown model"),
+        ("eval.models=[convnet3,lenet]", "unknown model"),
+        ("match.aug=color_warp", "match.aug"),
+        ("synset.formation=zoom", "synset.formation 'zoom' is unknown"),
+        ("expert.norm=layer", "expert.norm 'layer' is unknown"),
+    ],
+)
+def test_values_impossible_for_the_dataset_engine_or_models_are_refused_by_the_plan(override, message):
+    """The config is a leaf: these need the dataset spec, the engine's formations or the model
+    registry, so check (called by build_plan at the start of every run) refuses them."""
+    cfg = apply_overrides(load_preset("cifar10"), [override])  # the config alone cannot tell
+    with pytest.raises(ConfigError) as info:
+        build_plan(cfg, get_spec("cifar10"))
+    text = str(info.value)
+    assert message in text and "\n" not in text
+    with pytest.raises(ConfigError):
+        check(cfg, get_spec("cifar10"))
 
 
 def test_override_needs_equals_sign():
@@ -164,7 +178,7 @@ EFFECTIVE_LR_IMG = {
 
 def test_effective_lr_img_of_every_preset():
     assert set(EFFECTIVE_LR_IMG) == set(preset_names())
-    got = {name: resolve(load_preset(name)).lr_img for name in preset_names()}
+    got = {name: _resolve(load_preset(name)).lr_img_scaled for name in preset_names()}
     assert got == pytest.approx(EFFECTIVE_LR_IMG, rel=1e-12)
     assert f"{got['fashion']:.3g}" == "7.66e-05"
 
@@ -179,24 +193,19 @@ def test_effective_lr_img_of_every_preset():
     ("speech", [], "1d"),
 ])
 def test_bounded_formation_switches_on_as_published(preset, overrides, formation):
-    from idc_ray.data import get_spec
-    from idc_ray.engine.loop import build_specs
-
     cfg = apply_overrides(load_preset(preset), overrides)
-    assert resolve(cfg).formation == formation
-    assert build_specs(cfg, get_spec(cfg.data.dataset))[0].formation == formation
+    assert _resolve(cfg).formation == formation
+    assert build_plan(cfg, get_spec(cfg.data.dataset)).match.formation == formation
 
 
 def test_bounded_epochs_count_formed_samples_up_to_the_bound():
     # argument.py: ipc_epoch(ipc, factor, bound=batch_syn_max) counts min(ipc * f^2, bound) per class.
     cfg = apply_overrides(load_preset("imagenet10"), ["synset.ipc=6", "synset.formation=bounded", "synset.bound=53"])
-    assert resolve(cfg).eval_epochs == 1000  # min(54, 53) = 53 > 50 (whole factors per sample would count 48)
-    assert resolve(apply_overrides(cfg, ["synset.bound=50"])).eval_epochs == 1500  # 50
+    assert _resolve(cfg).eval_epochs == 1000  # min(54, 53) = 53 > 50 (whole factors per sample would count 48)
+    assert _resolve(apply_overrides(cfg, ["synset.bound=50"])).eval_epochs == 1500  # 50
 
 
 def test_published_normalisation_by_default_corrected_on_request():
-    from idc_ray.data import get_spec
-    from idc_ray.engine.loop import build_specs
     from idc_ray.evaluation.protocol import plan_tasks
 
     published = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # data.py, CIFAR-100 too
@@ -204,11 +213,13 @@ def test_published_normalisation_by_default_corrected_on_request():
     for name in ("cifar10", "cifar100"):
         spec = get_spec(name)
         cfg = load_preset(name)
-        match, expert, _ = build_specs(cfg, spec)
+        plan = build_plan(cfg, spec)
+        match, expert = plan.match, plan.expert
         task = plan_tasks(cfg, spec, "set", models=("convnet3",), repeat=1)[0]
         assert (match.mean, match.std) == (expert.mean, expert.std) == (task.mean, task.std) == published
         fixed = apply_overrides(cfg, ["data.stats=corrected"])
-        match, expert, _ = build_specs(fixed, spec)
+        plan = build_plan(fixed, spec)
+        match, expert = plan.match, plan.expert
         task = plan_tasks(fixed, spec, "set", models=("convnet3",), repeat=1)[0]
         assert match.std == expert.std == task.std == corrected[name]
     with pytest.raises(ConfigError, match="data.stats 'measured' is unknown"):

@@ -14,6 +14,7 @@ columns sizes the output exactly, a second decodes the images straight into it.
      "shape": [3, 32, 32],                  # required; C, H, W (H == W)
      "mean": [...], "std": [...],           # required; per channel, for pixels in [0, 1]
      "lr_base_size": 32, "flip": true,      # optional; default H and true
+     "family": "cifar",                     # optional; whose rules apply (default: the registered name's, else the name)
      "splits": {"train": {"files": ["train-00000.parquet"], "count": 50000}, "test": {...}}}
 
 Without ``splits``, every ``*.parquet`` file beside dataset.json is read; a row's split is its

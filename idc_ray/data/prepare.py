@@ -51,7 +51,7 @@ def dataset_info(spec: DatasetSpec, source: Mapping[str, Any]) -> dict[str, Any]
     """The dataset.json fields that describe ``spec`` (see :mod:`idc_ray.data.parquet`)."""
     return {"name": spec.name, "class_names": list(spec.class_names), "shape": [spec.channels, spec.size, spec.size],
             "mean": list(spec.mean), "std": list(spec.std), "lr_base_size": spec.lr_base_size, "flip": spec.flip,
-            "source": dict(source)}
+            "family": spec.family, "source": dict(source)}
 
 
 def prepare(dataset: str, data_uri: str | None, output: str, storage_options: Mapping | None = None, *,

@@ -45,6 +45,10 @@ class DatasetSpec:
     lr_base_size: int  # 28 mnist only; 32 cifar/svhn/fashion; 64 speech; 224 imagenet (argument.py)
     loader: Loader = field(repr=False, compare=False)
     flip: bool = True  # False where a mirrored image is a different class (digits, blob corners)
+    # Whose published rules apply (augmentation, CutMix, formation, evaluation epochs; see
+    # engine/plan.py resolve): "mnist" (mnist, mnist5k), "imagenet" (imagenet10/100), "cifar"
+    # (cifar10/100), else the dataset's own name. Empty: the name.
+    family: str = ""
     # True: mean/std above are placeholders; load_dataset measures them on the training split
     # (the published code does so for speech) and returns them in RealData.spec.
     measure_stats: bool = False
@@ -53,6 +57,8 @@ class DatasetSpec:
     corrected_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self):
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
         stats = [(self.mean, self.std), *([self.corrected_stats] if self.corrected_stats else [])]
         if any(len(m) != self.channels or len(s) != self.channels for m, s in stats):
             raise ValueError(f"spec '{self.name}': mean/std need {self.channels} entries")
@@ -108,19 +114,19 @@ def _specs() -> dict[str, DatasetSpec]:
     s = [
         # mnist5k: mean/std measured once on its 4,000 training images (population std);
         # tests/data recomputes them.
-        DatasetSpec(name="mnist5k", num_classes=10, channels=1, size=28, mean=(0.1311,), std=(0.3083,),
+        DatasetSpec(name="mnist5k", family="mnist", num_classes=10, channels=1, size=28, mean=(0.1311,), std=(0.3083,),
                     class_names=_DIGITS, lr_base_size=28, flip=False, loader=sources.load_mnist5k),
-        DatasetSpec(name="mnist", num_classes=10, channels=1, size=28, mean=(0.1307,), std=(0.3081,),
+        DatasetSpec(name="mnist", family="mnist", num_classes=10, channels=1, size=28, mean=(0.1307,), std=(0.3081,),
                     class_names=_DIGITS, lr_base_size=28, flip=False, loader=sources.load_mnist),
         # FashionMNIST: lr_img scaled with base 32 (only `mnist` uses 28 in the published
         # argument.py); published mean 0.2861 (data.py), the split's own 0.2860.
         DatasetSpec(name="fashion", num_classes=10, channels=1, size=28, mean=(0.2861,), std=(0.3530,),
                     class_names=_FASHION_NAMES, lr_base_size=32, loader=sources.load_fashion,
                     corrected_stats=((0.2860,), (0.3530,))),
-        DatasetSpec(name="cifar10", num_classes=10, channels=3, size=32, mean=_CIFAR_MEAN, std=_CIFAR_STD,
+        DatasetSpec(name="cifar10", family="cifar", num_classes=10, channels=3, size=32, mean=_CIFAR_MEAN, std=_CIFAR_STD,
                     class_names=_CIFAR10_NAMES, lr_base_size=32, loader=sources.load_cifar10,
                     corrected_stats=_CIFAR10_STATS),
-        DatasetSpec(name="cifar100", num_classes=100, channels=3, size=32, mean=_CIFAR_MEAN, std=_CIFAR_STD,
+        DatasetSpec(name="cifar100", family="cifar", num_classes=100, channels=3, size=32, mean=_CIFAR_MEAN, std=_CIFAR_STD,
                     class_names=_CIFAR100_NAMES, lr_base_size=32, loader=sources.load_cifar100,
                     corrected_stats=_CIFAR100_STATS),
         DatasetSpec(name="svhn", num_classes=10, channels=3, size=32, mean=(0.4377, 0.4438, 0.4728),
@@ -128,11 +134,11 @@ def _specs() -> dict[str, DatasetSpec]:
                     loader=sources.load_svhn),
         # ImageNet subsets: Tian et al.'s 100-class list (CMC) and its first 10 classes; the class
         # names are the wnids, in label order (see idc_ray.data.imagenet).
-        DatasetSpec(name="imagenet10", num_classes=10, channels=3, size=224, mean=_IMAGENET_MEAN,
+        DatasetSpec(name="imagenet10", family="imagenet", num_classes=10, channels=3, size=224, mean=_IMAGENET_MEAN,
                     std=_IMAGENET_STD, class_names=imagenet.IMAGENET10_CLASSES, lr_base_size=224,
                     loader=partial(imagenet.load_imagenet_folder, classes=imagenet.IMAGENET10_CLASSES,
                                    size=224, name="imagenet10")),
-        DatasetSpec(name="imagenet100", num_classes=100, channels=3, size=224, mean=_IMAGENET_MEAN,
+        DatasetSpec(name="imagenet100", family="imagenet", num_classes=100, channels=3, size=224, mean=_IMAGENET_MEAN,
                     std=_IMAGENET_STD, class_names=imagenet.IMAGENET100_CLASSES, lr_base_size=224,
                     loader=partial(imagenet.load_imagenet_folder, classes=imagenet.IMAGENET100_CLASSES,
                                    size=224, name="imagenet100")),
@@ -197,7 +203,10 @@ def spec_from_info(info: Mapping) -> DatasetSpec:
     """A spec from a validated dataset.json (see :mod:`idc_ray.data.parquet`)."""
     channels, size, _ = info["shape"]
     names = tuple(str(n) for n in info["class_names"])
-    return DatasetSpec(name=str(info.get("name", PARQUET)), num_classes=len(names), channels=channels, size=size,
+    name = str(info.get("name", PARQUET))
+    registered = _specs().get(name)
+    family = str(info.get("family") or (registered.family if registered else name))
+    return DatasetSpec(name=name, family=family, num_classes=len(names), channels=channels, size=size,
                        mean=tuple(float(v) for v in info["mean"]), std=tuple(float(v) for v in info["std"]),
                        class_names=names, lr_base_size=int(info.get("lr_base_size", size)),
                        flip=bool(info.get("flip", True)), loader=parquet.read_arrays)

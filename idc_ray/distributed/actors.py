@@ -12,8 +12,7 @@ from ray.util import metrics
 
 from idc_ray.data import load_dataset
 from idc_ray.engine.expert import ExpertSpec, expert_trajectory, new_model
-from idc_ray.engine.loop import MatchSpec, Matcher
-from idc_ray.engine.synset import init_synset
+from idc_ray.engine.plan import Plan, build_matcher
 
 
 # glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh mmap()ed pages and
@@ -54,27 +53,19 @@ def use_assigned_cpus() -> int:
 @ray.remote(max_restarts=0)
 class MatcherActor:
     """Owns a contiguous shard of classes: their real images only, their stored samples and
-    optimiser state. ``step`` updates the shard against one expert state from the object store."""
+    optimiser state. ``setup`` reads the shard and builds its matcher; ``step`` updates the shard
+    against one expert state from the object store.
 
-    def __init__(self, name: str, match: MatchSpec, expert: ExpertSpec, classes: list[int], dataset: str,
-                 data_uri: str | None, init: str, ipc: int, state: dict | None, fault: dict | None = None,
-                 storage_options: dict | None = None):
+    Reading the data is a method, not part of the constructor, so that its errors (a wrong
+    --data-uri) come back to the driver as the method's exception, which the driver reports in
+    one line: Ray prints a failed constructor's traceback on the driver's stderr as well."""
+
+    def __init__(self, name: str, plan: Plan, classes: list[int], dataset: str, data_uri: str | None,
+                 state: dict | None, fault: dict | None = None, storage_options: dict | None = None):
         self.name = name
         self.threads = use_assigned_cpus()
         self.device = actor_device()
-        # Only this shard's classes are read and held (Parquet sources read just their rows).
-        self.setup_error = None
-        try:
-            store = load_dataset(dataset, data_uri, storage_options=storage_options, classes=classes).train_store(classes)
-        except ValueError as e:  # bad data (one line, see setup_failure); raising would print Ray's traceback
-            self.setup_error = str(e)
-            return
-        start = init_synset(store, classes, ipc, match.factor, init, match.seed,
-                            formation=match.formation, axis=match.formation_axis, select=match.init_select)
-        self.matcher = Matcher(match, store, start, self.device)
-        if state is not None:
-            self.matcher.load_state_dict(state)
-        self.model = new_model(expert, 0, 0).to(self.device)  # weights are replaced every step
+        self.source = (plan, classes, dataset, data_uri, state, storage_options)
         self.fault = fault
         tags = {"shard": name}
         self.m_loss = metrics.Gauge("idc_matching_loss", "mean matching loss of the shard's last step", tag_keys=("shard",))
@@ -83,10 +74,19 @@ class MatcherActor:
         for m in (self.m_loss, self.m_rate, self.m_outer):
             m.set_default_tags(tags)
 
+    def setup(self) -> dict:
+        """Read this shard's classes only (Parquet sources read just their rows) and build the
+        matcher (from the checkpoint's state, if any); returns :meth:`info`."""
+        plan, classes, dataset, data_uri, state, storage_options = self.source
+        store = load_dataset(dataset, data_uri, storage_options=storage_options, classes=classes).train_store(classes)
+        self.matcher = build_matcher(plan, store, classes, state, self.device)
+        self.model = new_model(plan.expert, 0, 0).to(self.device)  # weights are replaced every step
+        return self.info()
+
     def info(self) -> dict:
         ctx = ray.get_runtime_context()
         return {"name": self.name, "node": ctx.get_node_id(), "device": str(self.device), "threads": self.threads,
-                "keeps_freed_memory": keeps_freed_memory(), "error": self.setup_error}
+                "keeps_freed_memory": keeps_freed_memory()}
 
     def step(self, expert_state: dict, outer: int, inner: int) -> dict:
         if self.fault and (outer, inner) == (self.fault["outer"], self.fault["inner"]):
@@ -115,19 +115,15 @@ class ExpertActor:
                  start_outer: int, end_outer: int, storage_options: dict | None = None):
         use_assigned_cpus()
         self.device = actor_device()
-        self.setup_error = None
-        try:
-            store = load_dataset(dataset, data_uri, storage_options=storage_options).train_store()
-        except ValueError as e:  # as in MatcherActor: reported by ready(), not raised
-            self.setup_error = str(e)
-            return
-        self.trajectory = expert_trajectory(expert, store, inner_iters, start_outer, end_outer, self.device)
+        self.source = (expert, dataset, data_uri, inner_iters, start_outer, end_outer, storage_options)
         self.produced = 0
         self.m_depth = metrics.Gauge("idc_expert_queue_depth", "expert states produced but not yet consumed by the matchers")
 
-    def ready(self) -> str | None:
-        """None, or the one-line error that kept this actor from loading its data."""
-        return self.setup_error
+    def setup(self) -> None:
+        """Read the training split and start the trajectory (as MatcherActor.setup)."""
+        expert, dataset, data_uri, inner_iters, start_outer, end_outer, storage_options = self.source
+        store = load_dataset(dataset, data_uri, storage_options=storage_options).train_store()
+        self.trajectory = expert_trajectory(expert, store, inner_iters, start_outer, end_outer, self.device)
 
     def produce(self, consumed: int) -> dict:
         """The next expert state (CPU tensors). ``consumed`` is how many the matchers finished."""

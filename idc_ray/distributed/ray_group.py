@@ -16,12 +16,13 @@ import ray
 from ray.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from idc_ray.config import IDCConfig, resolve
+from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec
 from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_runtime_env
 from idc_ray.checkpoint import Checkpoint, CheckpointStore
-from idc_ray.distributed.driver import RunOptions, run_schedule, shard_classes
-from idc_ray.engine.loop import Progress, build_specs
+from idc_ray.distributed.schedule import RunOptions, run_schedule, shard_classes
+from idc_ray.engine.loop import Progress
+from idc_ray.engine.plan import Plan
 from idc_ray.errors import first_line
 
 log = logging.getLogger("idc_ray")
@@ -120,10 +121,9 @@ def shard_name(index: int, classes: list[int]) -> str:
 class RayGroup:
     """Matcher actors + expert actor for one attempt of the schedule (built from a checkpoint)."""
 
-    def __init__(self, cfg: IDCConfig, spec: DatasetSpec, layout: Layout, pg, ckpt: Checkpoint | None,
+    def __init__(self, cfg: IDCConfig, plan: Plan, layout: Layout, pg, ckpt: Checkpoint | None,
                  first_outer: int, options: RunOptions, faults: list[dict], tag: str, storage_options: dict | None):
         self.cfg = cfg
-        match, expert, resolved = build_specs(cfg, spec)
         self.options = options
         strategy = lambda i: PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
         runtime_env = actor_runtime_env(options.keep_freed_memory)
@@ -135,28 +135,36 @@ class RayGroup:
             self.matchers.append(MatcherActor.options(
                 name=f"{self.names[i]}@{tag}", num_cpus=layout.cpus, num_gpus=layout.gpus, scheduling_strategy=strategy(i),
                 runtime_env=runtime_env,
-            ).remote(self.names[i], match, expert, classes, cfg.data.dataset, cfg.data.data_uri, resolved.init,
-                     cfg.synset.ipc, state, fault, storage_options))
+            ).remote(self.names[i], plan, classes, cfg.data.dataset, cfg.data.data_uri, state, fault, storage_options))
         sched = cfg.schedule
         self.expert = ExpertActor.options(
             name=f"expert@{tag}", num_cpus=layout.cpus, num_gpus=layout.expert_gpus, scheduling_strategy=strategy(len(layout.shards)),
             runtime_env=runtime_env,
-        ).remote(expert, cfg.data.dataset, cfg.data.data_uri, sched.inner_iters, first_outer, sched.outer_iters,
+        ).remote(plan.expert, cfg.data.dataset, cfg.data.data_uri, sched.inner_iters, first_outer, sched.outer_iters,
                  storage_options)
         self.steps = [(o, i) for o in range(first_outer, sched.outer_iters) for i in range(sched.inner_iters)]
         self.states_ahead: deque = deque()
         self.requested = 0
         self.consumed = 0
 
-    def placement(self) -> list[dict]:
-        """Where each matcher runs; raises ValueError (one line) when an actor could not load its
-        data (a wrong --data-uri, say), which is a user error, not a failure to recover from."""
-        infos = ray.get([m.info.remote() for m in self.matchers])
-        errors = [i.pop("error") for i in infos] + [ray.get(self.expert.ready.remote())]
-        failed = next((e for e in errors if e), None)
-        if failed:
-            raise ValueError(failed)
-        return infos
+    def setup(self) -> list[dict]:
+        """Let every actor read its data; returns where each matcher runs. Bad data (a wrong
+        --data-uri, say: the actor's ValueError) is a user error, not a failure to recover from:
+        one line. Any other exception propagates with its cause. Every reply is fetched, so Ray
+        reports no other actor's failure as an unhandled error on stderr."""
+        refs = [*(m.setup.remote() for m in self.matchers), self.expert.setup.remote()]
+        replies, failure = [], None
+        for ref in refs:
+            try:
+                replies.append(ray.get(ref))
+            except ray.exceptions.RayError as e:
+                failure = failure or e
+        cause = getattr(failure, "cause", None)
+        if isinstance(cause, ValueError):
+            raise ValueError((str(cause).strip().splitlines() or [type(cause).__name__])[0]) from None
+        if failure is not None:
+            raise failure
+        return replies[:-1]
 
     def _expert_state(self):
         """The ref of the next expert state, keeping ``lookahead`` more requested ahead."""
@@ -214,11 +222,10 @@ def check_fits(available: list[dict], needed: list[dict]) -> None:
                            "bundles or set --num-actors/--cpus-per-actor/--gpus-per-actor to match")
 
 
-def run_on_ray(cfg: IDCConfig, spec: DatasetSpec, ckpts: CheckpointStore, start: Checkpoint | None,
+def run_on_ray(cfg: IDCConfig, plan: Plan, spec: DatasetSpec, ckpts: CheckpointStore, start: Checkpoint | None,
                options: RunOptions, on_progress: Callable[[Progress], None] | None,
                storage_options: dict | None = None):
     """Place the actors and drive the schedule; returns (states, history, restarts, placement)."""
-    resolve(cfg)
     layout = plan_layout(spec.num_classes, options)
     bundles = [{"CPU": layout.cpus, **({"GPU": layout.gpus} if layout.gpus else {})} for _ in layout.shards]
     bundles.append({"CPU": layout.cpus, **({"GPU": layout.expert_gpus} if layout.expert_gpus else {})})
@@ -243,10 +250,10 @@ def run_on_ray(cfg: IDCConfig, spec: DatasetSpec, ckpts: CheckpointStore, start:
 
     def make_group(ckpt: Checkpoint | None, first: int) -> RayGroup:
         # Readable, unique actor names for the dashboard: matcher-0[classes 0-4]@<run>.<attempt>
-        group = RayGroup(cfg, spec, layout, pg, ckpt, first, options, faults, f"{run_id}.{next(attempts)}",
+        group = RayGroup(cfg, plan, layout, pg, ckpt, first, options, faults, f"{run_id}.{next(attempts)}",
                          storage_options)
         faults[:] = [f for f in faults if f.get("repeat")]  # others fire in the first incarnation only
-        placement[:] = group.placement()
+        placement[:] = group.setup()
         for p in placement:
             log.info("%s on node %s (%s, %d threads)", p["name"], p["node"][:12], p["device"], p["threads"])
         return group

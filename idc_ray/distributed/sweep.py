@@ -32,12 +32,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from idc_ray import storage
 from idc_ray.artifacts import load_condensed
-from idc_ray.config import IDCConfig, apply_overrides, resolve
+from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import DatasetSpec, get_spec, load_dataset
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.distributed.ray_group import ClusterError
 from idc_ray.errors import first_line
+from idc_ray.engine.plan import resolve
 from idc_ray.evaluation.parallel import evaluate_task
 from idc_ray.evaluation.protocol import RunRecord, form_stored, plan_tasks
 from idc_ray.runner import condense_to
@@ -171,7 +172,7 @@ def evaluate_stored(cfg: IDCConfig, data: PreparedData, stored: torch.Tensor, la
                     epochs: int, repeat: int | None, label: str, pg: PlacementGroup | None = None) -> list[RunRecord]:
     """Train ``cfg``'s test models on the formed stored set, one Ray task per (model, repeat),
     spread over the trial's bundles (free once the condensation's actors are gone)."""
-    x, y = form_stored(cfg, stored, labels)
+    x, y = form_stored(cfg, data.spec, stored, labels)
     tasks = plan_tasks(cfg, data.spec, label, epochs=epochs, repeat=repeat)
     x_ref, y_ref = ray.put(x), ray.put(y)
     refs = [evaluate_task.options(name=f"eval {label} {t.model} repeat {t.repeat + 1}", max_retries=1,
@@ -226,7 +227,7 @@ def condense_trial(config: dict[str, Any], setup: TrialSetup, prepared: Mapping[
         cfg = apply_overrides(cfg, {"expert.pretrained": path})
     out = storage.join(setup.artifacts_uri, trial)
     outers = stage_outers(cfg.schedule.outer_iters, setup.stages)
-    final_epochs = resolve(cfg).eval_epochs
+    final_epochs = resolve(cfg, data.spec).eval_epochs
     for stage, outer in enumerate(outers, 1):
         final = stage == len(outers)
         run_cfg = cfg if final else replace(cfg, schedule=replace(cfg.schedule, outer_iters=outer))

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 PAD_VALUE = 0.5  # grey padding when the side is not a multiple of the factor (published value)
+# Every formation get_former knows; the config's synset.formation also takes "auto" (engine/plan.py).
+FORMATIONS = ("uniform", "multiscale", "bounded", "bounded_tight", "1d")
 
 
 def _pad_to_multiple(x: torch.Tensor, factor: int, axes: tuple[int, ...]) -> torch.Tensor:
@@ -125,6 +127,17 @@ def get_former(formation: str, factor: int, *, axis: int = -1, bound: int = 128)
     if formation not in formers:
         raise ValueError(f"unknown formation '{formation}'; choose one of {', '.join(formers)}")
     return formers[formation]
+
+
+def formed_per_sample(factor: int, formation: str) -> int:
+    """Formed samples per stored sample for uniform, multi-scale and 1-D formation."""
+    if formation == "uniform":
+        return factor**2
+    if formation == "multiscale":
+        return sum(k**2 for k in range(1, factor + 1))
+    if formation == "1d":
+        return factor
+    raise ValueError(f"formed_per_sample is not defined for '{formation}'; it depends on ipc and bound")
 
 
 def form_classes(stored: torch.Tensor, labels: torch.Tensor, former: Callable) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
-"""Algorithm 1 of the paper in one process: the reference path every backend must match.
+"""One inner step of Algorithm 1 over a shard of classes.
 
 ``Matcher`` owns a shard of classes (their real images, stored samples and optimiser state)
-and updates them against a given expert; the in-process loop is the one-shard case. A Ray
-backend places several matchers in other processes and feeds them the same expert states.
+and updates them against a given expert. The schedule that drives it (outer and inner loops,
+checkpoints) runs over a group of matchers, in this process or as Ray actors
+(idc_ray.distributed.schedule); engine/plan.py builds matchers for both.
 
 Three paths compute the per-class gradients of one step: ``loop`` (one autograd call per class,
 as the published code does), ``lean`` (the same loop, its convolutions recorded with a leaner
@@ -13,23 +14,20 @@ picks vmap on CUDA, lean on CPU.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-from idc_ray.config import MATCH_PATHS, IDCConfig, Resolved, resolve
-from idc_ray.data import ClassStore, DatasetSpec, RealData, with_stats
+from idc_ray.config import MATCH_PATHS
+from idc_ray.data import ClassStore
 from idc_ray.engine import rng
 from idc_ray.engine.augment import DiffAugment
 from idc_ray.engine.batched import Batch, batched_match_losses, has_running_stats, same_shapes
-from idc_ray.engine.expert import ExpertSpec, expert_trajectory
 from idc_ray.engine.formation import get_former
 from idc_ray.engine.matching import feature_match_loss, gradient_match_loss, matched_parameters
 from idc_ray.engine.streams import class_stream_indices, global_step
-from idc_ray.engine.synset import ClassOptimizer, SyntheticClass, init_synset, sample_formed
+from idc_ray.engine.synset import ClassOptimizer, SyntheticClass, sample_formed
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,8 @@ class MatchSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     seed: int
+    ipc: int  # stored samples per class, with init: the matcher's starting point (plan.initial_synset)
+    init: str  # "auto" resolved: mix, random or noise
     path: str = "auto"  # "auto" | "loop" | "lean" | "vmap"; auto is resolved per device by the Matcher
     init_select: str = "first"  # real images the init takes: first of each class (published) or random
     real_sampling: str = "stream"  # real batch per class: the published per-class stream, or "independent"
@@ -73,31 +73,6 @@ def resolve_path(path: str, device: torch.device) -> str:
     if path == "auto":
         return "vmap" if device.type == "cuda" else "lean"
     return path
-
-
-def build_specs(cfg: IDCConfig, spec: DatasetSpec) -> tuple[MatchSpec, ExpertSpec, Resolved]:
-    """Turn a config into the matcher and expert specs (resolving the dataset rules once)."""
-    r = resolve(cfg)
-    spec = with_stats(spec, cfg.data.stats)  # the normalisation data.stats selects
-    s, m, x = cfg.synset, cfg.match, cfg.expert
-    match = MatchSpec(
-        objective=m.objective, metric=m.metric, bias=m.bias, fc=m.fc, aug=r.match_aug,
-        batch_real=m.batch_real, batch_syn_max=s.batch_syn_max, formation=r.formation,
-        factor=s.factor, formation_axis=s.formation_axis, bound=s.bound, lr_img=r.lr_img,
-        mom_img=m.mom_img, momentum_mode=m.momentum_mode, num_classes=spec.num_classes,
-        mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed, path=m.path,
-        init_select=s.init_select, real_sampling=m.real_sampling, inner_iters=cfg.schedule.inner_iters,
-    )
-    expert = ExpertSpec(
-        model=x.model, num_classes=spec.num_classes, channels=spec.channels, size=spec.size,
-        width=x.width, norm=x.norm, lr=x.lr, momentum=x.momentum, weight_decay=x.weight_decay,
-        batch_size=x.batch_size, n_data=x.n_data, aug=r.expert_aug,
-        cutmix_prob=r.expert_cutmix_prob, cutmix_beta=x.cutmix_beta, early=x.early,
-        fix_iter=x.fix_iter, mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed,
-        pretrained=x.pretrained, pt_from=x.pt_from, pt_num=x.pt_num, dataset=spec.name,
-        real_sampling=x.real_sampling,
-    )
-    return match, expert, r
 
 
 class Matcher:
@@ -247,50 +222,8 @@ class Progress:
     shards: dict[str, float] = field(default_factory=dict)  # mean loss per shard (Ray backend)
 
 
-@dataclass
-class CondenseResult:
-    stored: torch.Tensor  # (classes, ipc, C, H, W) in [0, 1]
-    labels: torch.Tensor  # (classes * ipc,)
-    resolved: Resolved
-    loss_history: list[float] = field(default_factory=list)  # mean matching loss per outer iteration
-    seconds: float = 0.0
-
-
-def initial_synset(cfg: IDCConfig, store: ClassStore, classes: Sequence[int]) -> dict[int, torch.Tensor]:
-    r = resolve(cfg)
-    s = cfg.synset
-    return init_synset(store, classes, s.ipc, s.factor, r.init, cfg.schedule.seed,
-                       formation=r.formation, axis=s.formation_axis, select=s.init_select)
-
-
 def stack_stored(stored: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     classes = sorted(stored)
     data = torch.stack([stored[c] for c in classes])
     labels = torch.tensor(classes).repeat_interleave(data.shape[1])
     return data, labels
-
-
-def condense(cfg: IDCConfig, data: RealData, *, device: torch.device | str = "cpu",
-             on_progress: Callable[[Progress], None] | None = None) -> CondenseResult:
-    """Run IDC in this process and return the stored set (the reference for every backend)."""
-    match_spec, expert_spec, resolved = build_specs(cfg, data.spec)
-    store = ClassStore(data.train_x, data.train_y)
-    classes = list(range(data.spec.num_classes))
-    matcher = Matcher(match_spec, store, initial_synset(cfg, store, classes), device)
-    history: list[float] = []
-    started = time.perf_counter()
-    sched = cfg.schedule
-    outer_losses: list[float] = []
-    for outer, inner, expert in expert_trajectory(expert_spec, store, sched.inner_iters, 0, sched.outer_iters, device):
-        if inner == 0:
-            matcher.begin_outer()
-            outer_losses = []
-        tick = time.perf_counter()
-        losses = matcher.step(expert, outer, inner)
-        outer_losses.extend(losses.values())
-        if on_progress:
-            on_progress(Progress(outer, inner, losses, len(losses) / max(time.perf_counter() - tick, 1e-9)))
-        if inner + 1 == sched.inner_iters:
-            history.append(sum(outer_losses) / len(outer_losses))
-    stored, labels = stack_stored(matcher.stored())
-    return CondenseResult(stored, labels, resolved, history, time.perf_counter() - started)

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from idc_ray.config import IDCConfig, resolve
+from idc_ray.config import IDCConfig
 from idc_ray.data import ClassStore, RealData, with_stats
 from idc_ray.engine import rng
 from idc_ray.errors import first_line
+from idc_ray.engine.plan import resolve
 from idc_ray.evaluation.protocol import as_float_images, random_real
 from idc_ray.evaluation.train import EVAL_BATCH, TrainRecipe, train_and_evaluate
 from idc_ray.models import build_model
@@ -60,7 +61,7 @@ def train_feature_net(cfg: IDCConfig, data: RealData, epochs: int, *, device: st
     dataset rules), as the herding baseline of DC/DSA and the paper does. Seeded: same bytes on CPU."""
     if epochs < 1:
         raise ValueError(f"--herding-epochs must be at least 1, got {epochs}")
-    r, x = resolve(cfg), cfg.expert
+    r, x = resolve(cfg, data.spec), cfg.expert
     recipe = TrainRecipe(epochs=epochs, lr=x.lr, momentum=x.momentum, weight_decay=x.weight_decay,
                          batch_size=x.batch_size, augment="" if r.expert_aug == "none" else r.expert_aug,
                          cutmix_prob=r.expert_cutmix_prob, cutmix_beta=x.cutmix_beta)

@@ -11,10 +11,11 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from idc_ray.config import IDCConfig, eval_epochs_for, resolve
+from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec, RealData, with_stats
 from idc_ray.engine import rng
 from idc_ray.engine.formation import form_classes, get_former
+from idc_ray.engine.plan import eval_epochs_for, resolve
 from idc_ray.evaluation.train import TrainRecipe, train_and_evaluate
 from idc_ray.models import build_model, check_model_input, uses_net_width
 
@@ -34,12 +35,12 @@ class ModelScore:
         return statistics.pstdev(self.last) if len(self.last) > 1 else 0.0
 
 
-def recipe_for(cfg: IDCConfig, epochs: int | None = None, model: str | None = None) -> TrainRecipe:
+def recipe_for(cfg: IDCConfig, spec: DatasetSpec, epochs: int | None = None, model: str | None = None) -> TrainRecipe:
     """The training recipe of test model ``model`` under a config (dataset rules resolved;
     ``epochs`` overrides the epoch rule, which may depend on the model: see ``eval_epochs_for``)."""
-    r = resolve(cfg)
+    r = resolve(cfg, spec)
     return TrainRecipe(
-        epochs=epochs or (eval_epochs_for(cfg, model, r) if model else r.eval_epochs),
+        epochs=epochs or (eval_epochs_for(cfg, spec, model, r) if model else r.eval_epochs),
         lr=cfg.eval.lr,
         weight_decay=cfg.eval.weight_decay,
         batch_size=cfg.eval.batch_size,
@@ -50,12 +51,13 @@ def recipe_for(cfg: IDCConfig, epochs: int | None = None, model: str | None = No
     )
 
 
-def form_stored(cfg: IDCConfig, stored: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def form_stored(cfg: IDCConfig, spec: DatasetSpec, stored: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Formed training set of a stored set (classes, ipc, C, H, W) for evaluation: the
-    condensation's formation (``auto`` resolved as condensation resolves it), except that a
+    condensation's formation (``auto`` resolved for ``spec`` as condensation resolves it), except that a
     bounded set is formed uniformly, as the published test.py does (``eval.formation``)."""
     s = cfg.synset
-    formation = resolve(cfg).eval_formation
+    formation = resolve(cfg, spec).eval_formation
     return form_classes(stored, labels, get_former(formation, s.factor, axis=s.formation_axis, bound=s.bound))
 
 
@@ -150,7 +152,7 @@ def plan_tasks(cfg: IDCConfig, spec: DatasetSpec, set_label: str, *, models: Seq
     """The (model, repeat) tasks of one set under ``cfg``'s evaluation recipe, each model with
     its own epochs (``epochs`` overrides them all). ``eval_every``: extra test evaluations for
     the curves, 0 for none, None for every epochs // 20 of each model."""
-    recipes = {name: recipe_for(cfg, epochs, name) for name in (models or cfg.eval.models)}
+    recipes = {name: recipe_for(cfg, spec, epochs, name) for name in (models or cfg.eval.models)}
     recipes = {name: replace(r, eval_every=max(1, r.epochs // 20) if eval_every is None else eval_every)
                for name, r in recipes.items()}
     spec = with_stats(spec, cfg.data.stats)  # the normalisation data.stats selects

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from idc_ray import storage
-from idc_ray.config import IDCConfig, resolve
-from idc_ray.data import RealData, get_spec, load_dataset
+from idc_ray.config import IDCConfig
+from idc_ray.data import DatasetSpec, RealData, get_spec, load_dataset
+from idc_ray.engine.plan import resolve
 from idc_ray.evaluation import baselines as bl
 from idc_ray.evaluation.protocol import (RunRecord, Work, check_models, done_line, plan_tasks, progress_line, run_task,
                                          validation_split)
@@ -181,13 +182,13 @@ def _feature_net(request: SetsRequest, cfg: IDCConfig, real: RealData, device, l
                                 progress=lambda e, a: log(f"[eval] herding net epoch {e}/{epochs} acc {100 * a:.2f}%"))
 
 
-def _epochs(s: EvalSet, options: EvalOptions) -> int | None:
+def _epochs(s: EvalSet, spec: DatasetSpec, options: EvalOptions) -> int | None:
     """None: each test model's epoch rule. ``--fixed-compute``: the set's epochs divided by the
     formed samples per stored sample, truncated, for every model (the published ``same_compute``:
     int(epochs / f^2), and no DenseNet rule)."""
     if not options.fixed_compute:
         return None
-    return max(1, int(resolve(s.cfg).eval_epochs / s.formed_per_stored))
+    return max(1, int(resolve(s.cfg, spec).eval_epochs / s.formed_per_stored))
 
 
 def _validation(cfg: IDCConfig, real: RealData, cache: dict) -> tuple:
@@ -238,7 +239,7 @@ def evaluate_sets(sets: Sequence[EvalSet], data: Mapping[tuple, RealData], optio
     work, recipes, held_out = [], {}, {}
     for s in sets:
         real = data[_data_key(s.cfg)]
-        tasks = plan_tasks(s.cfg, real.spec, s.label, epochs=_epochs(s, options), eval_every=options.eval_every)
+        tasks = plan_tasks(s.cfg, real.spec, s.label, epochs=_epochs(s, real.spec, options), eval_every=options.eval_every)
         recipes[s.label] = {t.model: t.recipe for t in tasks}
         val = _validation(s.cfg, real, held_out)
         work += [Work(t, s.x, s.y, real.test_x, real.test_y, *val) for t in tasks]

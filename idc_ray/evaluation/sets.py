@@ -126,7 +126,7 @@ def artifact_set(uri: str, *, models: Sequence[str] | None, changes: Mapping[str
              "synset.ipc": manifest["ipc"], **(changes or {})}
     cfg = with_overrides(from_dict(manifest.get("config") or {"data": {"dataset": manifest["dataset"]}}), facts, overrides)
     check_models(cfg.eval.models, c, h)
-    x, y = form_stored(cfg, stored, labels)
+    x, y = form_stored(cfg, spec_of(cfg, storage_options), stored, labels)
     return EvalSet(_basename(uri), method_name(cfg.synset.factor), "artifact", uri, cfg, x, y, manifest["ipc"],
                    cfg.synset.factor, cfg.synset.formation, len(labels))
 

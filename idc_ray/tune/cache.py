@@ -22,7 +22,7 @@ import torch
 from idc_ray import __version__
 from idc_ray.config import IDCConfig
 from idc_ray.data import get_spec
-from idc_ray.engine.loop import build_specs
+from idc_ray.engine.plan import build_plan
 from idc_ray import models
 from idc_ray.pretrain import pretrain_pool
 from idc_ray.tune.space import TuneSpace, trial_config
@@ -49,7 +49,7 @@ def pool_settings(cfg: IDCConfig, seeds: int) -> dict[str, Any]:
     """What a pretrained expert pool depends on (:func:`idc_ray.pretrain.pretrain_pool`): the data,
     the expert's network and optimiser, the resolved augmentation, the seed, how many networks and
     epochs. Matching, synthetic-set and evaluation settings are not part of it."""
-    _, expert, _ = build_specs(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri))
+    expert = build_plan(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri)).expert
     net = {k: v for k, v in dataclasses.asdict(expert).items() if k not in _POOL_UNUSED}
     return {"kind": "expert-pool", "version": __version__, "networks": models.NETWORKS_REVISION,
             "dataset": cfg.data.dataset, "data_uri": cfg.data.data_uri, "expert": net, "seeds": seeds,

@@ -20,6 +20,8 @@ from typing import Any, Mapping
 import yaml
 
 from idc_ray.config import ConfigError, IDCConfig, apply_overrides, coerce
+from idc_ray.data import DatasetSpec
+from idc_ray.engine.plan import check
 from idc_ray.errors import first_line
 
 PARAM_TYPES = ("loguniform", "uniform", "randint", "choice", "grid")
@@ -79,8 +81,10 @@ class TuneSpace:
     def name(self) -> str:
         return Path(self.source).stem
 
-    def base_config(self, cfg: IDCConfig) -> IDCConfig:
-        """``cfg`` with the space's ``fixed`` values, every swept value checked against it.
+    def base_config(self, cfg: IDCConfig, spec: DatasetSpec | None = None) -> IDCConfig:
+        """``cfg`` with the space's ``fixed`` values, every swept value checked against it: by the
+        config, and with the dataset's ``spec`` also by the engine (``engine.plan.check``: image
+        side, formation and model names), so a bad value fails before any trial starts.
 
         Raises:
             ConfigError: one line naming the space, the key and the value that does not fit.
@@ -89,12 +93,16 @@ class TuneSpace:
         if self.fixed:
             try:
                 base = apply_overrides(cfg, dict(self.fixed))
+                if spec is not None:
+                    check(base, spec)
             except ConfigError as e:
                 raise ConfigError(f"tune space '{self.source}': fixed: {e}") from None
         for p in self.params:
             for value in p.probes():
                 try:
-                    apply_overrides(base, {p.key: value})
+                    candidate = apply_overrides(base, {p.key: value})
+                    if spec is not None:
+                        check(candidate, spec)
                 except ConfigError as e:
                     raise ConfigError(f"tune space '{self.source}': params.{p.key} value {value!r}: {e}") from None
         return base

@@ -129,18 +129,19 @@ def test_speech_preset_end_to_end_on_generated_wavs(speech_root, tmp_path):
     import idc_ray
     from idc_ray.artifacts import save_condensed
     from idc_ray.config import apply_overrides, load_preset
-    from idc_ray.engine.loop import condense
+    from idc_ray.distributed.local import condense_local
+    from idc_ray.engine.plan import build_plan
 
     cfg = apply_overrides(load_preset("speech"), {
         "data.data_uri": str(speech_root), "synset.ipc": 1, "schedule.outer_iters": 1, "schedule.inner_iters": 1,
         "expert.n_data": 8, "match.batch_real": 4, "expert.width": 8})
     data = load_dataset("speech", str(speech_root))
-    result = condense(cfg, data)
-    assert result.stored.shape == (8, 1, 1, 64, 64) and len(result.loss_history) == 1
+    result_stored, result_labels, history = condense_local(cfg, build_plan(cfg, data.spec), data.train_store())
+    assert result_stored.shape == (8, 1, 1, 64, 64) and len(history) == 1
     meta = {"dataset": "speech", "ipc": 1, "factor": 2, "formation": "1d", "formation_axis": -1, "bound": 128}
-    save_condensed(tmp_path, result.stored, result.labels, config_yaml=cfg.to_yaml(), meta=meta, spec=data.spec)
+    save_condensed(tmp_path, result_stored, result_labels, config_yaml=cfg.to_yaml(), meta=meta, spec=data.spec)
     stored, labels, manifest = idc_ray.load_condensed(tmp_path)
-    assert torch.equal(stored, result.stored) and manifest["mean"] == list(data.spec.mean)
+    assert torch.equal(stored, result_stored) and manifest["mean"] == list(data.spec.mean)
     formed = idc_ray.formed_dataset(tmp_path, normalize=False)
     assert len(formed) == 8 * 2
     left = F.interpolate(stored[0, :, :, :, :32], size=(64, 64), mode="bilinear", align_corners=False)[0]

@@ -18,14 +18,16 @@ def faults_per_step(steps: int) -> tuple[list[int], bool]:
     from idc_ray.data import ClassStore, load_dataset
     from idc_ray.distributed.actors import keeps_freed_memory
     from idc_ray.engine.expert import init_expert
-    from idc_ray.engine.loop import Matcher, build_specs, initial_synset
+    from idc_ray.engine.loop import Matcher
+    from idc_ray.engine.plan import build_plan, initial_synset
 
     torch.set_num_threads(1)
     cfg = apply_overrides(load_preset("mnist5k-demo"), {"synset.ipc": 2, "expert.width": 128, "match.batch_real": 64})
     data = load_dataset("mnist5k", classes=[0])
-    match, expert, _ = build_specs(cfg, data.spec)
+    plan = build_plan(cfg, data.spec)
+    match, expert = plan.match, plan.expert
     store = ClassStore(data.train_x, data.train_y)
-    matcher = Matcher(match, store, initial_synset(cfg, store, [0]))
+    matcher = Matcher(match, store, initial_synset(match, store, [0]))
     model = init_expert(expert, 0)
     faults = []
     for inner in range(steps):

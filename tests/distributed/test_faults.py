@@ -9,7 +9,8 @@ import torch
 
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.checkpoint import CheckpointStore
-from idc_ray.distributed.driver import JobError, RunOptions, condense_job
+from idc_ray.distributed.driver import condense_job
+from idc_ray.distributed.schedule import JobError, RunOptions
 
 SMALL = {"schedule.outer_iters": 3, "schedule.inner_iters": 2}
 

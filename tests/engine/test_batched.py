@@ -10,7 +10,8 @@ from idc_ray.data import ClassStore, load_dataset
 from idc_ray.engine import loop
 from idc_ray.engine.batched import batched_match_losses
 from idc_ray.engine.expert import init_expert
-from idc_ray.engine.loop import Matcher, build_specs, initial_synset, resolve_path, stack_stored
+from idc_ray.engine.loop import Matcher, resolve_path, stack_stored
+from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.engine.matching import gradient_match_loss, matched_parameters
 
 TINY = {"synset.ipc": 2, "synset.factor": 2, "match.batch_real": 8, "expert.width": 8}
@@ -19,13 +20,14 @@ TINY = {"synset.ipc": 2, "synset.factor": 2, "match.batch_real": 8, "expert.widt
 def _setup(**overrides):
     cfg = apply_overrides(load_preset("smoke"), {**TINY, **overrides})
     data = load_dataset("tiny")
-    match, expert, _ = build_specs(cfg, data.spec)
+    plan = build_plan(cfg, data.spec)
+    match, expert = plan.match, plan.expert
     store = ClassStore(data.train_x, data.train_y)
     return cfg, match, expert, store
 
 
 def _matcher(cfg, match, store, path):
-    return Matcher(replace(match, path=path), store, initial_synset(cfg, store, store.classes))
+    return Matcher(replace(match, path=path), store, initial_synset(match, store, store.classes))
 
 
 def _two_steps(cfg, match, expert, store, path, losses=None):
@@ -80,7 +82,7 @@ def test_two_matcher_steps_agree_between_paths():
     loop_losses, vmap_losses = [], []
     loop_data = _two_steps(cfg, match, expert, store, "loop", loop_losses)
     vmap_data = _two_steps(cfg, match, expert, store, "vmap", vmap_losses)
-    init, _ = stack_stored(initial_synset(cfg, store, store.classes))
+    init, _ = stack_stored(initial_synset(match, store, store.classes))
     assert not torch.equal(vmap_data, init)
     torch.testing.assert_close(vmap_data, loop_data, atol=1e-5, rtol=0)
     for got, want in zip(vmap_losses, loop_losses):

@@ -12,7 +12,8 @@ from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import ClassStore, load_dataset
 from idc_ray.engine.expert import init_expert
 from idc_ray.engine.leanconv import lean_conv_double_backward
-from idc_ray.engine.loop import Matcher, build_specs, initial_synset, stack_stored
+from idc_ray.engine.loop import Matcher, stack_stored
+from idc_ray.engine.plan import build_plan, initial_synset
 
 
 def _net() -> nn.Module:
@@ -88,9 +89,10 @@ def test_lean_path_gives_the_loops_bytes(metric):
     cfg = apply_overrides(load_preset("smoke"), {"synset.ipc": 2, "synset.factor": 2, "match.batch_real": 8,
                                                  "expert.width": 8, "match.metric": metric})
     data = load_dataset("tiny")
-    match, expert, _ = build_specs(cfg, data.spec)
+    plan = build_plan(cfg, data.spec)
+    match, expert = plan.match, plan.expert
     store = ClassStore(data.train_x, data.train_y)
-    init = initial_synset(cfg, store, store.classes)
+    init = initial_synset(match, store, store.classes)
     model = init_expert(expert, 0)
     stored = {}
     for path in ("loop", "lean"):

@@ -3,23 +3,32 @@ import torch.nn.functional as F
 
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import ClassStore, load_dataset
+from idc_ray.distributed.local import condense_local
 from idc_ray.engine import rng
 from idc_ray.engine.expert import expert_trajectory, init_expert
-from idc_ray.engine.loop import Matcher, build_specs, condense, initial_synset, stack_stored
+from idc_ray.engine.loop import Matcher, stack_stored
+from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.engine.synset import init_class
 
 
 def _setup(**overrides):
     cfg = apply_overrides(load_preset("smoke"), overrides)
     data = load_dataset("tiny")
-    match, expert, _ = build_specs(cfg, data.spec)
+    plan = build_plan(cfg, data.spec)
+    match, expert = plan.match, plan.expert
     store = ClassStore(data.train_x, data.train_y)
     return cfg, data, match, expert, store
 
 
+def _condense(cfg, data):
+    """The stored set and labels of the one in-process loop (the local backend's schedule)."""
+    stored, labels, _ = condense_local(cfg, build_plan(cfg, data.spec), data.train_store())
+    return stored, labels
+
+
 def test_matching_loss_falls_on_a_fixed_problem():
     cfg, data, match, expert, store = _setup(**{"match.lr_img": 0.1, "match.metric": "mse"})
-    matcher = Matcher(match, store, initial_synset(cfg, store, store.classes))
+    matcher = Matcher(match, store, initial_synset(match, store, store.classes))
     model = init_expert(expert, 0)
     # Same (outer, inner) keys every step: same real batch and augmentation, so only S changes.
     losses = [sum(matcher.step(model, 0, 0).values()) for _ in range(15)]
@@ -28,51 +37,51 @@ def test_matching_loss_falls_on_a_fixed_problem():
 
 def test_same_seed_gives_identical_bytes_and_seed_matters():
     cfg, data, *_ = _setup()
-    a = condense(cfg, data).stored
-    b = condense(cfg, data).stored
+    a = _condense(cfg, data)[0]
+    b = _condense(cfg, data)[0]
     assert torch.equal(a, b)
-    c = condense(apply_overrides(cfg, ["schedule.seed=1"]), data).stored
+    c = _condense(apply_overrides(cfg, ["schedule.seed=1"]), data)[0]
     assert not torch.equal(a, c)
 
 
 def test_outer_iters_zero_returns_the_initialisation():
     cfg, data, match, expert, store = _setup(**{"schedule.outer_iters": 0})
-    result = condense(cfg, data)
-    init, labels = stack_stored(initial_synset(cfg, store, store.classes))
-    assert torch.equal(result.stored, init) and torch.equal(result.labels, labels)
-    assert result.stored.shape == (4, 1, 1, 28, 28)
+    stored, stored_labels = _condense(cfg, data)
+    init, labels = stack_stored(initial_synset(match, store, store.classes))
+    assert torch.equal(stored, init) and torch.equal(stored_labels, labels)
+    assert stored.shape == (4, 1, 1, 28, 28)
 
 
 def test_initialisation_follows_init_select():
     cfg, data, _, _, store = _setup(**{"schedule.outer_iters": 0})
-    first = condense(cfg, data).stored  # smoke: ipc 1, factor 2: a mosaic of 4 real images per class
+    first = _condense(cfg, data)[0]  # smoke: ipc 1, factor 2: a mosaic of 4 real images per class
     for c in store.classes:  # top-left piece: the class's first image in dataset order
         top_left = F.interpolate(store.class_tensor(c)[:1], size=(14, 14))
         assert torch.equal(first[c, 0, :, :14, :14], top_left[0])
     random_cfg = apply_overrides(cfg, {"synset.init_select": "random"})
-    drawn = condense(random_cfg, data).stored
+    drawn = _condense(random_cfg, data)[0]
     for c in store.classes:  # the (seed, "init", class) generator's permutation, as before
         expected = init_class(store.class_tensor(c), 1, 2, "mix", rng.generator(0, "init", c), select="random")
         assert torch.equal(drawn[c], expected)
     assert not torch.equal(first, drawn)
-    assert build_specs(random_cfg, data.spec)[0].init_select == "random"  # what Ray matcher actors read
+    assert build_plan(random_cfg, data.spec).match.init_select == "random"  # what Ray matcher actors read
 
 
 def test_condensation_changes_the_initialisation():
     cfg, data, match, expert, store = _setup()
-    result = condense(cfg, data)
-    init, _ = stack_stored(initial_synset(cfg, store, store.classes))
-    assert not torch.equal(result.stored, init)
-    assert result.stored.min() >= -0.5 and result.stored.max() <= 1.5
+    stored, _ = _condense(cfg, data)
+    init, _ = stack_stored(initial_synset(match, store, store.classes))
+    assert not torch.equal(stored, init)
+    assert stored.min() >= -0.5 and stored.max() <= 1.5
 
 
 def test_class_shards_give_the_same_bytes_as_one_matcher():
     """The fact the Ray layer rests on: any sharding of classes over matchers, each with its own
     copy of the expert state, gives the same stored set as one matcher with the live expert."""
     cfg, data, match, expert, store = _setup(**{"schedule.outer_iters": 2, "schedule.inner_iters": 2})
-    whole = Matcher(match, store, initial_synset(cfg, store, store.classes))
+    whole = Matcher(match, store, initial_synset(match, store, store.classes))
     shards = [
-        Matcher(match, store.subset(cls), initial_synset(cfg, store, cls)) for cls in ([0], [1, 2], [3])
+        Matcher(match, store.subset(cls), initial_synset(match, store, cls)) for cls in ([0], [1, 2], [3])
     ]
     sched = cfg.schedule
     for outer, inner, model in expert_trajectory(expert, store, sched.inner_iters, 0, sched.outer_iters):
@@ -108,9 +117,9 @@ def test_expert_trajectory_resumes_mid_cycle_with_the_same_states():
 def test_optimizer_state_round_trip_continues_identically():
     cfg, data, match, expert, store = _setup()
     model = init_expert(expert, 0)
-    a = Matcher(match, store, initial_synset(cfg, store, store.classes))
+    a = Matcher(match, store, initial_synset(match, store, store.classes))
     a.step(model, 0, 0)
-    b = Matcher(match, store, initial_synset(cfg, store, store.classes))
+    b = Matcher(match, store, initial_synset(match, store, store.classes))
     b.load_state_dict(a.state_dict())
     a.step(model, 0, 1)
     b.step(model, 0, 1)

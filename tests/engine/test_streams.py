@@ -9,7 +9,8 @@ from idc_ray.config import ConfigError, apply_overrides, load_preset
 from idc_ray.data import ClassStore, load_dataset
 from idc_ray.engine import rng
 from idc_ray.engine.expert import ExpertTrainer, expert_trajectory, init_expert
-from idc_ray.engine.loop import Matcher, build_specs, initial_synset
+from idc_ray.engine.loop import Matcher
+from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.engine.streams import ExpertStream, class_stream_indices
 
 
@@ -72,14 +73,15 @@ def test_class_stream_position_from_the_step_equals_the_sequential_loader():
 def _smoke(**overrides):
     cfg = apply_overrides(load_preset("smoke"), overrides)
     data = load_dataset("tiny")
-    match, expert, _ = build_specs(cfg, data.spec)
+    plan = build_plan(cfg, data.spec)
+    match, expert = plan.match, plan.expert
     return cfg, match, expert, ClassStore(data.train_x, data.train_y)
 
 
 def test_matcher_reads_each_class_stream_across_outer_iterations():
     cfg, match, _, store = _smoke(**{"schedule.inner_iters": 3})
     assert (match.real_sampling, match.inner_iters) == ("stream", 3)  # what Ray matcher actors read
-    matcher = Matcher(match, store, initial_synset(cfg, store, store.classes))
+    matcher = Matcher(match, store, initial_synset(match, store, store.classes))
     for c in store.classes:
         loader = _class_loader(0, c, store.count(c), match.batch_real)
         for outer, inner in itertools.product(range(3), range(3)):
@@ -89,7 +91,7 @@ def test_matcher_reads_each_class_stream_across_outer_iterations():
 
 def test_independent_option_keeps_the_fresh_draw_per_step():
     cfg, match, _, store = _smoke(**{"match.real_sampling": "independent"})
-    matcher = Matcher(match, store, initial_synset(cfg, store, store.classes))
+    matcher = Matcher(match, store, initial_synset(match, store, store.classes))
     got = matcher.real_batch(1, 2, 1, rng.generator(0, "match", 1, 2, 1))
     assert torch.equal(got, store.sample(1, match.batch_real, rng.generator(0, "match", 1, 2, 1)))
     with pytest.raises(ConfigError, match="match.real_sampling 'fresh' is unknown"):

@@ -18,7 +18,8 @@ import torch  # noqa: E402
 
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import load_dataset  # noqa: E402
-from idc_ray.engine.loop import initial_synset, stack_stored  # noqa: E402
+from idc_ray.engine.loop import stack_stored  # noqa: E402
+from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 from idc_ray.evaluation.parallel import plan_resources, run_parallel  # noqa: E402
 from idc_ray.evaluation.protocol import Work, form_stored, plan_tasks  # noqa: E402
 from idc_ray.evaluation.run import run_sequential, use_ray  # noqa: E402
@@ -28,8 +29,8 @@ def work() -> list[Work]:
     """2 models x 2 repeats on the formed mix initialisation of mnist5k (factor 2, ipc 1)."""
     data = load_dataset("mnist5k")
     cfg = apply_overrides(load_preset("mnist5k-demo"), {"eval.width": 16})
-    stored, labels = stack_stored(initial_synset(cfg, data.train_store(), range(10)))
-    x, y = form_stored(cfg, stored, labels)
+    stored, labels = stack_stored(initial_synset(build_plan(cfg, data.spec).match, data.train_store(), range(10)))
+    x, y = form_stored(cfg, data.spec, stored, labels)
     # two ConvNets: eval.width (16, for speed) reaches the ConvNet family only, as published
     tasks = plan_tasks(cfg, data.spec, "mix-init", models=("convnet3", "convnet2"), repeat=2, epochs=10,
                        eval_every=5)

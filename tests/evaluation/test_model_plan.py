@@ -31,10 +31,10 @@ def test_the_expert_network_gets_the_dataset_branch_too():
     """condense.py builds its network through the same define_model: resnet10 on CIFAR is the
     CIFAR branch there as well, on SVHN the 64-512 one."""
     from idc_ray.engine.expert import new_model
-    from idc_ray.engine.loop import build_specs
+    from idc_ray.engine.plan import build_plan
 
     for dataset, params in (("cifar10", 1_228_970), ("svhn", 4_903_242)):
         cfg = apply_overrides(load_preset(dataset), ["expert.model=resnet10"])
-        _, expert, _ = build_specs(cfg, get_spec(dataset))
+        expert = build_plan(cfg, get_spec(dataset)).expert
         assert expert.dataset == dataset
         assert _count(new_model(expert, 0, 0)) == params

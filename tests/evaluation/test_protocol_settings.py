@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from idc_ray.config import apply_overrides, default_eval_epochs, load_preset, resolve
+from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import get_spec
 from idc_ray.engine.formation import get_former
+from idc_ray.engine.plan import default_eval_epochs, resolve
 from idc_ray.evaluation.protocol import form_stored, plan_tasks
 
 CIFAR_MODELS = ("convnet3", "resnet10", "densenet121")
@@ -70,10 +71,10 @@ def test_bounded_sets_are_formed_uniformly_for_evaluation_unless_asked_otherwise
     cfg = apply_overrides(load_preset("smoke"), ["synset.formation=bounded", "synset.ipc=3", "synset.bound=9"])
     stored = torch.rand(4, 3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(4).repeat_interleave(3)
-    x, y = form_stored(cfg, stored, labels)
-    assert resolve(cfg).eval_formation == "uniform" and x.shape[0] == 4 * 3 * 4  # test.py: f^2 per stored sample
+    x, y = form_stored(cfg, get_spec("tiny"), stored, labels)
+    assert resolve(cfg, get_spec("tiny")).eval_formation == "uniform" and x.shape[0] == 4 * 3 * 4  # test.py: f^2 per stored sample
     assert torch.equal(x[:12], get_former("uniform", 2)(stored[0], labels[:3])[0])
     condensed = apply_overrides(cfg, ["eval.formation=condensed"])
-    xb, _ = form_stored(condensed, stored, labels)
+    xb, _ = form_stored(condensed, get_spec("tiny"), stored, labels)
     bounded = get_former("bounded", 2, bound=9)(stored[0], labels[:3])[0]
     assert xb.shape[0] == 4 * len(bounded) == 4 * 6  # one sample at factor 2, two at 1 (published room rule)

@@ -8,6 +8,7 @@ import torch
 
 from idc_ray.config import load_preset
 from idc_ray.distributed.driver import RunOptions
+from idc_ray.data import get_spec
 from idc_ray.evaluation import report
 from idc_ray.evaluation.protocol import form_stored
 from idc_ray.evaluation.run import EvalOptions, SetsRequest, build_sets, evaluate_sets, report_folder, write_reports
@@ -29,7 +30,7 @@ def test_an_artifact_is_formed_with_its_manifest_and_recipe(artifact):
 
     (s,), data, _ = build_sets(SetsRequest(condensed=(artifact,)), EvalOptions(epochs=3), **QUIET)
     stored, labels, _ = load_condensed(artifact)
-    x, y = form_stored(load_preset("smoke"), stored, labels)
+    x, y = form_stored(load_preset("smoke"), get_spec("tiny"), stored, labels)
     assert torch.equal(s.x, x) and torch.equal(s.y, y)
     assert (s.label, s.method, s.ipc, s.factor, s.stored, s.formed_per_stored) == ("run", "IDC (factor 2)", 1, 2, 4, 4)
     assert s.cfg.eval.epochs == 3 and s.cfg.eval.width == 16 and list(data) == [("tiny", None)]

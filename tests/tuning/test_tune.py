@@ -13,7 +13,7 @@ import yaml
 
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import ConfigError, apply_overrides, load_preset
-from idc_ray.data import load_dataset
+from idc_ray.data import get_spec, load_dataset
 from idc_ray.distributed.driver import RunOptions, condense_job
 from idc_ray.distributed.sweep import search_space
 from idc_ray.tune.cache import data_settings, ensure_pool, pool_dir, pool_settings, pool_shared, settings_key
@@ -155,7 +155,8 @@ def test_bad_spaces_give_one_clear_line(tmp_path, text, message):
 def test_values_that_do_not_fit_the_preset_are_refused(params, message):
     space = space_from_dict({"params": params}, source="s.yaml")
     with pytest.raises(ConfigError, match=message) as info:
-        space.base_config(load_preset("smoke"))
+        cfg = load_preset("smoke")
+        space.base_config(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri))
     assert "\n" not in str(info.value)
 
 
