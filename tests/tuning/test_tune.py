@@ -3,7 +3,6 @@
 
 import importlib.util
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -33,14 +32,9 @@ def load_job(name: str):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """A 2-CPU local Ray (or the session's, when another test folder started one)."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
+def ray_local(ray_cluster):
+    """The session's 2-CPU local Ray (tests/conftest.py)."""
+    return ray_cluster
 
 
 @pytest.fixture
