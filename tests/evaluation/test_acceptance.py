@@ -21,7 +21,8 @@ from idc_ray.runner import condense_to
 OUTER = 3  # the demo preset runs 20; 3 already separates the sets by > 10 points
 EPOCHS = 150  # the demo preset evaluates 300; 150 keeps the ordering and halves the cost
 REPEAT = 3
-MARGIN = 0.05  # every IDC run beats every other run by 5 points
+MARGIN = 0.05  # every IDC run beats every IDC-I and random run by 5 points
+INIT_MARGIN = 0.02  # and every run of its own initialisation by 2 points
 
 
 def condense_and_evaluate(root):
@@ -43,6 +44,20 @@ def condense_and_evaluate(root):
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     return condense_and_evaluate(tmp_path_factory.mktemp("mnist5k"))
+
+
+def test_idc_beats_its_initialisation_idc_i_and_random_at_ipc_1(evaluated):
+    _, _, results = evaluated
+    idc, init, idc_i, random = (results[k]["models"]["convnet3"] for k in ("f2", "init", "f1", "random-ipc1"))
+    summary = {k: [round(100 * run["last"], 1) for run in results[k]["models"]["convnet3"]["runs"]] for k in results}
+    assert results["f2"]["set"]["method"] == "IDC (factor 2)" and results["f1"]["set"]["method"] == "IDC-I"
+    assert results["random-ipc1"]["set"]["formed_samples"] == 10 and results["f2"]["set"]["formed_samples"] == 40
+    worst_idc = min(run["last"] for run in idc["runs"])
+    best_other = max(run["last"] for other in (idc_i, random) for run in other["runs"])
+    assert worst_idc > best_other + MARGIN, summary
+    assert idc["mean"] > max(idc_i["mean"], random["mean"]) + 2 * MARGIN, summary
+    # The condensation itself, not only the factor-2 formation of real images, makes the gain.
+    assert worst_idc > max(run["last"] for run in init["runs"]) + INIT_MARGIN, summary
 
 
 def test_a_fixed_set_and_seed_evaluate_bit_for_bit_the_same(evaluated):
