@@ -7,6 +7,11 @@ beats IDC-I (factor 1) and random real images. Measured on the 2-core developmen
 (OUTER 3, 150 epochs, 3 runs, `last` top-1 %, published evaluation protocol, 2026-11-30): IDC
 85.5 / 84.3 / 83.3, IDC-I 71.7 / 67.4 / 67.3, random 59.9 / 56.1 / 55.4; the test asks every IDC
 run to beat every run of the others by 5 points (the margin measured is 11.6).
+
+The factor-2 formation of real images alone already beats IDC-I and random, so the set before
+any matching (the same config with outer iterations 0) is an arm too: 80.4 / 77.2 / 79.3
+(2026-12-01, same protocol). Every IDC run beats every run of it (by 2.9 measured) and the mean
+by 3 points (5.4 measured).
 """
 
 import pytest
@@ -22,7 +27,7 @@ OUTER = 3  # the demo preset runs 20; 3 already separates the sets by > 10 point
 EPOCHS = 150  # the demo preset evaluates 300; 150 keeps the ordering and halves the cost
 REPEAT = 3
 MARGIN = 0.05  # every IDC run beats every IDC-I and random run by 5 points
-INIT_MARGIN = 0.02  # and every run of its own initialisation by 2 points
+INIT_MARGIN = 0.03  # and the mean of its own initialisation by 3 points (every run of it too)
 
 
 def condense_and_evaluate(root):
@@ -57,7 +62,8 @@ def test_idc_beats_its_initialisation_idc_i_and_random_at_ipc_1(evaluated):
     assert worst_idc > best_other + MARGIN, summary
     assert idc["mean"] > max(idc_i["mean"], random["mean"]) + 2 * MARGIN, summary
     # The condensation itself, not only the factor-2 formation of real images, makes the gain.
-    assert worst_idc > max(run["last"] for run in init["runs"]) + INIT_MARGIN, summary
+    assert worst_idc > max(run["last"] for run in init["runs"]), summary
+    assert idc["mean"] > init["mean"] + INIT_MARGIN, summary
 
 
 def test_a_fixed_set_and_seed_evaluate_bit_for_bit_the_same(evaluated):
