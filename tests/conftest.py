@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3-compatible server (moto's server mode) on 127.0.0.1.
+"""Shared fixtures: a real S3-compatible server (moto's server mode) on 127.0.0.1, the
+session's one local Ray cluster, and the jobs' ``main()`` run in this process.
 
 ``s3`` gives each test a fresh bucket and points the usual AWS environment variables at the
 server (fake credentials, endpoint, no instance-metadata lookups, no ~/.aws files), so library
@@ -7,11 +8,81 @@ code and job subprocesses reach it exactly as they would reach AWS, with nothing
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+import os
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session (2 CPUs, like CI's machine); jobs join it with
+    ``--address``. Metrics are reported every second (read when Ray starts), so a test sees a
+    gauge point within a second of its task."""
+    import ray
+
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"
+    try:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+                 log_to_driver=False)
+    finally:
+        del os.environ["RAY_metrics_report_interval_ms"]
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@dataclass(frozen=True)
+class JobRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+_JOBS: dict[str, ModuleType] = {}
+
+
+def load_job(name: str) -> ModuleType:
+    """jobs/<name>.py as a module (jobs/ is not a package)."""
+    if name not in _JOBS:
+        spec = importlib.util.spec_from_file_location(f"jobs_{name}", ROOT / "jobs" / f"{name}.py")
+        _JOBS[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_JOBS[name])
+    return _JOBS[name]
+
+
+@pytest.fixture
+def run_job(capsys):
+    """``run_job("condense", *argv)``: the job's ``main(argv)`` in this process exactly as its
+    ``__main__`` runs it (bad input: one line, exit 2), with its exit code, stdout and stderr;
+    no new Python importing torch per call. Logging handlers the job adds (bound to this call's
+    captured stderr) and environment variables it sets are undone after each call."""
+    from idc_ray.cli import run_main
+
+    def run(name: str, *argv: str) -> JobRun:
+        logger = logging.getLogger("idc_ray")
+        handlers, environ = list(logger.handlers), dict(os.environ)
+        capsys.readouterr()
+        try:
+            run_main(lambda: load_job(name).main(list(argv)))
+            raise AssertionError("run_main returned without exiting")
+        except SystemExit as e:
+            code = e.code or 0
+        finally:
+            logger.handlers[:] = handlers
+            os.environ.clear()
+            os.environ.update(environ)
+        out = capsys.readouterr()
+        return JobRun(code, out.out, out.err)
+
+    return run
 
 
 @dataclass(frozen=True)

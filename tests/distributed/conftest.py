@@ -1,17 +1,8 @@
-"""One local Ray cluster for the distributed tests of a session (2 CPUs, like CI's machine)."""
-
-import logging
+"""The in-process references of the distributed tests (the session's Ray cluster, ``ray_cluster``,
+is in tests/conftest.py)."""
 
 import pytest
-import ray
 import torch
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,9 @@ def test_matchers_spread_over_gpu_nodes_and_give_the_same_bytes(tmp_path):
     assert report["equal"]
 
 
-def test_gpus_requested_on_a_cpu_cluster_is_one_line(ray_cluster, tmp_path):
-    done = subprocess.run([sys.executable, "jobs/condense.py", "--preset", "smoke", "--address", ray_cluster,
-                           "--gpus-per-actor", "1", "--output", str(tmp_path / "x")], cwd=HERE.parents[1],
-                          capture_output=True, text=True, timeout=300)
+def test_gpus_requested_on_a_cpu_cluster_is_one_line(ray_cluster, run_job, tmp_path):
+    done = run_job("condense", "--preset", "smoke", "--address", ray_cluster, "--gpus-per-actor", "1",
+                   "--output", str(tmp_path / "x"))
     assert done.returncode == 2
     errors = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert errors == ["error: 2 matcher actors x 1 GPU requested but the cluster has 0 GPUs; "

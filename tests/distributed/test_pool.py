@@ -2,28 +2,33 @@
 preset: the first run pretrains the pool as Ray tasks into the keyed cache, a later run reuses it
 untouched, and a setting that shapes the pool gives another key."""
 
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
+from idc_ray.artifacts import load_condensed
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import load_dataset
+from idc_ray.distributed.driver import RunOptions, condense_job
 from idc_ray.pretrain import pretrain_pool
 from idc_ray.tune.cache import pool_dir
 
-ROOT = Path(__file__).resolve().parents[2]
 AUTO = {"expert.pretrained": "auto", "expert.pt_from": 1, "schedule.outer_iters": 1, "schedule.inner_iters": 1}
 
 
-def _condense(address: str, out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    settings = [a for k, v in AUTO.items() for a in ("--set", f"{k}={v}")]
-    cmd = [sys.executable, "jobs/condense.py", "--preset", "smoke", *settings, "--pool-seeds", "2",
-           "--pool-cache", str(cache), "--address", address, "--output", str(out), "--quiet", *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def condense(run_job):
+    """jobs/condense.py's main() in this process, joined to the session's cluster."""
+
+    def run(address: str, out: Path, cache: Path, *extra: str):
+        settings = [a for k, v in AUTO.items() for a in ("--set", f"{k}={v}")]
+        return run_job("condense", "--preset", "smoke", *settings, "--pool-seeds", "2", "--pool-cache", str(cache),
+                       "--address", address, "--output", str(out), "--quiet", *extra)
+
+    return run
 
 
 def _pool_files(pool: Path) -> dict[str, int]:
@@ -34,12 +39,12 @@ def _pool_of(out: Path) -> str:
     return yaml.safe_load((out / "config.yaml").read_text())["expert"]["pretrained"]
 
 
-def test_condense_builds_the_keyed_pool_once_then_reuses_it(ray_cluster, one_thread, tmp_path):
+def test_condense_builds_the_keyed_pool_once_then_reuses_it(ray_cluster, one_thread, condense, tmp_path):
     cache = tmp_path / "cache"
     cfg = apply_overrides(load_preset("smoke"), AUTO)
     pool = pool_dir(cache, cfg, 2)
 
-    first = _condense(ray_cluster, tmp_path / "first", cache)
+    first = condense(ray_cluster, tmp_path / "first", cache)
     assert first.returncode == 0, first.stderr
     assert "pretrained 2 pool networks x 1 epochs as Ray tasks" in first.stderr
     files = _pool_files(pool)
@@ -53,9 +58,12 @@ def test_condense_builds_the_keyed_pool_once_then_reuses_it(ray_cluster, one_thr
     for name in (n for n in files if n.endswith(".pt")):
         ours, theirs = (torch.load(d / name, weights_only=True) for d in (pool, reference))
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+    # The pool changes the bytes: without it (a fresh expert) the same run condenses another set.
+    fresh = condense_job(plain, str(tmp_path / "fresh"), RunOptions(backend="local"))
+    assert not torch.equal(load_condensed(tmp_path / "first")[0], fresh.stored)
 
     # A setting the pool does not depend on: the same pool, not pretrained again.
-    again = _condense(ray_cluster, tmp_path / "again", cache, "--set", "match.lr_img=0.02")
+    again = condense(ray_cluster, tmp_path / "again", cache, "--set", "match.lr_img=0.02")
     assert again.returncode == 0, again.stderr
     assert "pretrained" not in again.stderr
     assert _pool_files(pool) == files
@@ -63,7 +71,7 @@ def test_condense_builds_the_keyed_pool_once_then_reuses_it(ray_cluster, one_thr
 
     # The expert's learning rate shapes the pool: another key, the first pool untouched (built in
     # this run's own process: the local backend's path to the same cache).
-    other = _condense(ray_cluster, tmp_path / "other", cache, "--set", "expert.lr=0.02", "--outer-iters", "0",
+    other = condense(ray_cluster, tmp_path / "other", cache, "--set", "expert.lr=0.02", "--outer-iters", "0",
                       "--backend", "local")
     assert other.returncode == 0, other.stderr
     new_pool = pool_dir(cache, apply_overrides(cfg, {"expert.lr": 0.02}), 2)

@@ -16,12 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job(script: str, *args: str) -> subprocess.CompletedProcess:
-    # Environment inherited: the s3 fixture's AWS variables reach the job, its local Ray and actors.
+    """A process of its own with a local Ray of its own: the s3 fixture's AWS variables reach the
+    job, its Ray and the actors (the session's Ray started before them; its actors would not
+    see them)."""
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_condense_from_s3_to_s3_with_resume(s3, one_thread, tmp_path):
-    prepared = _job("jobs/prepare_data.py", "--dataset", "tiny", "--output", s3.uri("data", "tiny"))
+def test_condense_from_s3_to_s3_with_resume(s3, one_thread, run_job, tmp_path):
+    prepared = run_job("prepare_data", "--dataset", "tiny", "--output", s3.uri("data", "tiny"))
     assert prepared.returncode == 0, prepared.stderr
     data, out = s3.uri("data", "tiny"), s3.uri("runs", "tiny")
     common = ["--preset", "smoke", "--data-uri", data, "--output", out, "--checkpoint-every", "1", "--quiet"]
@@ -45,11 +47,11 @@ def test_condense_from_s3_to_s3_with_resume(s3, one_thread, tmp_path):
     assert manifest["dataset"] == "tiny" and manifest["metrics"]["backend"] == "ray"
 
 
-def test_missing_output_bucket_is_one_line_and_nothing_written(s3):
-    prepared = _job("jobs/prepare_data.py", "--dataset", "tiny", "--output", s3.uri("data", "tiny"))
+def test_missing_output_bucket_is_one_line_and_nothing_written(s3, run_job):
+    prepared = run_job("prepare_data", "--dataset", "tiny", "--output", s3.uri("data", "tiny"))
     assert prepared.returncode == 0, prepared.stderr
-    done = _job("jobs/condense.py", "--preset", "smoke", "--data-uri", s3.uri("data", "tiny"), "--backend", "local",
-                "--output", "s3://no-such-bucket-idc/run", "--quiet")
+    done = run_job("condense", "--preset", "smoke", "--data-uri", s3.uri("data", "tiny"), "--backend", "local",
+                   "--output", "s3://no-such-bucket-idc/run", "--quiet")
     assert done.returncode == 2
     errors = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and "no-such-bucket-idc" in errors[0], done.stderr

@@ -1,4 +1,6 @@
-"""jobs/evaluate.py end to end on the smoke preset's tiny data, as a user runs it."""
+"""jobs/evaluate.py end to end on the smoke preset's tiny data: its main() in this process (the
+``run_job`` fixture of tests/conftest.py), and as a separate process joining the session's Ray
+where the test reads the Ray tasks' lines forwarded into the job log."""
 
 import json
 import subprocess
@@ -17,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = {"mean", "std", "best_mean", "best_std", "runs", "epochs", "wall_s", "device"}
 
 
-def run_job(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "jobs/evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def evaluate(run_job):
+    return lambda *args: run_job("evaluate", *args)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +43,13 @@ def small_images(tmp_path_factory):
     return root
 
 
-def test_condensed_set_and_baselines_on_ray(artifact, tmp_path):
+def test_condensed_set_and_baselines_on_ray(artifact, ray_cluster, tmp_path):
     out = tmp_path / "eval"
-    done = run_job("--condensed", str(artifact), "--baseline", "random", "herding", "--ipc", "1", "--herding-epochs", "1",
-                   "--repeat", "2", "--models", "convnet3", "--output", str(out), "--address", "local")
+    # A process of its own: the tasks' progress reaches its stderr as Ray forwards a job's worker output.
+    done = subprocess.run([sys.executable, "jobs/evaluate.py", "--condensed", str(artifact), "--baseline", "random",
+                           "herding", "--ipc", "1", "--herding-epochs", "1", "--repeat", "2", "--models", "convnet3",
+                           "--output", str(out), "--address", ray_cluster],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     labels = [s["label"] for s in summary["sets"]]
@@ -62,8 +68,8 @@ def test_condensed_set_and_baselines_on_ray(artifact, tmp_path):
     assert "| training set |" in done.stdout and f"report written to {out / 'summary.json'}" in done.stdout
 
 
-def test_a_single_artifact_gets_its_report_in_its_folder(artifact):
-    done = run_job("--condensed", str(artifact), "--backend", "local", "--repeat", "1", "--fixed-compute")
+def test_a_single_artifact_gets_its_report_in_its_folder(evaluate, artifact):
+    done = evaluate("--condensed", str(artifact), "--backend", "local", "--repeat", "1", "--fixed-compute")
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((artifact / "results.json").read_text())
     assert results["models"]["convnet3"]["epochs"] == 1 and results["fixed_compute"]  # int(5 / 2^2)
@@ -81,11 +87,11 @@ def test_a_single_artifact_gets_its_report_in_its_folder(artifact):
           "--output", "OUT"], "resnet10 cannot take 6x6 inputs"),
     ],
 )
-def test_bad_input_gives_one_line_exit_2_and_writes_nothing(artifact, small_images, tmp_path, args, message):
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(evaluate, artifact, small_images, tmp_path, args, message):
     out = tmp_path / "out"
     places = {"ART": str(artifact), "OUT": str(out), "SMALL": str(small_images)}
     before = sorted(p.name for p in artifact.iterdir())
-    done = run_job(*[places.get(a, a) for a in args], "--backend", "local")
+    done = evaluate(*[places.get(a, a) for a in args], "--backend", "local")
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
@@ -93,14 +99,14 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(artifact, small_imag
     assert sorted(p.name for p in artifact.iterdir()) == before, done.stderr
 
 
-def test_the_published_codes_data_pt_evaluates_as_its_test_py_would(tmp_path):
+def test_the_published_codes_data_pt_evaluates_as_its_test_py_would(evaluate, tmp_path):
     # condense.py saves torch.save([data, labels]) un-normalised and unclamped; test.py forms and
     # trains on it unclipped. Values from -0.2 to 1.24, as seen after 49 inner iterations on MNIST.
     g = torch.Generator().manual_seed(2)
     data = torch.rand(8, 1, 28, 28, generator=g) * 1.44 - 0.2
     torch.save([data, torch.arange(4).repeat_interleave(2)], tmp_path / "data.pt")
     out = tmp_path / "eval"
-    done = run_job("--condensed", str(tmp_path / "data.pt"), "--dataset", "tiny", "--factor", "2", "--epochs", "1",
+    done = evaluate("--condensed", str(tmp_path / "data.pt"), "--dataset", "tiny", "--factor", "2", "--epochs", "1",
                    "--repeat", "1", "--models", "convnet3", "--set", "eval.width=8", "--backend", "local",
                    "--output", str(out))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,25 +1,81 @@
 """The Ray evaluation (one task per (model, repeat)) gives the sequential evaluation's numbers
 bit for bit on the embedded MNIST subset, also when a worker dies and its task is retried, and
-exports the accuracy gauge. The Ray side runs in a fresh process (ray_parallel_check.py) so
-its metrics interval and CPU count are known whatever Ray this test session holds."""
+exports the accuracy gauge (the session's Ray reports metrics every second, tests/conftest.py)."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+import threading
+import time
+import urllib.request
 
 import pytest
+import ray
+import torch
 
-HERE = Path(__file__).resolve().parent
+from idc_ray.config import apply_overrides, load_preset
+from idc_ray.data import load_dataset
+from idc_ray.engine.loop import stack_stored
+from idc_ray.engine.plan import build_plan, initial_synset
+from idc_ray.evaluation.parallel import plan_resources, run_parallel
+from idc_ray.evaluation.protocol import Work, form_stored, plan_tasks
+from idc_ray.evaluation.run import run_sequential, use_ray
+
+
+def work() -> list[Work]:
+    """2 models x 2 repeats on the formed mix initialisation of mnist5k (factor 2, ipc 1)."""
+    data = load_dataset("mnist5k")
+    cfg = apply_overrides(load_preset("mnist5k-demo"), {"eval.width": 16})
+    stored, labels = stack_stored(initial_synset(build_plan(cfg, data.spec).match, data.train_store(), range(10)))
+    x, y = form_stored(cfg, data.spec, stored, labels)
+    # two ConvNets: eval.width (16, for speed) reaches the ConvNet family only, as published
+    tasks = plan_tasks(cfg, data.spec, "mix-init", models=("convnet3", "convnet2"), repeat=2, epochs=10,
+                       eval_every=5)
+    return [Work(t, x, y, data.test_x, data.test_y) for t in tasks]
+
+
+def scrape_until(port: int, stop: threading.Event, seen: list[str]) -> None:
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                seen += [ln for ln in r.read().decode().splitlines() if ln.startswith("ray_idc_eval_accuracy{")]
+        except OSError:
+            pass
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
-def check(tmp_path_factory):
+def check(ray_cluster, tmp_path_factory):
+    """The same work on Ray (task 1's first worker killed once) and sequentially at the 1 torch
+    thread of a 1-CPU task; the job-log lines and the scraped gauge lines."""
     marker = tmp_path_factory.mktemp("crash") / "crashed-once"
-    done = subprocess.run([sys.executable, str(HERE / "ray_parallel_check.py"), str(marker)], cwd=HERE.parents[1],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1]), marker
+    items = work()
+    seen: list[str] = []
+    stop = threading.Event()
+    scraper = threading.Thread(target=scrape_until, args=(ray.nodes()[0]["MetricsExportPort"], stop, seen))
+    scraper.start()
+    lines: list[str] = []
+    try:
+        parallel = run_parallel(items, max_retries=2, log=lines.append, crash_once={1: marker})
+        deadline = time.monotonic() + 10  # a point set just before a task ended is exported in the next interval
+        while not any('set="mix-init"' in ln for ln in seen) and time.monotonic() < deadline:
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        scraper.join()
+    errors = []
+    for kwargs in ({"num_cpus": 64}, {"num_gpus": 1}):
+        try:
+            plan_resources(4, **kwargs)
+        except ValueError as e:
+            errors.append(str(e))
+    shares = [plan_resources(1).num_cpus, plan_resources(8).num_cpus]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each 1-CPU task ran with
+    try:
+        sequential = run_sequential(items, device="cpu", log=lambda _: None)
+    finally:
+        torch.set_num_threads(before)
+    out = {"parallel": [r.__dict__ for r in parallel], "sequential": [r.__dict__ for r in sequential],
+           "lines": lines, "gauge": seen, "errors": errors, "shares": shares, "auto": use_ray("auto")}
+    return out, marker
 
 
 def test_parallel_equals_sequential_even_when_a_worker_dies(check):

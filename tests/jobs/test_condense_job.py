@@ -1,4 +1,5 @@
-"""jobs/condense.py end to end on the smoke preset, as a user runs it."""
+"""jobs/condense.py end to end on the smoke preset: its main() in this process (the ``run_job``
+fixture of tests/conftest.py), and the real command line once for the process's exit code."""
 
 import json
 import subprocess
@@ -11,17 +12,21 @@ import yaml
 
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import load_yaml
+from idc_ray.data import load_dataset
+from idc_ray.data.store import ClassStore
+from idc_ray.engine.synset import init_synset
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_job(*args: str, script: str = "jobs/condense.py") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def condense(run_job):
+    return lambda *args: run_job("condense", *args)
 
 
-def test_condense_writes_a_loadable_artifact_and_its_config_reruns_to_the_same_bytes(tmp_path):
+def test_condense_writes_a_loadable_artifact_and_its_config_reruns_to_the_same_bytes(condense, tmp_path):
     out = tmp_path / "run"
-    done = run_job("--preset", "smoke", "--ipc", "2", "--output", str(out), "--quiet", "--backend", "local")
+    done = condense("--preset", "smoke", "--ipc", "2", "--output", str(out), "--quiet", "--backend", "local")
     assert done.returncode == 0, done.stderr
     assert {p.name for p in out.iterdir()} >= {"condensed.parquet", "manifest.json", "config.yaml", "preview.png"}
     stored, labels, manifest = load_condensed(out)
@@ -32,16 +37,22 @@ def test_condense_writes_a_loadable_artifact_and_its_config_reruns_to_the_same_b
     assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     again = tmp_path / "again"
-    done = run_job("--config", str(out / "config.yaml"), "--output", str(again), "--quiet", "--backend", "local")
+    done = condense("--config", str(out / "config.yaml"), "--output", str(again), "--quiet", "--backend", "local")
     assert done.returncode == 0, done.stderr
     assert torch.equal(load_condensed(again)[0], stored)
 
 
-def test_outer_iters_zero_writes_the_initialisation(tmp_path):
-    done = run_job("--preset", "smoke", "--outer-iters", "0", "--output", str(tmp_path / "init"), "--quiet",
-                   "--backend", "local")
+def test_outer_iters_zero_writes_the_initialisation(condense, tmp_path):
+    done = condense("--preset", "smoke", "--outer-iters", "0", "--output", str(tmp_path / "init"), "--quiet",
+                    "--backend", "local")
     assert done.returncode == 0, done.stderr
-    assert load_condensed(tmp_path / "init")[2]["metrics"]["loss_history"] == []
+    stored, labels, manifest = load_condensed(tmp_path / "init")
+    assert manifest["metrics"]["loss_history"] == []
+    # The smoke preset's values (tiny data, ipc 1, factor 2 -> the mix init, seed 0), given here.
+    tiny = load_dataset("tiny")
+    init = init_synset(ClassStore(tiny.train_x, tiny.train_y), range(4), ipc=1, factor=2, kind="mix", seed=0)
+    assert torch.equal(stored, torch.stack([init[c] for c in range(4)]))
+    assert labels.tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize(
@@ -67,17 +78,27 @@ def test_outer_iters_zero_writes_the_initialisation(tmp_path):
         (["--set", "expert.pretrained=auto", "--pool-cache", "s3://bucket/pools"], "not object storage"),
     ],
 )
-def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, args, message):
+def test_bad_input_gives_one_line_exit_2_and_no_output(condense, ray_cluster, tmp_path, args, message):
     out = tmp_path / "out"
-    done = run_job("--preset", "smoke", *args, "--output", str(out), "--quiet")
+    done = condense("--preset", "smoke", "--address", ray_cluster, *args, "--output", str(out), "--quiet")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
     assert not out.exists()
 
 
-def test_help_lists_every_flag():
-    done = run_job("--help")
+def test_the_command_line_exits_2_with_one_error_line(tmp_path):
+    """The process boundary itself, once: `python jobs/condense.py` with bad input."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "jobs/condense.py", "--preset", "smoke", "--ipc", "0", "--output", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: synset.ipc must be at least 1, got 0"], done.stderr
+    assert not out.exists()
+
+
+def test_help_lists_every_flag(condense):
+    done = condense("--help")
     assert done.returncode == 0
     for flag in ("--preset", "--dataset", "--ipc", "--factor", "--seed", "--outer-iters", "--inner-iters",
                  "--output", "--config", "--set", "--backend", "--address", "--num-actors", "--gpus-per-actor",
@@ -86,25 +107,26 @@ def test_help_lists_every_flag():
         assert flag in done.stdout
 
 
-def test_pretrain_pool_feeds_the_expert(tmp_path):
+def test_pretrain_pool_feeds_the_expert(condense, run_job, tmp_path):
     pool = tmp_path / "pool"
-    done = run_job("--preset", "smoke", "--seeds", "2", "--epochs", "1", "--output", str(pool),
-                   script="jobs/pretrain.py")
+    done = run_job("pretrain", "--preset", "smoke", "--seeds", "2", "--epochs", "1", "--output", str(pool))
     assert done.returncode == 0, done.stderr
     assert sorted(p.relative_to(pool).as_posix() for p in pool.rglob("*.pt")) == [
         "seed0/epoch0.pt", "seed0/epoch1.pt", "seed1/epoch0.pt", "seed1/epoch1.pt"]
-    out = tmp_path / "run"
-    done = run_job("--preset", "smoke", "--set", f"expert.pretrained={pool}", "--set", "expert.pt_from=1",
-                   "--output", str(out), "--quiet", "--backend", "local")
+    one_outer = ["--preset", "smoke", "--outer-iters", "1", "--quiet", "--backend", "local"]
+    out, plain = tmp_path / "run", tmp_path / "plain"
+    done = condense(*one_outer, "--set", f"expert.pretrained={pool}", "--set", "expert.pt_from=1", "--output", str(out))
     assert done.returncode == 0, done.stderr
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["expert"]["pretrained"] == str(pool)
+    assert condense(*one_outer, "--output", str(plain)).returncode == 0
+    assert not torch.equal(load_condensed(out)[0], load_condensed(plain)[0])  # the pool's experts were matched
 
 
-def test_eval_models_evaluates_the_finished_set_into_its_folder_and_manifest(tmp_path):
+def test_eval_models_evaluates_the_finished_set_into_its_folder_and_manifest(condense, tmp_path):
     out = tmp_path / "run"
-    done = run_job("--preset", "smoke", "--output", str(out), "--quiet", "--backend", "local",
-                   "--eval-models", "convnet3", "--eval-repeat", "2", "--eval-epochs", "3")
+    done = condense("--preset", "smoke", "--outer-iters", "1", "--output", str(out), "--quiet", "--backend", "local",
+                    "--eval-models", "convnet3", "--eval-repeat", "2", "--eval-epochs", "3")
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
     runs = results["models"]["convnet3"]["runs"]

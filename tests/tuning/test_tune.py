@@ -3,7 +3,6 @@
 
 import importlib.util
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,9 @@ def load_job(name: str):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """A 2-CPU local Ray (or the session's, when another test folder started one); its address,
-    which the jobs join with --address."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
+def ray_local(ray_cluster):
+    """The session's 2-CPU local Ray (tests/conftest.py)."""
+    return ray_cluster
 
 
 def run_tune(args: list[str], capsys) -> tuple[int, str, str]:
