@@ -20,8 +20,8 @@ recomputes them exactly.
 
 k-means is written here in a few lines of torch: scikit-learn's ``KMeans`` (in the stack through
 mlxtend) works on NumPy arrays on the CPU, so each refresh would copy the embeddings off the
-matcher's GPU and its result would also depend on OpenMP's threads; no library in the stack
-clusters torch tensors on the device. Centres are updated with a one-hot matrix product rather
+matcher's GPU and cluster them there; no library in the stack clusters torch tensors on the
+device. Centres are updated with a one-hot matrix product rather
 than ``index_add_``, whose atomic CUDA adds are not deterministic.
 """
 
