@@ -25,6 +25,7 @@ from idc_ray.errors import first_line
 INITS = ("auto", "mix", "random", "noise")
 INIT_SELECTS = ("first", "random")
 REAL_SAMPLINGS = ("stream", "independent")  # engine/streams.py
+SAMPLINGS = ("uniform", "representative")  # engine/representative.py
 DATA_STATS = ("published", "corrected")
 METRICS = ("mse", "l1", "l1_mean", "cos")
 OBJECTIVES = ("grad", "feat")
@@ -75,6 +76,11 @@ class MatchConfig:
     # Real batch per class: "stream" cycles through the class without replacement across steps as
     # the published loader does; "independent" draws a fresh sample per step (engine/streams.py).
     real_sampling: str = "stream"
+    # "representative" (DREAM, ICCV 2023): each class's real batch is the images nearest the
+    # centres of batch_real k-means clusters in the expert's embedding, re-clustered every
+    # sampling_refresh inner iterations (DREAM's interval 10) and in place of real_sampling's draw.
+    sampling: str = "uniform"
+    sampling_refresh: int = 10
 
 
 @dataclass(frozen=True)
@@ -326,6 +332,8 @@ def validate(cfg: IDCConfig) -> None:
     _check(m.path in MATCH_PATHS, f"match.path '{m.path}' is unknown; choose one of {', '.join(MATCH_PATHS)}")
     for key, value in (("match.real_sampling", m.real_sampling), ("expert.real_sampling", x.real_sampling)):
         _check(value in REAL_SAMPLINGS, f"{key} '{value}' is unknown; choose one of {', '.join(REAL_SAMPLINGS)}")
+    _check(m.sampling in SAMPLINGS, f"match.sampling '{m.sampling}' is unknown; choose one of {', '.join(SAMPLINGS)}")
+    _check(m.sampling_refresh >= 1, f"match.sampling_refresh must be at least 1 inner iteration, got {m.sampling_refresh}")
     _check(m.batch_real >= 1, f"match.batch_real must be at least 1, got {m.batch_real}")
     _check(m.lr_img > 0, f"match.lr_img must be positive, got {m.lr_img}")
     _check(0 <= m.mom_img < 1, f"match.mom_img must be in [0, 1), got {m.mom_img}")

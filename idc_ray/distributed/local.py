@@ -11,7 +11,7 @@ import torch
 from idc_ray.config import IDCConfig, ScheduleConfig
 from idc_ray.data import ClassStore
 from idc_ray.checkpoint import Checkpoint, CheckpointStore
-from idc_ray.distributed.schedule import RunOptions, run_schedule
+from idc_ray.distributed.schedule import RunOptions, Snapshots, run_schedule
 from idc_ray.engine.expert import expert_trajectory
 from idc_ray.engine.loop import Progress, stack_stored
 from idc_ray.engine.plan import Plan, build_matcher
@@ -46,10 +46,12 @@ class LocalGroup:
 def run_local(cfg: IDCConfig, plan: Plan, store: ClassStore, *, device: torch.device | str = "cpu",
               ckpts: CheckpointStore | None = None, start: Checkpoint | None = None,
               options: RunOptions = RunOptions(backend="local"),
-              on_progress: Callable[[Progress], None] | None = None) -> tuple[dict, list[float], int]:
+              on_progress: Callable[[Progress], None] | None = None,
+              snapshots: Snapshots | None = None) -> tuple[dict, list[float], int]:
     """The schedule in this process; returns (class states, loss history per outer, restarts)."""
     make_group = lambda ckpt, first: LocalGroup(plan, store, cfg.schedule, ckpt, first, device)
-    return run_schedule(cfg, make_group, ckpts=ckpts, start=start, options=options, on_progress=on_progress)
+    return run_schedule(cfg, make_group, ckpts=ckpts, start=start, options=options, on_progress=on_progress,
+                        snapshots=snapshots)
 
 
 def condense_local(cfg: IDCConfig, plan: Plan, store: ClassStore, *, device: torch.device | str = "cpu",

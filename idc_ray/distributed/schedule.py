@@ -30,6 +30,20 @@ class JobError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Snapshots:
+    """``jobs/condense.py --eval-every K``: the stored set handed to ``take(outer, states)`` at
+    outer iteration 0 (the initialisation), every ``every`` outer iterations and the last
+    (issue 13). ``take`` receives copies; it must not block the schedule for long (the job's
+    evaluator only submits work)."""
+
+    every: int
+    take: Callable[[int, dict[int, dict]], None]
+
+    def due(self, outer: int, last: int) -> bool:
+        return outer == 0 or outer % self.every == 0 or outer == last
+
+
+@dataclass(frozen=True)
 class RunOptions:
     backend: str = "ray"  # ray | local
     num_actors: int | None = None  # None: the cluster's GPU count, else 2
@@ -75,8 +89,11 @@ def shard_classes(num_classes: int, num_shards: int) -> list[list[int]]:
 def run_schedule(cfg: IDCConfig, make_group: Callable[[Checkpoint | None, int], Group], *,
                  ckpts: CheckpointStore | None, start: Checkpoint | None, options: RunOptions,
                  on_progress: Callable[[Progress], None] | None = None,
-                 is_failure: Callable[[BaseException], bool] = lambda e: False) -> tuple[dict, list[float], int]:
-    """Drive the outer/inner loop over a group; returns (class states, loss history, restarts)."""
+                 is_failure: Callable[[BaseException], bool] = lambda e: False,
+                 snapshots: Snapshots | None = None) -> tuple[dict, list[float], int]:
+    """Drive the outer/inner loop over a group; returns (class states, loss history, restarts).
+    ``snapshots``: the stored set at iteration 0 and every K-th (a resumed or replayed run hands
+    over an iteration again only when it passes it again)."""
     sched = cfg.schedule
     ckpt, restarts = start, 0
     while True:
@@ -84,6 +101,8 @@ def run_schedule(cfg: IDCConfig, make_group: Callable[[Checkpoint | None, int], 
         history = list(ckpt.loss_history) if ckpt else []
         group = make_group(ckpt, first)
         try:
+            if snapshots is not None and first == 0:
+                snapshots.take(0, group.states())
             for outer in range(first, sched.outer_iters):
                 history.append(_run_outer(group, outer, sched.inner_iters, options.window, on_progress))
                 done = outer + 1
@@ -92,6 +111,8 @@ def run_schedule(cfg: IDCConfig, make_group: Callable[[Checkpoint | None, int], 
                     if ckpts is not None:
                         where = ckpts.save(ckpt)
                         log.info("checkpoint after outer iteration %d written to %s", done, where)
+                if snapshots is not None and snapshots.due(done, sched.outer_iters):
+                    snapshots.take(done, ckpt.classes if ckpt is not None and ckpt.outer == done else group.states())
             states = ckpt.classes if ckpt is not None and ckpt.outer == sched.outer_iters else group.states()
             group.close()
             return states, history, restarts

@@ -26,6 +26,7 @@ from idc_ray.engine.augment import DiffAugment
 from idc_ray.engine.batched import Batch, batched_match_losses, has_running_stats, same_shapes
 from idc_ray.engine.formation import get_former
 from idc_ray.engine.matching import feature_match_loss, gradient_match_loss, matched_parameters
+from idc_ray.engine.representative import RepresentativeBatches
 from idc_ray.engine.streams import class_stream_indices, global_step
 from idc_ray.engine.synset import ClassOptimizer, SyntheticClass, sample_formed
 
@@ -58,6 +59,8 @@ class MatchSpec:
     init_select: str = "first"  # real images the init takes: first of each class (published) or random
     real_sampling: str = "stream"  # real batch per class: the published per-class stream, or "independent"
     inner_iters: int = 100  # with outer and inner, gives a class stream's position (engine/streams.py)
+    sampling: str = "uniform"  # "representative": DREAM's k-means picks (engine/representative.py)
+    sampling_refresh: int = 10  # inner iterations between two k-means refreshes (DREAM's --interval)
 
 
 def resolve_path(path: str, device: torch.device) -> str:
@@ -100,6 +103,8 @@ class Matcher:
             opt = ClassOptimizer(spec.lr_img, spec.mom_img, position=c, num_classes=spec.num_classes,
                                  mode=spec.momentum_mode)
             self.classes[c] = SyntheticClass(c, data, opt)
+        self.representatives = RepresentativeBatches(spec.seed, spec.batch_real, spec.sampling_refresh,
+                                                     lambda x: self.normalize(x.to(self.device)))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self._mean) / self._std
@@ -108,26 +113,35 @@ class Matcher:
         for cls in self.classes.values():
             cls.clamp_()
 
-    def class_batch(self, cls: SyntheticClass, outer: int, inner: int) -> Batch:
+    def class_batch(self, cls: SyntheticClass, outer: int, inner: int, model: nn.Module | None = None) -> Batch:
         """One class's augmented (x_real, y_real, x_syn, y_syn), differentiable in the stored data.
 
-        The real batch is the class's stream at this step (:meth:`real_batch`); the batch_syn_max
+        The real batch is the class's at this step (:meth:`real_batch`); the batch_syn_max
         subsampling of the formed set, then ONE siamese augmentation of [real; synthetic] come
         from the generator keyed by (seed, "match", class, outer, inner) (IDC Algorithm 1;
         settings sheet, "Algorithm 1 as the published code runs it"). Every path calls this, so
         they all see the same batches.
         """
         g = rng.generator(self.spec.seed, "match", cls.label, outer, inner)
-        real = self.real_batch(cls.label, outer, inner, g).to(self.device)
+        real = self.real_batch(cls.label, outer, inner, g, model).to(self.device)
         formed, y_syn = sample_formed(cls.data, cls.label, self.former, self.spec.batch_syn_max, g)
         batch = self.augment(torch.cat([self.normalize(real), self.normalize(formed)]), g)
         y_real = torch.full((len(real),), cls.label, dtype=torch.long, device=self.device)
         return batch[: len(real)], y_real, batch[len(real):], y_syn
 
-    def real_batch(self, label: int, outer: int, inner: int, g: torch.Generator) -> torch.Tensor:
-        """Class ``label``'s real images at (outer, inner). ``stream`` (published): the slice of
-        the class's current pass that the step's position selects, without replacement across
-        steps (engine/streams.py); ``independent``: a fresh draw of batch_real from ``g``."""
+    def real_batch(self, label: int, outer: int, inner: int, g: torch.Generator,
+                   model: nn.Module | None = None) -> torch.Tensor:
+        """Class ``label``'s real images at (outer, inner). ``match.sampling: representative``:
+        the images nearest the k-means centres of the class in ``model``'s embedding, refreshed
+        every sampling_refresh inner iterations (engine/representative.py). Otherwise (uniform)
+        ``stream`` (published): the slice of the class's current pass that the step's position
+        selects, without replacement across steps (engine/streams.py); ``independent``: a fresh
+        draw of batch_real from ``g``."""
+        if self.spec.sampling == "representative":
+            if model is None:
+                raise ValueError("representative sampling embeds the class with the expert; pass model")
+            images = self.store.class_tensor(label)
+            return images[self.representatives.indices(label, images, model, outer, inner)]
         if self.spec.real_sampling == "independent":
             return self.store.sample(label, self.spec.batch_real, g)
         step = global_step(outer, inner, self.spec.inner_iters)
@@ -136,7 +150,7 @@ class Matcher:
 
     def class_loss(self, cls: SyntheticClass, model: nn.Module, params: list, outer: int, inner: int) -> torch.Tensor:
         """The matching loss of one class against the expert, differentiable in the stored data."""
-        x_real, y_real, x_syn, y_syn = self.class_batch(cls, outer, inner)
+        x_real, y_real, x_syn, y_syn = self.class_batch(cls, outer, inner, model)
         if self.spec.objective == "feat":
             return feature_match_loss(model, x_real, x_syn)
         return gradient_match_loss(model, params, x_real, y_real, x_syn, y_syn, self.spec.metric,
@@ -184,7 +198,7 @@ class Matcher:
             return {}
         for cls in classes:
             cls.optimizer.before_update(cls.data)
-        batches = [self.class_batch(cls, outer, inner) for cls in classes]
+        batches = [self.class_batch(cls, outer, inner, model) for cls in classes]
         if not same_shapes(batches):
             return self._finish_per_class(model, params, classes, batches)
         losses = batched_match_losses(model, params, batches, self.spec.metric)

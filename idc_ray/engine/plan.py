@@ -230,6 +230,7 @@ def build_plan(cfg: IDCConfig, spec: DatasetSpec) -> Plan:
         mom_img=m.mom_img, momentum_mode=m.momentum_mode, num_classes=spec.num_classes,
         mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed, ipc=s.ipc, init=r.init, path=m.path,
         init_select=s.init_select, real_sampling=m.real_sampling, inner_iters=cfg.schedule.inner_iters,
+        sampling=m.sampling, sampling_refresh=m.sampling_refresh,
     )
     expert = ExpertSpec(
         model=x.model, num_classes=spec.num_classes, channels=spec.channels, size=spec.size,
