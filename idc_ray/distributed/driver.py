@@ -38,7 +38,7 @@ class RunOptions:
     backend: str = "ray"  # ray | local
     num_actors: int | None = None  # None: the cluster's GPU count, else 2
     # None for both: one GPU per matcher and one for the expert when a whole GPU is left; else the
-    # expert shares a GPU with a matcher (ray_group.plan_layout); 0 on a CPU cluster.
+    # expert shares a GPU with a matcher (resources.plan_layout); 0 on a CPU cluster.
     gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None  # None: an equal share of the cluster's CPUs
     expert_gpus: float | None = None

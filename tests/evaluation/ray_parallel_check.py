@@ -19,9 +19,10 @@ import torch  # noqa: E402
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import load_dataset  # noqa: E402
 from idc_ray.engine.loop import initial_synset, stack_stored  # noqa: E402
-from idc_ray.evaluation.parallel import plan_resources, run_parallel  # noqa: E402
+from idc_ray.distributed.evaluation import RayExecutor  # noqa: E402
+from idc_ray.distributed.resources import plan_tasks as plan_task_bundle  # noqa: E402
 from idc_ray.evaluation.protocol import Work, form_stored, plan_tasks  # noqa: E402
-from idc_ray.evaluation.run import run_sequential, use_ray  # noqa: E402
+from idc_ray.evaluation.run import Sequential  # noqa: E402
 
 
 def work() -> list[Work]:
@@ -54,7 +55,7 @@ def main(marker: str) -> None:
     scraper = threading.Thread(target=scrape_until, args=(ray.nodes()[0]["MetricsExportPort"], stop, seen))
     scraper.start()
     lines: list[str] = []
-    parallel = run_parallel(items, max_retries=2, log=lines.append, crash_once={1: marker})
+    parallel = RayExecutor(max_retries=2, log=lines.append, crash_once={1: marker})(items)
     deadline = time.monotonic() + 10  # a point set just before a task ended is exported in the next interval
     while not seen and time.monotonic() < deadline:
         time.sleep(0.25)
@@ -63,16 +64,15 @@ def main(marker: str) -> None:
     errors = []
     for kwargs in ({"num_cpus": 64}, {"num_gpus": 1}):
         try:
-            plan_resources(4, **kwargs)
+            plan_task_bundle(4, **kwargs)
         except ValueError as e:
             errors.append(str(e))
-    shares = [plan_resources(1).num_cpus, plan_resources(8).num_cpus]
-    auto = use_ray("auto")
+    shares = [plan_task_bundle(1)["CPU"], plan_task_bundle(8)["CPU"]]
     ray.shutdown()
     torch.set_num_threads(1)  # what each 1-CPU task ran with
-    sequential = run_sequential(items, device="cpu", log=lambda _: None)
+    sequential = Sequential("cpu", log=lambda _: None)(items)
     print(json.dumps({"parallel": [r.__dict__ for r in parallel], "sequential": [r.__dict__ for r in sequential],
-                      "lines": lines, "gauge": seen, "errors": errors, "shares": shares, "auto": auto}))
+                      "lines": lines, "gauge": seen, "errors": errors, "shares": shares}))
 
 
 if __name__ == "__main__":

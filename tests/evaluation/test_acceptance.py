@@ -15,8 +15,8 @@ import torch
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.evaluation.protocol import Work, plan_tasks, run_task
-from idc_ray.evaluation.run import EvalOptions, SetsRequest, build_sets, evaluate_sets
-from idc_ray.runner import condense_to
+from idc_ray.evaluation.run import EvalOptions, Sequential, SetsRequest, build_sets, evaluate_sets
+from idc_ray.distributed.job import condense_to
 
 OUTER = 3  # the demo preset runs 20; 3 already separates the sets by > 10 points
 EPOCHS = 150  # the demo preset evaluates 300; 150 keeps the ordering and halves the cost
@@ -33,10 +33,10 @@ def evaluated(tmp_path_factory):
         cfg = apply_overrides(base, {"synset.factor": factor})
         condense_to(cfg, root / f"f{factor}", device="cpu", progress=False, options=RunOptions(backend="local"))
         uris.append(str(root / f"f{factor}"))
-    options = EvalOptions(repeat=REPEAT, epochs=EPOCHS, eval_every=0, backend="local", device="cpu")
+    options = EvalOptions(repeat=REPEAT, epochs=EPOCHS, eval_every=0)
     request = SetsRequest(condensed=tuple(uris), baselines=("random",), ipcs=(1,))
     sets, data, _ = build_sets(request, options, log=lambda _: None)
-    results = evaluate_sets(sets, data, options, log=lambda _: None)
+    results = evaluate_sets(sets, data, options, executor=Sequential("cpu"), log=lambda _: None)
     return sets, data, {r["set"]["label"]: r for r in results}
 
 
