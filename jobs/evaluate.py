@@ -83,13 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                           herding_net=args.herding_net, herding_epochs=args.herding_epochs)
     options.check()
     request.check()
-    if args.max_retries < 0:
-        raise ValueError(f"--max-retries must be >= 0, got {args.max_retries}")
     storage_options = parse_storage_options(args.storage_options)
     folder = report_folder(request.count, args.output, request.condensed)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    sets, data, extra = build_sets(request, options, device=str(resolve_device(args.device)),
-                                   storage_options=storage_options, log=log)
     if args.backend == "ray":
         # Every progress line matters; Ray would merge lines that differ only in their numbers.
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when Ray is first imported, just below
@@ -100,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         executor = RayExecutor(args.num_cpus_per_task, args.num_gpus_per_task, args.max_retries, log=log)
     else:
         session, executor = nullcontext(), Sequential(args.device, log=log)
+    sets, data, extra = build_sets(request, options, device=str(resolve_device(args.device)),
+                                   storage_options=storage_options, log=log)
     with session:
         results = evaluate_sets(sets, data, options, executor=executor, log=log)
     index = write_reports(folder, results, extra, storage_options)
