@@ -49,7 +49,7 @@ from common import results_dir, write  # noqa: E402
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import ClassStore, load_dataset  # noqa: E402
 from idc_ray.distributed.driver import RunOptions, condense_job  # noqa: E402
-from idc_ray.distributed.ray_group import EXPERT_GPU_SHARE, plan_layout  # noqa: E402
+from idc_ray.distributed.resources import EXPERT_GPU_SHARE, plan_layout  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert, new_model  # noqa: E402
 from idc_ray.engine.loop import Matcher, resolve_path  # noqa: E402
 from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
@@ -183,6 +183,7 @@ def evaluate_on_ray(one_actor: dict, device: torch.device, tiny: bool, log: Log)
     """Section 4: the 1-actor set written as an artifact and evaluated by Ray tasks (one GPU each
     when the cluster has one)."""
     from idc_ray.artifacts import save_condensed
+    from idc_ray.distributed.evaluation import RayExecutor
     from idc_ray.evaluation.run import evaluate_artifact
 
     cfg = one_actor["cfg"]
@@ -191,7 +192,7 @@ def evaluate_on_ray(one_actor: dict, device: torch.device, tiny: bool, log: Log)
         uri = save_condensed(out, one_actor["stored"], one_actor["labels"], config_yaml=cfg.to_yaml(),
                              meta={"dataset": cfg.data.dataset}, spec=one_actor["spec"])
         started = time.perf_counter()
-        doc = evaluate_artifact(uri, models=["convnet3"], repeat=1, epochs=epochs, backend="ray",
+        doc = evaluate_artifact(uri, models=["convnet3"], repeat=1, epochs=epochs, executor=RayExecutor(log=log),
                                 log=log)
         wall = time.perf_counter() - started
     m = doc["models"]["convnet3"]

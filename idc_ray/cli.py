@@ -5,11 +5,25 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+import traceback
+from pathlib import Path
+from typing import Callable, Sequence
 
-from idc_ray.config import ConfigError, IDCConfig, apply_overrides, load_preset, load_yaml, preset_names, validate
+from idc_ray.config import IDCConfig, apply_overrides, load_preset, load_yaml, preset_names, validate
+from idc_ray.distributed.schedule import JobError
 
 EXIT_BAD_INPUT = 2
+EXIT_BUG = 1
+DEBUG_FLAG = "--debug"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# What a user can fix: the project's errors (ConfigError, StorageError, ArtifactError, ClusterError,
+# the dataset errors: all ValueErrors), a missing file, a job that cannot go on (JobError).
+USER_ERRORS = (ValueError, FileNotFoundError, JobError)
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help="print the traceback of an error too (a bug's traceback is always printed)")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "mnist5k-demo") -> None:
@@ -27,6 +41,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = 
     g.add_argument("--inner-iters", type=int, help="inner iterations per outer iteration (schedule.inner_iters)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set match.lr_img=0.01 (repeatable)")
+    add_debug_argument(parser)
 
 
 _FLAG_KEYS = {
@@ -72,14 +87,41 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
-def run_main(main: Callable[[], int]) -> None:
-    """Run a job's main: a bad-input error prints one line to stderr and exits with 2."""
+def is_user_error(error: BaseException, job_dir: Path | None = None) -> bool:
+    """An error the user can fix (one line, exit 2) rather than a bug (traceback, exit 1).
+
+    The project's own error classes and FileNotFoundError always are; a plain ValueError is when
+    our code raised it (a check of the input), in ``idc_ray`` or the job's folder; raised inside a
+    library (torch refusing a shape, say) it is a bug in how we called it.
+    """
+    if not isinstance(error, USER_ERRORS):
+        return False
+    if type(error).__module__.startswith("idc_ray") or isinstance(error, (FileNotFoundError, JobError)):
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return True
+    raised_in = Path(frames[-1].filename).resolve()
+    return any(folder in raised_in.parents for folder in (PACKAGE_DIR, job_dir) if folder is not None)
+
+
+def run_main(main: Callable[[], int], argv: Sequence[str] | None = None) -> None:
+    """Run a job's main and exit with its code. A user error (:func:`is_user_error`) prints one
+    line, ``error: ...``, and exits with 2; any other exception is a bug: its traceback and exit
+    1. ``--debug`` in ``argv`` (default ``sys.argv``) prints the traceback of user errors too."""
+    debug = DEBUG_FLAG in (sys.argv[1:] if argv is None else argv)
+    job_dir = Path(main.__code__.co_filename).resolve().parent
     try:
         code = main()
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        user = is_user_error(e, job_dir)
+        if debug or not user:
+            traceback.print_exc()
+        if not user:
+            sys.exit(EXIT_BUG)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     sys.exit(code or 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from idc_ray import storage
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import ClassStore, load_dataset
+from idc_ray.device import resolve_device
 from idc_ray.engine.loop import stack_stored
 from idc_ray.engine.plan import build_plan, initial_synset
-from idc_ray.evaluation.protocol import evaluate_set, form_stored, random_real
 from idc_ray.distributed.driver import RunOptions
-from idc_ray.runner import condense_to, connect, resolve_device
+from idc_ray.distributed.job import condense_to
+from idc_ray.distributed.session import ray_session
+from idc_ray.evaluation.protocol import evaluate_set, form_stored, random_real
 
 
 @dataclass
@@ -68,13 +71,11 @@ def run_demo(cfg: IDCConfig, out: str | Path, *, device: str = "auto", ipc10_rep
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     device = str(resolve_device(device))
     options = options or RunOptions(backend="ray")
-    if options.backend == "ray":
-        url = connect(address)
-        if url:
-            log(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url} (open it while the demo runs)")
-    rows = compare(cfg, out / "ipc1", device=device, log=log, options=options)
     cfg10 = apply_overrides(cfg, {"synset.ipc": 10})
-    rows += compare(cfg10, out / "ipc10", device=device, repeat=ipc10_repeat, log=log, options=options)
+    # one Ray session for both condensations (open the dashboard while the demo runs)
+    with ray_session(address, log) if options.backend == "ray" else nullcontext():
+        rows = compare(cfg, out / "ipc1", device=device, log=log, options=options)
+        rows += compare(cfg10, out / "ipc10", device=device, repeat=ipc10_repeat, log=log, options=options)
     text = table(rows, cfg.eval.models[0])
     storage.atomic_write_bytes(out / "results.json", json.dumps([r.__dict__ for r in rows], indent=2).encode())
     storage.atomic_write_bytes(out / "results.md", (text + "\n").encode())

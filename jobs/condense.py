@@ -23,7 +23,7 @@ import sys
 
 from idc_ray.cli import add_config_arguments, comma_list, config_from_args, run_main, setup_logging
 from idc_ray.distributed.driver import RunOptions
-from idc_ray.runner import FinalEval, PoolOptions, condense_to
+from idc_ray.distributed.job import FinalEval, PoolOptions, condense_to
 from idc_ray.storage import parse_storage_options
 
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 
-from idc_ray.cli import comma_list, run_main
+from idc_ray.cli import add_debug_argument, comma_list, run_main
+from idc_ray.device import resolve_device
 from idc_ray.evaluation.baselines import BASELINES
 from idc_ray.evaluation.report import table
-from idc_ray.evaluation.run import EvalOptions, SetsRequest, build_sets, evaluate_sets, report_folder, write_reports
+from idc_ray.evaluation.run import (EvalOptions, Sequential, SetsRequest, build_sets, evaluate_sets, report_folder,
+                                    write_reports)
 from idc_ray.storage import parse_storage_options
 
 
@@ -65,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--max-retries", type=int, default=3, help="re-runs of a task whose worker died (default 3)")
     run.add_argument("--device", default="auto", help="local backend and the herding network: auto, cpu, cuda[:N]")
     run.add_argument("--storage-options", help="fsspec options for s3:// URIs, as JSON")
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 
@@ -72,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     models = comma_list(args.models) if args.models is not None else None
     options = EvalOptions(models=models, repeat=args.repeat, epochs=args.epochs, fixed_compute=args.fixed_compute,
-                          eval_every=args.eval_every, seed=args.seed, overrides=tuple(args.set), backend=args.backend,
-                          device=args.device, num_cpus=args.num_cpus_per_task, num_gpus=args.num_gpus_per_task,
-                          max_retries=args.max_retries)
+                          eval_every=args.eval_every, seed=args.seed, overrides=tuple(args.set))
     request = SetsRequest(condensed=tuple(args.condensed), baselines=tuple(dict.fromkeys(args.baseline)),
                           ipcs=tuple(dict.fromkeys(args.ipc)), dataset=args.dataset, data_uri=args.data_uri,
                           preset=args.preset, config=args.config, factor=args.factor, normalized=args.normalized,
@@ -84,14 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     storage_options = parse_storage_options(args.storage_options)
     folder = report_folder(request.count, args.output, request.condensed)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    from idc_ray.runner import resolve_device
-
-    sets, data, extra = build_sets(request, options, device=str(resolve_device(args.device)),
-                                   storage_options=storage_options, log=log)
     if args.backend == "ray":
         # Every progress line matters; Ray would merge lines that differ only in their numbers.
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when Ray is first imported, just below
-    results = evaluate_sets(sets, data, options, address=args.address, log=log)
+        from idc_ray.distributed.evaluation import RayExecutor
+        from idc_ray.distributed.session import ray_session
+
+        session = ray_session(args.address, log)
+        executor = RayExecutor(args.num_cpus_per_task, args.num_gpus_per_task, args.max_retries, log=log)
+    else:
+        session, executor = nullcontext(), Sequential(args.device, log=log)
+    sets, data, extra = build_sets(request, options, device=str(resolve_device(args.device)),
+                                   storage_options=storage_options, log=log)
+    with session:
+        results = evaluate_sets(sets, data, options, executor=executor, log=log)
     index = write_reports(folder, results, extra, storage_options)
     print(table(results))
     print(f"\nreport written to {index}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import run_main
+from idc_ray.cli import add_debug_argument, run_main
 from idc_ray.data.prepare import SOURCES, prepare
 from idc_ray.storage import parse_storage_options
 
@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, help="ImageNet sources: resize + center-crop side (default 224)")
     parser.add_argument("--class-list", metavar="FILE", help="ImageNet sources: class-list file, one wnid per line")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already at --output")
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 

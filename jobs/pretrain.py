@@ -13,7 +13,7 @@ import sys
 from idc_ray.cli import add_config_arguments, config_from_args, run_main
 from idc_ray.data import load_dataset
 from idc_ray.pretrain import pretrain_pool
-from idc_ray.runner import resolve_device
+from idc_ray.device import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:

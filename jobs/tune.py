@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpus_per_actor is not None and args.cpus_per_actor <= 0:
         raise ValueError(f"--cpus-per-actor must be > 0, got {args.cpus_per_actor:g}")
 
-    from idc_ray.distributed.sweep import default_resources, run_sweep  # Ray only past the input checks
-    from idc_ray.evaluation.parallel import ray_session
+    from idc_ray.distributed.resources import default_resources  # Ray only past the input checks
+    from idc_ray.distributed.session import ray_session
+    from idc_ray.distributed.sweep import run_sweep
 
     with ray_session(args.address, log=lambda line: print(line, file=sys.stderr, flush=True)):
         resources = default_resources(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.expert_gpus)

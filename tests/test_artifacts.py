@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-import idc_ray
 from idc_ray import artifacts, storage
 from idc_ray.artifacts import ArtifactError
 from idc_ray.config import load_preset
@@ -46,7 +45,7 @@ def test_save_and_load_roundtrip_local(tmp_path):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["name"] == "smoke"
 
     for where in (tmp_path / "run", target):  # the folder or its manifest
-        got, got_labels, manifest = idc_ray.load_condensed(where)
+        got, got_labels, manifest = artifacts.load_condensed(where)
         assert got.dtype == torch.float32 and torch.equal(got, stored) and torch.equal(got_labels, labels)
     spec = get_spec("tiny")
     assert manifest["format_version"] == artifacts.FORMAT_VERSION and manifest["dataset"] == "tiny"
@@ -77,7 +76,7 @@ def test_parquet_rows_follow_the_documented_schema(tmp_path):
 def test_formed_dataset_is_formed_and_normalised(tmp_path):
     stored, labels = _stored(classes=2, ipc=3)
     _save(tmp_path, stored, labels)
-    ds = idc_ray.formed_dataset(tmp_path)
+    ds = artifacts.formed_dataset(tmp_path)
     assert isinstance(ds, torch.utils.data.Dataset) and len(ds) == 2 * 3 * 4
     mean, std = get_spec("tiny").mean[0], get_spec("tiny").std[0]
     x0, y0 = ds[0]
@@ -89,7 +88,7 @@ def test_formed_dataset_is_formed_and_normalised(tmp_path):
     assert torch.allclose(x3, (crop1 - mean) / std, atol=1e-5)
     labels_seen = [int(ds[i][1]) for i in range(len(ds))]
     assert labels_seen == [0] * 12 + [1] * 12
-    raw = idc_ray.formed_dataset(tmp_path, normalize=False)
+    raw = artifacts.formed_dataset(tmp_path, normalize=False)
     assert torch.allclose(raw[0][0], crop, atol=1e-6)
 
 
@@ -101,7 +100,7 @@ def test_docs_snippet_loads_it_with_torch_and_pyarrow_only(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(snippet, "docs/artifact.md", "exec"), scope)
-    expected = idc_ray.formed_dataset(tmp_path / "runs" / "c10")
+    expected = artifacts.formed_dataset(tmp_path / "runs" / "c10")
     got = scope["train_set"]
     assert len(got) == len(expected)
     for x, y in expected:  # the same samples, in another order
@@ -114,9 +113,9 @@ def test_artifact_on_s3(s3):
     assert target == s3.uri("runs", "a", "manifest.json")
     assert s3.keys("runs/a/") == [f"runs/a/{n}" for n in sorted(
         ["condensed.parquet", "manifest.json", "preview.png", "preview_formed.png", "config.yaml"])]
-    got, got_labels, manifest = idc_ray.load_condensed(s3.uri("runs", "a"))
+    got, got_labels, manifest = artifacts.load_condensed(s3.uri("runs", "a"))
     assert torch.equal(got, stored) and torch.equal(got_labels, labels) and manifest["ipc"] == 2
-    assert len(idc_ray.formed_dataset(s3.uri("runs", "a"))) == 4 * 2 * 4
+    assert len(artifacts.formed_dataset(s3.uri("runs", "a"))) == 4 * 2 * 4
 
 
 # ------------------------------------------------------------------ integrity
@@ -133,7 +132,7 @@ def test_corrupt_parquet_fails_its_checksum(tmp_path):
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ArtifactError) as err:
-        idc_ray.load_condensed(tmp_path)
+        artifacts.load_condensed(tmp_path)
     assert "sha256" in _error_line(err) and str(path) in str(err.value)
 
 
@@ -142,7 +141,7 @@ def test_truncated_parquet_fails_its_checksum(tmp_path):
     path = tmp_path / "condensed.parquet"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ArtifactError, match="sha256"):
-        idc_ray.load_condensed(tmp_path)
+        artifacts.load_condensed(tmp_path)
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -155,7 +154,7 @@ def test_foreign_or_future_manifest_is_one_clear_line(tmp_path, edit, message):
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps(edit(json.loads(manifest.read_text()))))
     with pytest.raises(ArtifactError) as err:
-        idc_ray.load_condensed(tmp_path)
+        artifacts.load_condensed(tmp_path)
     assert message in _error_line(err)
 
 
@@ -163,12 +162,12 @@ def test_not_json_manifest(tmp_path):
     _save(tmp_path, *_stored())
     (tmp_path / "manifest.json").write_bytes(b"\x00\x01 garbage")
     with pytest.raises(ArtifactError, match="foreign or damaged"):
-        idc_ray.load_condensed(tmp_path)
+        artifacts.load_condensed(tmp_path)
 
 
 def test_missing_folder_or_manifest(tmp_path):
     with pytest.raises(ArtifactError) as err:
-        idc_ray.load_condensed(tmp_path / "nothing")
+        artifacts.load_condensed(tmp_path / "nothing")
     assert "not a condensed set" in _error_line(err)
 
 
@@ -186,7 +185,7 @@ def test_interrupted_write_leaves_no_manifest_and_hides_the_old_one(tmp_path, mo
         _save(tmp_path, *_stored(seed=1))
     assert not (tmp_path / "manifest.json").exists()
     with pytest.raises(ArtifactError, match="did not finish"):
-        idc_ray.load_condensed(tmp_path)
+        artifacts.load_condensed(tmp_path)
 
 
 def test_missing_bucket_writes_nothing(s3):

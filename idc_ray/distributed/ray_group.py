@@ -6,10 +6,8 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import socket
 import uuid
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
 
 import ray
@@ -24,94 +22,11 @@ from idc_ray.distributed.schedule import RunOptions, run_schedule, shard_classes
 from idc_ray.engine.loop import Progress
 from idc_ray.engine.plan import Plan
 from idc_ray.errors import first_line
+from idc_ray.distributed.resources import Layout, plan_layout
+from idc_ray.distributed.session import ClusterError
 
 log = logging.getLogger("idc_ray")
 PLACEMENT_TIMEOUT_S = 120
-
-
-class ClusterError(ValueError):
-    """The cluster cannot run the job as asked (one line, with the fix)."""
-
-
-def connect(address: str | None) -> str | None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS, as under `ray job submit`), else start a
-    local one; returns the dashboard URL. A bad address is one clear line, not a traceback."""
-    if ray.is_initialized():
-        return None
-    _check_reachable(address)
-    try:
-        context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
-        return context.dashboard_url or None
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ClusterError(f"no Ray cluster at --address {address} ({first_line(e, 120)}); "
-                           "start one with `ray start --head` or omit --address to run locally") from None
-
-
-def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
-    """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
-    match = re.fullmatch(r"(?:ray://)?([^:/]+):(\d+)", address or "")
-    if not match:
-        return  # None, "auto", "local" or another form: ray.init decides
-    try:
-        socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout_s).close()
-    except OSError as e:
-        raise ClusterError(f"no Ray cluster at --address {address} ({e.strerror or e}); "
-                           "start one with `ray start --head` or omit --address to run locally") from None
-
-
-@dataclass(frozen=True)
-class Layout:
-    shards: list[list[int]]
-    cpus: float
-    gpus: float
-    expert_gpus: float
-
-
-# What the expert actor asks of a GPU it shares with a matcher. Ray's GPU fractions only place
-# work (CUDA time-slices the device), so the number just has to fit beside a matcher's share.
-EXPERT_GPU_SHARE = 0.25
-
-
-def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, float] | None = None) -> Layout:
-    """Actor count and resources from the options and the cluster's resources (default: Ray's).
-
-    On a GPU cluster the matchers take one GPU each by default. When that leaves no whole GPU for
-    the expert, matchers and expert share: each matcher asks for 1 - EXPERT_GPU_SHARE and the
-    expert for EXPERT_GPU_SHARE, so it lands beside one of them. An expert on the CPU instead made
-    every inner iteration wait for it: measured on one H200 (benchmarks/results/gpu.json of
-    2026-11-30), 0.136 s per inner iteration with the expert on the CPU against 0.072 s with the
-    GPU split between matcher and expert (MNIST, ConvNet-3 width 128, ipc 10).
-    """
-    total = resources if resources is not None else ray.cluster_resources()
-    cluster_gpus = float(total.get("GPU", 0))
-    cluster_cpus = float(total.get("CPU", 1))
-    n = options.num_actors or (int(cluster_gpus) if cluster_gpus >= 1 else 2)
-    n = min(n, num_classes) if options.num_actors is None else n
-    shards = shard_classes(num_classes, n)
-    share_gpu = (cluster_gpus >= 1 and options.gpus_per_actor is None and options.expert_gpus is None
-                 and n <= cluster_gpus < n + 1)
-    if options.gpus_per_actor is not None:
-        gpus = options.gpus_per_actor
-    else:
-        gpus = (1.0 - EXPERT_GPU_SHARE if share_gpu else 1.0) if cluster_gpus >= 1 else 0.0
-    if gpus > 0 and n * gpus > cluster_gpus + 1e-9:
-        raise ClusterError(f"{n} matcher actors x {gpus:g} GPU requested but the cluster has {cluster_gpus:g} GPUs; "
-                           "use --gpus-per-actor 0 or fewer --num-actors")
-    spare = cluster_gpus - n * gpus
-    if options.expert_gpus is not None:
-        expert_gpus = options.expert_gpus
-    else:
-        expert_gpus = EXPERT_GPU_SHARE if share_gpu else (1.0 if spare >= 1 - 1e-9 else 0.0)
-    if expert_gpus > spare + 1e-9:
-        raise ClusterError(f"--expert-gpus {expert_gpus:g} does not fit: {spare:g} GPUs left after the matchers")
-    if cluster_gpus >= 1 and expert_gpus == 0 and options.expert_gpus is None:
-        log.warning("the expert actor runs on the CPU: the matchers' --gpus-per-actor %g leaves no GPU share for it; "
-                    "for an expert on a GPU, lower --gpus-per-actor and pass --expert-gpus (e.g. %g)",
-                    gpus, EXPERT_GPU_SHARE)
-    cpus = options.cpus_per_actor
-    if cpus is None:
-        cpus = max(0.01, int(100 * cluster_cpus / (n + 1)) / 100)
-    return Layout(shards, cpus, gpus, expert_gpus)
 
 
 def shard_name(index: int, classes: list[int]) -> str:
@@ -227,8 +142,7 @@ def run_on_ray(cfg: IDCConfig, plan: Plan, spec: DatasetSpec, ckpts: CheckpointS
                storage_options: dict | None = None):
     """Place the actors and drive the schedule; returns (states, history, restarts, placement)."""
     layout = plan_layout(spec.num_classes, options)
-    bundles = [{"CPU": layout.cpus, **({"GPU": layout.gpus} if layout.gpus else {})} for _ in layout.shards]
-    bundles.append({"CPU": layout.cpus, **({"GPU": layout.expert_gpus} if layout.expert_gpus else {})})
+    bundles = layout.bundles()
     # Inside a placement group (a Tune trial's), the actors go into its bundles: asking for another
     # group outside that reservation could wait forever on a small cluster. Its owner removes it.
     pg = get_current_placement_group()

@@ -35,13 +35,12 @@ from idc_ray.artifacts import load_condensed
 from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import DatasetSpec, get_spec, load_dataset
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
-from idc_ray.distributed.driver import RunOptions
-from idc_ray.distributed.ray_group import ClusterError
-from idc_ray.errors import first_line
+from idc_ray.distributed.evaluation import evaluate_task
+from idc_ray.distributed.job import condense_to
+from idc_ray.distributed.resources import TrialResources, default_resources, task_options
 from idc_ray.engine.plan import resolve
-from idc_ray.evaluation.parallel import evaluate_task
+from idc_ray.errors import first_line
 from idc_ray.evaluation.protocol import RunRecord, form_stored, plan_tasks
-from idc_ray.runner import condense_to
 from idc_ray.tune.cache import AUTO_POOL, data_settings, ensure_pool, pool_shared, settings_key
 from idc_ray.tune.results import TrialRow, best_config_text, rank_trials, results_markdown
 from idc_ray.tune.space import Param, TuneSpace, interim_epochs, stage_outers, trial_config
@@ -54,47 +53,6 @@ SCHEDULERS = ("asha", "fifo")
 
 def _log(message: str) -> None:
     print(f"[idc-ray] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class TrialResources:
-    """What one trial reserves: a bundle per matcher actor and one for the expert actor."""
-
-    num_actors: int = 2
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-    expert_gpus: float = 0.0
-
-    def bundles(self) -> list[dict[str, float]]:
-        def bundle(gpus: float) -> dict[str, float]:
-            return {"CPU": self.cpus_per_actor, **({"GPU": gpus} if gpus else {})}
-
-        return [bundle(self.gpus_per_actor) for _ in range(self.num_actors)] + [bundle(self.expert_gpus)]
-
-    def placement(self):
-        """The trial's ``PlacementGroupFactory``: an empty head bundle, then the actors' bundles."""
-        from ray import tune
-
-        return tune.PlacementGroupFactory([{}, *self.bundles()], strategy="PACK")  # 1.
-
-    def run_options(self) -> RunOptions:
-        """Options that make ``run_on_ray`` lay the actors out exactly as :meth:`bundles`."""
-        return RunOptions(backend="ray", num_actors=self.num_actors, cpus_per_actor=self.cpus_per_actor,
-                          gpus_per_actor=self.gpus_per_actor, expert_gpus=self.expert_gpus, resume=True)
-
-    def check(self, num_classes: int) -> None:
-        """Refuse a trial the cluster can never hold (it would wait forever) in one line."""
-        if self.num_actors < 1 or self.num_actors > num_classes:
-            raise ValueError(f"--num-actors must be between 1 and the {num_classes} classes, got {self.num_actors}")
-        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0 or self.expert_gpus < 0:
-            raise ValueError("--cpus-per-actor must be > 0, --gpus-per-actor and --expert-gpus >= 0")
-        total = ray.cluster_resources()
-        need = {k: sum(b.get(k, 0.0) for b in self.bundles()) for k in ("CPU", "GPU")}
-        for key, amount in need.items():
-            if amount > float(total.get(key, 0)) + 1e-9:
-                raise ClusterError(f"one trial needs {amount:g} {key} ({self.num_actors} matchers + 1 expert) but the "
-                                   f"cluster has {float(total.get(key, 0)):g}; lower --num-actors, --cpus-per-actor "
-                                   "or the GPU shares")
 
 
 def sampler(param: Param):
@@ -164,7 +122,7 @@ def _in_bundle(pg: PlacementGroup | None, index: int) -> dict[str, Any]:
         return {"num_cpus": 1}
     specs = pg.bundle_specs
     index %= len(specs)
-    return {"num_cpus": specs[index].get("CPU", 0), "num_gpus": specs[index].get("GPU", 0),
+    return {**task_options(specs[index]),
             "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
 
 
@@ -256,18 +214,6 @@ class SweepResult:
     results_uri: str
     best_config_uri: str | None
     local_copies: list[str] = field(default_factory=list)  # when the storage is remote
-
-
-def default_resources(num_actors: int = 2, cpus_per_actor: float | None = None, gpus_per_actor: float | None = None,
-                      expert_gpus: float | None = None) -> TrialResources:
-    """Defaults for what is not given: 1 CPU per actor, or an equal share of a cluster too small
-    for that (so one trial always fits); one GPU per actor when the cluster has GPUs (the expert
-    gets the matchers' share), else none."""
-    total = ray.cluster_resources()
-    if cpus_per_actor is None:
-        cpus_per_actor = min(1.0, max(0.01, int(100 * float(total.get("CPU", 1)) / (num_actors + 1)) / 100))
-    gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if float(total.get("GPU", 0)) >= 1 else 0.0)
-    return TrialResources(num_actors, cpus_per_actor, gpus, expert_gpus if expert_gpus is not None else gpus)
 
 
 def _tune_storage(storage_uri: str, storage_options: Mapping | None):
@@ -372,6 +318,5 @@ def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: in
                        storage.join(experiment_uri, BEST_CONFIG) if best else None, copies)
 
 
-__all__ = ["PreparedData", "SweepResult", "TrialResources", "TrialSetup", "build_pool", "condense_trial",
-           "default_resources", "evaluate_stored", "prepare_data", "run_sweep", "sampler", "search_space",
-           "stage_metrics"]
+__all__ = ["PreparedData", "SweepResult", "TrialSetup", "build_pool", "condense_trial", "evaluate_stored",
+           "prepare_data", "run_sweep", "sampler", "search_space", "stage_metrics"]

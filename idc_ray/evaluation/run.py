@@ -3,29 +3,30 @@
 
 Order of work, so bad input fails in one line before anything is trained or written: read the
 sets' manifests/files and check every test model against the data's shape; load the real data;
-build baselines (herding trains its feature network); run every (set, model, repeat) on Ray
-(one task each) or sequentially; write the reports.
+build baselines (herding trains its feature network); run every (set, model, repeat) with the
+executor handed in (:class:`Sequential` here, one after another; the Ray executor, one task each,
+lives in ``idc_ray.distributed.evaluation``); write the reports.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 from idc_ray import storage
 from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec, RealData, get_spec, load_dataset
+from idc_ray.device import resolve_device
 from idc_ray.engine.plan import resolve
 from idc_ray.evaluation import baselines as bl
 from idc_ray.evaluation.protocol import (RunRecord, Work, check_models, done_line, plan_tasks, progress_line, run_task,
                                          validation_split)
-from idc_ray.evaluation.report import RESULTS_JSON, SUMMARY_JSON, results_dict, write_report
+from idc_ray.evaluation.report import SUMMARY_JSON, results_dict, write_report
 from idc_ray.evaluation.sets import (EvalSet, artifact_set, base_config, baseline_eval_set, file_set, is_plain_file,
                                      unique_labels, with_overrides)
 
-BACKENDS = ("auto", "ray", "local")
 HERDING_NET = "herding_net.pt"
 Log = Callable[[str], None]
 
@@ -45,11 +46,6 @@ class EvalOptions:
     eval_every: int | None = None  # test also every N epochs for the curves; None: epochs // 20; 0: report epochs only
     seed: int | None = None  # None: each set's schedule.seed
     overrides: tuple[str, ...] = ()  # --set section.key=value for every set's config
-    backend: str = "auto"  # ray | local | auto (ray when a Ray session is open in this process)
-    device: str = "auto"  # local backend: auto, cpu, cuda[:N]
-    num_cpus: float | None = None  # Ray: CPUs per task (default: an equal share, or 1 with GPUs)
-    num_gpus: float | None = None  # Ray: GPUs per task (default: 1 when the cluster has GPUs)
-    max_retries: int = 3  # Ray: re-runs of a task whose worker died
 
     def check(self) -> None:
         if self.repeat is not None and self.repeat < 1:
@@ -58,10 +54,6 @@ class EvalOptions:
             raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
         if self.eval_every is not None and self.eval_every < 0:
             raise ValueError(f"--eval-every must be >= 0, got {self.eval_every}")
-        if self.max_retries < 0:
-            raise ValueError(f"--max-retries must be >= 0, got {self.max_retries}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend '{self.backend}' is unknown; choose one of {', '.join(BACKENDS)}")
         if self.models is not None and not self.models:
             raise ValueError("--models needs at least one model name, e.g. convnet3,resnet10")
 
@@ -202,19 +194,17 @@ def _validation(cfg: IDCConfig, real: RealData, cache: dict) -> tuple:
     return cache[key]
 
 
-def use_ray(backend: str) -> bool:
-    """``auto`` means Ray exactly when this process already has a Ray session (as inside
-    jobs/condense.py); checked through sys.modules so a Ray-free caller never imports Ray."""
-    if backend != "auto":
-        return backend == "ray"
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
+class Executor(Protocol):
+    """Runs protocol work and returns one record per item, in order; ``backend`` names where
+    (recorded in results.json)."""
+
+    backend: str
+
+    def __call__(self, work: Sequence[Work]) -> list[RunRecord]: ...
 
 
 def run_sequential(work: Sequence[Work], *, device: str = "auto", log: Log = _stderr) -> list[RunRecord]:
-    """Every task in this process, one after another (the reference for the Ray path)."""
-    from idc_ray.runner import resolve_device
-
+    """Every task in this process, one after another (the reference for the Ray executor)."""
     dev = resolve_device(device)
     records = []
     for w in work:
@@ -226,16 +216,23 @@ def run_sequential(work: Sequence[Work], *, device: str = "auto", log: Log = _st
     return records
 
 
-def evaluate_sets(sets: Sequence[EvalSet], data: Mapping[tuple, RealData], options: EvalOptions, *,
-                  address: str | None = None, log: Log = _stderr,
-                  crash_once: dict[int, str] | None = None) -> list[dict[str, Any]]:
-    """Run every (set, model, repeat) and return one ``results.json`` document per set.
+@dataclass(frozen=True)
+class Sequential:
+    """The executor of :func:`run_sequential` on ``device`` (auto, cpu, cuda[:N])."""
 
-    Ray (one task each, ``options.num_cpus``/``num_gpus``, retried ``max_retries`` times; joins
-    the session in progress, else ``address``/RAY_ADDRESS, else starts a local Ray for the
-    duration) or sequential in this process, per :func:`use_ray`; both give the same numbers.
-    ``crash_once`` is the Ray path's fault-injection testing aid (see ``run_parallel``).
-    """
+    device: str = "auto"
+    log: Log = field(default=_stderr, compare=False)
+    backend: ClassVar[str] = "local"
+
+    def __call__(self, work: Sequence[Work]) -> list[RunRecord]:
+        return run_sequential(work, device=self.device, log=self.log)
+
+
+def evaluate_sets(sets: Sequence[EvalSet], data: Mapping[tuple, RealData], options: EvalOptions, *,
+                  executor: Executor | None = None, log: Log = _stderr) -> list[dict[str, Any]]:
+    """Run every (set, model, repeat) with ``executor`` (default :class:`Sequential` on the
+    first CUDA device, else the CPU) and return one ``results.json`` document per set; every
+    executor gives the same numbers."""
     work, recipes, held_out = [], {}, {}
     for s in sets:
         real = data[_data_key(s.cfg)]
@@ -243,19 +240,12 @@ def evaluate_sets(sets: Sequence[EvalSet], data: Mapping[tuple, RealData], optio
         recipes[s.label] = {t.model: t.recipe for t in tasks}
         val = _validation(s.cfg, real, held_out)
         work += [Work(t, s.x, s.y, real.test_x, real.test_y, *val) for t in tasks]
-    ray_backend = use_ray(options.backend)
+    executor = executor or Sequential(log=log)
     started = time.perf_counter()
-    if ray_backend:
-        from idc_ray.evaluation.parallel import ray_session, run_parallel
-
-        with ray_session(address, log):
-            records = run_parallel(work, num_cpus=options.num_cpus, num_gpus=options.num_gpus,
-                                   max_retries=options.max_retries, log=log, crash_once=crash_once)
-    else:
-        records = run_sequential(work, device=options.device, log=log)
+    records = executor(work)
     wall = time.perf_counter() - started
     return [results_dict(s, [r for r in records if r.set_label == s.label], recipes[s.label],
-                         backend="ray" if ray_backend else "local", wall_s=wall, fixed_compute=options.fixed_compute)
+                         backend=executor.backend, wall_s=wall, fixed_compute=options.fixed_compute)
             for s in sets]
 
 
@@ -289,16 +279,14 @@ def write_reports(folder: str, results: Sequence[Mapping[str, Any]], extra: Mapp
 
 def evaluate_artifact(uri: str, *, models: Sequence[str] | None = None, repeat: int | None = None,
                       epochs: int | None = None, fixed_compute: bool = False, output: str | None = None,
-                      backend: str = "auto", address: str | None = None, device: str = "auto", num_cpus: float | None = None,
-                      num_gpus: float | None = None, max_retries: int = 3, eval_every: int | None = None,
+                      executor: Executor | None = None, eval_every: int | None = None,
                       storage_options: Mapping | None = None, log: Log = _stderr) -> dict[str, Any]:
     """Evaluate one condensed artifact with the protocol of its own config and write its report
     (results.json, results.md, curves.png) into ``output`` or the artifact's folder.
 
-    Meant for ``jobs/condense.py --eval-models``: with ``backend="auto"`` and Ray initialised in
-    this process, or ``backend="ray"`` (joining ``address``/RAY_ADDRESS, else a local Ray started
-    for the call), every (model, repeat) is a Ray task reporting the ``idc_eval_accuracy`` gauge;
-    otherwise it runs sequentially on ``device``.
+    Meant for ``jobs/condense.py --eval-models``, which hands in the Ray executor on the Ray
+    backend (every (model, repeat) a Ray task reporting the ``idc_eval_accuracy`` gauge);
+    ``executor`` defaults to :class:`Sequential`.
 
     Returns:
         The results.json document: ``doc["models"][name]["mean"]`` is the mean top-1 in [0, 1].
@@ -307,15 +295,14 @@ def evaluate_artifact(uri: str, *, models: Sequence[str] | None = None, repeat: 
         a missing or damaged artifact, or repeat/epochs < 1; nothing is written then.
     """
     options = EvalOptions(models=tuple(models) if models else None, repeat=repeat, epochs=epochs,
-                          fixed_compute=fixed_compute, eval_every=eval_every, backend=backend, device=device,
-                          num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+                          fixed_compute=fixed_compute, eval_every=eval_every)
     request = SetsRequest(condensed=(uri,))
     folder = report_folder(1, output, request.condensed)
     sets, data, _ = build_sets(request, options, storage_options=storage_options, log=log)
-    results = evaluate_sets(sets, data, options, address=address, log=log)
+    results = evaluate_sets(sets, data, options, executor=executor, log=log)
     write_reports(folder, results, storage_options=storage_options)
     return results[0]
 
 
-__all__ = ["EvalOptions", "SetsRequest", "build_sets", "evaluate_artifact", "evaluate_sets", "report_folder",
-           "run_sequential", "use_ray", "write_reports", "RESULTS_JSON"]
+__all__ = ["EvalOptions", "Executor", "Sequential", "SetsRequest", "build_sets", "evaluate_artifact", "evaluate_sets",
+           "report_folder", "run_sequential", "write_reports"]

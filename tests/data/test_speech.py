@@ -126,8 +126,7 @@ def test_wrong_wav_format_and_missing_label(tmp_path):
 def test_speech_preset_end_to_end_on_generated_wavs(speech_root, tmp_path):
     """The speech preset (ConvNet-4, 1-D formation along time) condenses the generated WAVs and
     its artifact forms strips along the time axis with the measured normalisation."""
-    import idc_ray
-    from idc_ray.artifacts import save_condensed
+    from idc_ray.artifacts import formed_dataset, load_condensed, save_condensed
     from idc_ray.config import apply_overrides, load_preset
     from idc_ray.distributed.local import condense_local
     from idc_ray.engine.plan import build_plan
@@ -140,9 +139,9 @@ def test_speech_preset_end_to_end_on_generated_wavs(speech_root, tmp_path):
     assert result_stored.shape == (8, 1, 1, 64, 64) and len(history) == 1
     meta = {"dataset": "speech", "ipc": 1, "factor": 2, "formation": "1d", "formation_axis": -1, "bound": 128}
     save_condensed(tmp_path, result_stored, result_labels, config_yaml=cfg.to_yaml(), meta=meta, spec=data.spec)
-    stored, labels, manifest = idc_ray.load_condensed(tmp_path)
+    stored, labels, manifest = load_condensed(tmp_path)
     assert torch.equal(stored, result_stored) and manifest["mean"] == list(data.spec.mean)
-    formed = idc_ray.formed_dataset(tmp_path, normalize=False)
+    formed = formed_dataset(tmp_path, normalize=False)
     assert len(formed) == 8 * 2
     left = F.interpolate(stored[0, :, :, :, :32], size=(64, 64), mode="bilinear", align_corners=False)[0]
     assert torch.allclose(formed[0][0], left, atol=1e-6)  # strip 0 = first half of the time axis

@@ -5,7 +5,8 @@ import logging
 import pytest
 
 from idc_ray.distributed.driver import RunOptions
-from idc_ray.distributed.ray_group import EXPERT_GPU_SHARE, ClusterError, plan_layout
+from idc_ray.distributed.resources import EXPERT_GPU_SHARE, plan_layout
+from idc_ray.distributed.session import ClusterError
 
 
 def test_one_gpu_is_shared_by_the_matcher_and_the_expert():

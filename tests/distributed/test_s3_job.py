@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from idc_ray import load_condensed
+from idc_ray.artifacts import load_condensed
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.distributed.driver import RunOptions, condense_job
 

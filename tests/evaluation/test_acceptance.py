@@ -20,8 +20,8 @@ import torch
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.evaluation.protocol import Work, plan_tasks, run_task
-from idc_ray.evaluation.run import EvalOptions, SetsRequest, build_sets, evaluate_sets
-from idc_ray.runner import condense_to
+from idc_ray.evaluation.run import EvalOptions, Sequential, SetsRequest, build_sets, evaluate_sets
+from idc_ray.distributed.job import condense_to
 
 OUTER = 3  # the demo preset runs 20; 3 already separates the sets by > 10 points
 EPOCHS = 150  # the demo preset evaluates 300; 150 keeps the ordering and halves the cost
@@ -39,10 +39,10 @@ def condense_and_evaluate(root):
     for label, overrides in arms.items():
         condense_to(apply_overrides(base, overrides), root / label, device="cpu", progress=False,
                     options=RunOptions(backend="local"))
-    options = EvalOptions(repeat=REPEAT, epochs=EPOCHS, eval_every=0, backend="local", device="cpu")
+    options = EvalOptions(repeat=REPEAT, epochs=EPOCHS, eval_every=0)
     request = SetsRequest(condensed=tuple(str(root / label) for label in arms), baselines=("random",), ipcs=(1,))
     sets, data, _ = build_sets(request, options, log=lambda _: None)
-    results = evaluate_sets(sets, data, options, log=lambda _: None)
+    results = evaluate_sets(sets, data, options, executor=Sequential("cpu"), log=lambda _: None)
     return sets, data, {r["set"]["label"]: r for r in results}
 
 

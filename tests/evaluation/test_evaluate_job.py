@@ -13,7 +13,7 @@ import torch
 from idc_ray.config import load_preset
 from idc_ray.data.parquet import write_dataset
 from idc_ray.distributed.driver import RunOptions
-from idc_ray.runner import condense_to
+from idc_ray.distributed.job import condense_to
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = {"mean", "std", "best_mean", "best_std", "runs", "epochs", "wall_s", "device"}

@@ -11,11 +11,13 @@ from idc_ray.distributed.driver import RunOptions
 from idc_ray.data import get_spec
 from idc_ray.evaluation import report
 from idc_ray.evaluation.protocol import form_stored
-from idc_ray.evaluation.run import EvalOptions, SetsRequest, build_sets, evaluate_sets, report_folder, write_reports
-from idc_ray.runner import condense_to
+from idc_ray.evaluation.run import (EvalOptions, Sequential, SetsRequest, build_sets, evaluate_artifact, evaluate_sets,
+                                    report_folder, write_reports)
+from idc_ray.distributed.job import condense_to
 
 SCHEMA = {"mean", "std", "best_mean", "best_std", "runs", "epochs", "wall_s", "device"}
 QUIET = {"log": lambda _: None}
+CPU = Sequential("cpu", log=lambda _: None)
 
 
 @pytest.fixture(scope="module")
@@ -77,21 +79,21 @@ def test_published_data_pt_is_read_and_kept_unclipped(tmp_path):
 
 
 def test_baselines_get_the_recipe_of_factor_1_and_fixed_compute_divides_by_f_squared(artifact):
-    options = EvalOptions(repeat=1, eval_every=2, backend="local", device="cpu", fixed_compute=True,
+    options = EvalOptions(repeat=1, eval_every=2, fixed_compute=True,
                           overrides=("eval.epochs=8",))
     sets, data, _ = build_sets(SetsRequest(condensed=(artifact,), baselines=("random",), ipcs=(1, 2)), options, **QUIET)
     assert [s.label for s in sets] == ["run", "random-ipc1", "random-ipc2"]
     assert [s.cfg.synset.factor for s in sets] == [2, 1, 1] and sets[1].cfg.eval.width == 16
-    results = evaluate_sets(sets, data, options, **QUIET)
+    results = evaluate_sets(sets, data, options, executor=CPU, **QUIET)
     assert [r["models"]["convnet3"]["epochs"] for r in results] == [2, 8, 8]  # 8 / 2^2 for the factor-2 set
     # every 2 epochs (--eval-every) and the report epochs (multiples of epochs // 4: 1, 2 for the 2-epoch run)
     assert [[e for e, _ in r["curves"]["convnet3"][0]] for r in results] == [[1, 2], [2, 4, 6, 8], [2, 4, 6, 8]]
 
 
 def test_results_json_schema_and_write_order(artifact, tmp_path, monkeypatch):
-    options = EvalOptions(repeat=2, epochs=2, eval_every=1, backend="local", device="cpu")
+    options = EvalOptions(repeat=2, epochs=2, eval_every=1)
     sets, data, _ = build_sets(SetsRequest(condensed=(artifact,), baselines=("random",), ipcs=(1,)), options, **QUIET)
-    results = evaluate_sets(sets, data, options, **QUIET)
+    results = evaluate_sets(sets, data, options, executor=CPU, **QUIET)
     for r in results:
         assert set(r["models"]) == {"convnet3"}
         m = r["models"]["convnet3"]
@@ -140,22 +142,20 @@ def test_option_and_request_errors_are_one_line(artifact):
 
 
 def test_evaluate_artifact_writes_next_to_the_artifact(artifact, tmp_path):
-    from idc_ray.evaluation import evaluate_artifact
-
     folder = tmp_path / "copy"
     shutil.copytree(artifact, folder)
-    doc = evaluate_artifact(str(folder), repeat=1, epochs=2, backend="local", device="cpu", log=lambda _: None)
+    doc = evaluate_artifact(str(folder), repeat=1, epochs=2, executor=CPU, log=lambda _: None)
     assert doc == json.loads((folder / "results.json").read_text())
     assert set(doc["models"]) == {"convnet3"} and doc["models"]["convnet3"]["epochs"] == 2
     with pytest.raises(ValueError, match="unknown model 'lenet'"):
-        evaluate_artifact(str(folder), models=("lenet",), backend="local")
+        evaluate_artifact(str(folder), models=("lenet",), executor=CPU)
 
 
 def test_best_on_validation_is_recorded_and_drawn_from_the_training_split(artifact):
-    options = EvalOptions(repeat=1, epochs=4, eval_every=0, backend="local", device="cpu",
+    options = EvalOptions(repeat=1, epochs=4, eval_every=0,
                           overrides=("eval.best_on=val", "eval.val_per_class=2"))
     sets, data, _ = build_sets(SetsRequest(condensed=(artifact,)), options, **QUIET)
-    (doc,) = evaluate_sets(sets, data, options, **QUIET)
+    (doc,) = evaluate_sets(sets, data, options, executor=CPU, **QUIET)
     assert doc["best_selected_on"] == "val" and "held-out real training images" in doc["metric"]
     run = doc["models"]["convnet3"]["runs"][0]
     assert run["best"] in [acc for _, acc in doc["curves"]["convnet3"][0]]

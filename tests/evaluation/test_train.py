@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from idc_ray.evaluation import TrainRecipe, lr_milestones, report_epochs, train_and_evaluate
+from idc_ray.evaluation.train import TrainRecipe, lr_milestones, report_epochs, train_and_evaluate
 from idc_ray.evaluation import train as train_module
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -1,65 +1,97 @@
-"""Run a condensation from a config to an output folder (used by jobs/condense.py and the demo)."""
+"""A condensation job from a config to an output folder, on either backend, with the pretrained
+pool it needs and the evaluation of the finished set (``jobs/condense.py``, the demo, Tune trials)."""
 
 from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from idc_ray import __version__
+from idc_ray import __version__, storage
 from idc_ray.artifacts import record_metrics, save_condensed
 from idc_ray.config import IDCConfig
-from idc_ray.data import with_stats
+from idc_ray.data import load_dataset, with_stats
+from idc_ray.device import resolve_device
 from idc_ray.distributed.driver import JobResult, RunOptions, condense_job, dataset_spec
+from idc_ray.distributed.evaluation import RayExecutor
+from idc_ray.distributed.pool import ensure_pool_on_ray
+from idc_ray.distributed.session import ray_session
 from idc_ray.engine.loop import Progress
 from idc_ray.engine.plan import Plan, build_plan
+from idc_ray.evaluation.protocol import check_models
+from idc_ray.evaluation.report import table
+from idc_ray.evaluation.run import Sequential, evaluate_artifact
+from idc_ray.tune.cache import AUTO_POOL, ensure_pool
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: the first visible CUDA device (Ray sets CUDA_VISIBLE_DEVICES per actor), else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but no CUDA device is visible; use --device cpu or auto")
-    return device
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def connect(address: str | None) -> str | None:
-    """Join or start Ray (imported here so the local backend never needs Ray); dashboard URL."""
-    from idc_ray.distributed.ray_group import connect as ray_connect
-
-    return ray_connect(address)
+def duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``3725`` -> ``1h02m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class ProgressPrinter:
-    """One status line per inner iteration on a terminal, one line per outer iteration otherwise."""
+    """The job's progress line, after every inner iteration: on a terminal it is redrawn in
+    place; otherwise (a job log) a line is written at the end of every outer iteration and, in
+    between, whenever ``every_s`` seconds have passed since the last one, so a log never goes
+    quiet for a whole outer iteration (at the paper's 100 inner iterations, minutes on a CPU).
+    Each line has the rate in inner iterations per second since the first one this process saw
+    (the first alone also carries the actors' start-up; a resumed job counts from where it
+    resumed) and the estimated time left for the whole job at that rate."""
 
-    def __init__(self, outer_iters: int, inner_iters: int, stream=sys.stderr):
+    def __init__(self, outer_iters: int, inner_iters: int, stream=sys.stderr, every_s: float = 10.0,
+                 clock=time.perf_counter):
         self.outer_iters, self.inner_iters, self.stream = outer_iters, inner_iters, stream
+        self.every_s, self.clock = every_s, clock
         self.tty = stream.isatty()
         self.losses: list[float] = []
-        self.started = time.perf_counter()
+        self.started = clock()
+        self.last_line = self.started
+        self.first: tuple[int, float] | None = None  # (steps done, time) at the first report
 
-    def __call__(self, p: Progress) -> None:
-        self.losses.extend(p.losses.values())
-        done = p.outer * self.inner_iters + p.inner + 1
+    def line(self, p: Progress, done: int, now: float) -> str:
         total = self.outer_iters * self.inner_iters
         width = 24
         bar = "#" * (width * done // total) + "." * (width - width * done // total)
         shards = "".join(f" {name} {loss:.4g}" for name, loss in p.shards.items())
-        line = (f"[{bar}] outer {p.outer + 1}/{self.outer_iters} inner {p.inner + 1}/{self.inner_iters} "
+        elapsed = now - self.started
+        first_done, first_time = self.first
+        if done > first_done:
+            rate = (done - first_done) / max(now - first_time, 1e-9)
+        else:
+            rate = 1 / elapsed if elapsed > 0 else 0.0
+        left = f"~{duration((total - done) / rate)} left" if rate > 0 else "time left unknown"
+        return (f"[{bar}] outer {p.outer + 1}/{self.outer_iters} inner {p.inner + 1}/{self.inner_iters} "
                 f"loss {sum(self.losses) / len(self.losses):.4g}{' (' + shards.strip() + ')' if shards else ''} "
-                f"{p.class_steps_per_s:.1f} class-steps/s {time.perf_counter() - self.started:.0f}s")
+                f"{rate:.3g} it/s {p.class_steps_per_s:.1f} class-steps/s {duration(elapsed)} elapsed, {left}")
+
+    def __call__(self, p: Progress) -> None:
+        now = self.clock()
+        self.losses.extend(p.losses.values())
+        done = p.outer * self.inner_iters + p.inner + 1
+        if self.first is None:
+            self.first = (done, now)
+        end_of_outer = p.inner + 1 == self.inner_iters
         if self.tty:
-            self.stream.write("\r" + line + ("\n" if done == total else ""))
-        elif p.inner + 1 == self.inner_iters:
-            self.stream.write(line + "\n")
+            last = done == self.outer_iters * self.inner_iters
+            self.stream.write("\r" + self.line(p, done, now) + ("\n" if last else ""))
+        elif end_of_outer or now - self.last_line >= self.every_s:
+            self.stream.write(self.line(p, done, now) + "\n")
+            self.last_line = now
         self.stream.flush()
-        if p.inner + 1 == self.inner_iters:
+        if end_of_outer:
             self.losses = []
 
 
@@ -90,9 +122,6 @@ def pool_cache_dir(cfg: IDCConfig, out_dir: str | Path, pool: PoolOptions | None
             seed, or a cache in object storage (the expert reads the pool through the file system,
             so it must be a local folder or one every node mounts).
     """
-    from idc_ray import storage
-    from idc_ray.tune.cache import AUTO_POOL
-
     if cfg.expert.pretrained != AUTO_POOL:
         if pool is not None:
             raise ValueError(f"--pool-cache/--pool-seeds apply to expert.pretrained=auto (the imagenet100 preset), "
@@ -118,16 +147,10 @@ def with_pool(cfg: IDCConfig, cache: str, seeds: int, options: RunOptions, devic
     taken from ``cache`` or pretrained now and cached there, keyed by the settings that shape it
     (``idc_ray.tune.cache.ensure_pool``, the function Tune trials use); on the Ray backend the seeds
     run as parallel Ray tasks (``idc_ray.distributed.pool``)."""
-    from idc_ray.tune.cache import ensure_pool
-
     log = lambda message: print(f"[idc-ray] {message}", file=sys.stderr, flush=True)
     if options.backend == "ray":
-        from idc_ray.distributed.pool import ensure_pool_on_ray
-
         path = ensure_pool_on_ray(cfg, cache, seeds, options, storage_options, log=log)
     else:
-        from idc_ray.data import load_dataset
-
         load = lambda: load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)
         path = ensure_pool(cfg, load, cache, seeds, device=device, log=log)
     log(f"expert pool: {path}")
@@ -150,35 +173,21 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
     spec = dataset_spec(cfg, storage_options)
     plan = build_plan(cfg, spec)  # a bad config fails now, not after hours of pretraining or condensation
     if final_eval is not None:
-        from idc_ray.evaluation.protocol import check_models
-
-        check_models(final_eval.models, spec.channels, spec.size)
+        check_models(final_eval.models, spec.channels, spec.size)  # before hours of condensation
     options = options or RunOptions(backend="local")
     dev = resolve_device(device)
     pool_cache = pool_cache_dir(cfg, out_dir, pool)
-    started_ray = False
-    if options.backend == "ray":
-        import ray
-
-        started_ray = not ray.is_initialized()
-        url = connect(address)
-        if progress and url:
-            print(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}", file=sys.stderr, flush=True)
     printer = ProgressPrinter(cfg.schedule.outer_iters, cfg.schedule.inner_iters) if progress else None
-    try:
+    # on Ray: joins the session in progress, else --address/RAY_ADDRESS, else a local Ray for the job
+    with ray_session(address, log=_stderr if progress else None) if options.backend == "ray" else nullcontext():
         if pool_cache is not None:
             cfg = with_pool(cfg, pool_cache, (pool or PoolOptions()).seeds, options, dev, storage_options)
             plan = replace(plan, expert=replace(plan.expert, pretrained=cfg.expert.pretrained))
         job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=printer,
                            storage_options=storage_options, spec=spec, plan=plan)
         path = _save(cfg, plan, out_dir, job, dev, options, storage_options)
-        if final_eval is not None:
+        if final_eval is not None:  # on Ray while the session is still open
             _evaluate_written(path, final_eval, options, str(dev), storage_options)
-    finally:
-        if started_ray:  # leave a cluster we joined alone; shut down what we started, quietly
-            import ray
-
-            ray.shutdown()
     return path
 
 
@@ -206,12 +215,9 @@ def _save(cfg: IDCConfig, plan: Plan, out_dir: str | Path, job: JobResult, dev: 
 
 def _evaluate_written(manifest_uri: str, final_eval: FinalEval, options: RunOptions, device: str,
                       storage_options: dict | None) -> None:
-    from idc_ray.evaluation.report import table
-    from idc_ray.evaluation.run import evaluate_artifact
-
+    executor = RayExecutor(log=_stderr) if options.backend == "ray" else Sequential(device, log=_stderr)
     results = evaluate_artifact(manifest_uri, models=final_eval.models, repeat=final_eval.repeat,
-                                epochs=final_eval.epochs, backend=options.backend, device=device,
-                                storage_options=storage_options)
+                                epochs=final_eval.epochs, executor=executor, storage_options=storage_options)
     summary = {name: {k: m[k] for k in ("mean", "std", "best_mean", "best_std", "epochs")}
                for name, m in results["models"].items()}  # best: selected on the test set (report.METRIC)
     record_metrics(manifest_uri, {"eval": summary}, storage_options)

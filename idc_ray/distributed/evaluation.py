@@ -1,5 +1,5 @@
-"""Evaluation on Ray: every (set, model, repeat) is one task (the only module of
-``idc_ray.evaluation`` that imports Ray).
+"""Evaluation on Ray: every (set, model, repeat) is one task; :class:`RayExecutor` is the
+executor ``idc_ray.evaluation.run`` is handed to run its work here instead of in its own process.
 
 Each task calls the same :func:`~idc_ray.evaluation.protocol.run_task` as the sequential loop,
 with torch threads set to the CPUs Ray assigned, so its numbers equal a sequential run at that
@@ -13,9 +13,8 @@ import os
 import sys
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence
 
 import ray
 import torch
@@ -23,37 +22,10 @@ from ray.util import metrics
 
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
 from idc_ray.errors import first_line
+from idc_ray.distributed.resources import plan_tasks, task_options
 from idc_ray.evaluation.protocol import EvalTask, RunRecord, Work, done_line, progress_line, run_task
 
 ACCURACY_METRIC = "idc_eval_accuracy"  # exported as ray_idc_eval_accuracy{model, set}
-
-
-@dataclass(frozen=True)
-class Resources:
-    num_cpus: float
-    num_gpus: float
-
-
-def plan_resources(num_tasks: int, num_cpus: float | None = None, num_gpus: float | None = None) -> Resources:
-    """One GPU per task when the cluster has GPUs, else an equal whole-CPU share (at least 1, at
-    most one node's CPUs), unless given. A request no node can hold would wait forever, so it is
-    refused here."""
-    total = ray.cluster_resources()
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-    most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-    gpus = num_gpus if num_gpus is not None else (1.0 if total.get("GPU", 0) >= 1 else 0.0)
-    if num_cpus is None:
-        share = int(total.get("CPU", 1) // max(1, num_tasks))
-        num_cpus = 1.0 if gpus > 0 else float(max(1, min(share, int(most_cpus))))
-    if num_cpus <= 0 or gpus < 0:
-        raise ValueError(f"--num-cpus-per-task must be > 0 and --num-gpus-per-task >= 0, got {num_cpus:g}, {gpus:g}")
-    if num_cpus > most_cpus:
-        raise ValueError(f"--num-cpus-per-task {num_cpus:g} is more than any node has ({most_cpus:g} CPUs); ask for fewer")
-    if gpus > most_gpus:
-        raise ValueError(f"{gpus:g} GPU per task requested but no node has that many ({most_gpus:g}); "
-                         "use --num-gpus-per-task 0")
-    return Resources(num_cpus, gpus)
 
 
 class LiveGauge:
@@ -120,7 +92,7 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
     in the order of ``work``.
 
     Args:
-        num_cpus, num_gpus: per task; see :func:`plan_resources` for the defaults.
+        num_cpus, num_gpus: per task; see :func:`~idc_ray.distributed.resources.plan_tasks` for the defaults.
         max_retries: re-runs of a task whose worker died (node lost, OOM kill); an exception
             raised by the evaluation itself is not retried (it would fail the same way).
         crash_once: testing aid, {work index: marker path}: that task's first attempt kills its
@@ -128,7 +100,7 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
     Raises:
         RuntimeError naming the task when one fails for good (the others are cancelled).
     """
-    res = plan_resources(len(work), num_cpus, num_gpus)
+    res = task_options(plan_tasks(len(work), num_cpus, num_gpus))
     refs: dict[int, ray.ObjectRef] = {}
 
     def put(t: torch.Tensor) -> ray.ObjectRef:  # 1. each distinct tensor enters the object store once
@@ -140,12 +112,12 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
     for i, w in enumerate(work):  # 2. submit everything, then gather
         t = w.task
         ref = evaluate_task.options(
-            num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=max_retries,
+            **res, max_retries=max_retries,
             name=f"eval {t.set_label} {t.model} repeat {t.repeat + 1}/{t.repeats}",
         ).remote(t, put(w.train_x), put(w.train_y), put(w.test_x), put(w.test_y), (crash_once or {}).get(i),
                  *((put(w.val_x), put(w.val_y)) if w.val_x is not None else ()))
         pending[ref] = i
-    log(f"[eval] {len(work)} tasks submitted ({res.num_cpus:g} CPU, {res.num_gpus:g} GPU each, "
+    log(f"[eval] {len(work)} tasks submitted ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU each, "
         f"retried up to {max_retries} times on worker failure)")
     records: dict[int, RunRecord] = {}
     started = time.perf_counter()
@@ -167,18 +139,23 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
     return [records[i] for i in range(len(work))]
 
 
-@contextmanager
-def ray_session(address: str | None, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local Ray; shut down only
-    a Ray this call started (a joined cluster, or the caller's session, stays up)."""
-    from idc_ray.distributed.ray_group import connect
+@dataclass(frozen=True)
+class RayExecutor:
+    """Runs evaluation work as Ray tasks on the session this process has open
+    (``idc_ray.distributed.session.ray_session``); the Ray counterpart of
+    ``idc_ray.evaluation.run.Sequential``, with the same numbers."""
 
-    started = not ray.is_initialized()
-    url = connect(address)
-    if url:
-        log(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
+    num_cpus: float | None = None  # per task (default: an equal share, or 1 with GPUs)
+    num_gpus: float | None = None  # per task (default: 1 when the cluster has GPUs)
+    max_retries: int = 3  # re-runs of a task whose worker died
+    log: Callable[[str], None] = field(default=print, compare=False)
+    crash_once: dict[int, str] | None = None  # testing aid, see run_parallel
+    backend: ClassVar[str] = "ray"
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError(f"--max-retries must be >= 0, got {self.max_retries}")
+
+    def __call__(self, work: Sequence[Work]) -> list[RunRecord]:
+        return run_parallel(work, num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries,
+                            log=self.log, crash_once=self.crash_once)

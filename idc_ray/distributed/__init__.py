@@ -1,0 +1,1 @@
+"""The Ray layer: the only package of idc_ray that imports Ray (docs/architecture.md)."""

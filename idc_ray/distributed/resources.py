@@ -1,0 +1,169 @@
+"""What Ray is asked for: the matcher/expert layout of a condensation, a Tune trial's
+reservation and the evaluation tasks' shares, planned here and nowhere else, with the one
+function that turns (CPUs, GPUs) into a placement bundle."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import ray
+
+from idc_ray.distributed.schedule import RunOptions, shard_classes
+from idc_ray.distributed.session import ClusterError
+
+log = logging.getLogger("idc_ray")
+
+# What the expert actor asks of a GPU it shares with a matcher. Ray's GPU fractions only place
+# work (CUDA time-slices the device), so the number just has to fit beside a matcher's share.
+EXPERT_GPU_SHARE = 0.25
+
+
+def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
+    """One placement bundle (no GPU key when none is asked for: Ray treats a 0 as a request)."""
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
+def job_bundles(num_matchers: int, cpus: float, gpus: float, expert_gpus: float) -> list[dict[str, float]]:
+    """A condensation's bundles: one per matcher actor, then the expert actor's."""
+    return [bundle(cpus, gpus) for _ in range(num_matchers)] + [bundle(cpus, expert_gpus)]
+
+
+def task_options(spec: dict[str, float]) -> dict[str, float]:
+    """The ``num_cpus``/``num_gpus`` options of a task that fills bundle ``spec``."""
+    return {"num_cpus": spec.get("CPU", 0), "num_gpus": spec.get("GPU", 0)}
+
+
+def cpu_share(cluster_cpus: float, actors: int) -> float:
+    """An equal share of the cluster's CPUs for ``actors`` (the matchers and the expert), in
+    hundredths so every actor fits, at least 0.01."""
+    return max(0.01, int(100 * cluster_cpus / actors) / 100)
+
+
+def _cluster() -> dict[str, float]:
+    return ray.cluster_resources()
+
+
+@dataclass(frozen=True)
+class Layout:
+    shards: list[list[int]]
+    cpus: float
+    gpus: float
+    expert_gpus: float
+
+    def bundles(self) -> list[dict[str, float]]:
+        return job_bundles(len(self.shards), self.cpus, self.gpus, self.expert_gpus)
+
+
+def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, float] | None = None) -> Layout:
+    """Actor count and resources from the options and the cluster's resources (default: Ray's).
+
+    On a GPU cluster the matchers take one GPU each by default. When that leaves no whole GPU for
+    the expert, matchers and expert share: each matcher asks for 1 - EXPERT_GPU_SHARE and the
+    expert for EXPERT_GPU_SHARE, so it lands beside one of them. An expert on the CPU instead made
+    every inner iteration wait for it: measured on one H200 (benchmarks/results/gpu.json of
+    2026-11-30), 0.136 s per inner iteration with the expert on the CPU against 0.072 s with the
+    GPU split between matcher and expert (MNIST, ConvNet-3 width 128, ipc 10).
+    """
+    total = resources if resources is not None else _cluster()
+    cluster_gpus = float(total.get("GPU", 0))
+    cluster_cpus = float(total.get("CPU", 1))
+    n = options.num_actors or (int(cluster_gpus) if cluster_gpus >= 1 else 2)
+    n = min(n, num_classes) if options.num_actors is None else n
+    shards = shard_classes(num_classes, n)
+    share_gpu = (cluster_gpus >= 1 and options.gpus_per_actor is None and options.expert_gpus is None
+                 and n <= cluster_gpus < n + 1)
+    if options.gpus_per_actor is not None:
+        gpus = options.gpus_per_actor
+    else:
+        gpus = (1.0 - EXPERT_GPU_SHARE if share_gpu else 1.0) if cluster_gpus >= 1 else 0.0
+    if gpus > 0 and n * gpus > cluster_gpus + 1e-9:
+        raise ClusterError(f"{n} matcher actors x {gpus:g} GPU requested but the cluster has {cluster_gpus:g} GPUs; "
+                           "use --gpus-per-actor 0 or fewer --num-actors")
+    spare = cluster_gpus - n * gpus
+    if options.expert_gpus is not None:
+        expert_gpus = options.expert_gpus
+    else:
+        expert_gpus = EXPERT_GPU_SHARE if share_gpu else (1.0 if spare >= 1 - 1e-9 else 0.0)
+    if expert_gpus > spare + 1e-9:
+        raise ClusterError(f"--expert-gpus {expert_gpus:g} does not fit: {spare:g} GPUs left after the matchers")
+    if cluster_gpus >= 1 and expert_gpus == 0 and options.expert_gpus is None:
+        log.warning("the expert actor runs on the CPU: the matchers' --gpus-per-actor %g leaves no GPU share for it; "
+                    "for an expert on a GPU, lower --gpus-per-actor and pass --expert-gpus (e.g. %g)",
+                    gpus, EXPERT_GPU_SHARE)
+    cpus = options.cpus_per_actor if options.cpus_per_actor is not None else cpu_share(cluster_cpus, n + 1)
+    return Layout(shards, cpus, gpus, expert_gpus)
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What one Tune trial reserves: a bundle per matcher actor and one for the expert actor."""
+
+    num_actors: int = 2
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    expert_gpus: float = 0.0
+
+    def bundles(self) -> list[dict[str, float]]:
+        return job_bundles(self.num_actors, self.cpus_per_actor, self.gpus_per_actor, self.expert_gpus)
+
+    def placement(self):
+        """The trial's ``PlacementGroupFactory``: an empty head bundle (the trainable only
+        orchestrates), then the actors' bundles, which ``run_on_ray`` fills exactly."""
+        from ray import tune
+
+        return tune.PlacementGroupFactory([{}, *self.bundles()], strategy="PACK")
+
+    def run_options(self) -> RunOptions:
+        """Options that make ``run_on_ray`` lay the actors out exactly as :meth:`bundles`."""
+        return RunOptions(backend="ray", num_actors=self.num_actors, cpus_per_actor=self.cpus_per_actor,
+                          gpus_per_actor=self.gpus_per_actor, expert_gpus=self.expert_gpus, resume=True)
+
+    def check(self, num_classes: int) -> None:
+        """Refuse a trial the cluster can never hold (it would wait forever) in one line."""
+        if self.num_actors < 1 or self.num_actors > num_classes:
+            raise ValueError(f"--num-actors must be between 1 and the {num_classes} classes, got {self.num_actors}")
+        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0 or self.expert_gpus < 0:
+            raise ValueError("--cpus-per-actor must be > 0, --gpus-per-actor and --expert-gpus >= 0")
+        total = _cluster()
+        need = {k: sum(b.get(k, 0.0) for b in self.bundles()) for k in ("CPU", "GPU")}
+        for key, amount in need.items():
+            if amount > float(total.get(key, 0)) + 1e-9:
+                raise ClusterError(f"one trial needs {amount:g} {key} ({self.num_actors} matchers + 1 expert) but the "
+                                   f"cluster has {float(total.get(key, 0)):g}; lower --num-actors, --cpus-per-actor "
+                                   "or the GPU shares")
+
+
+def default_resources(num_actors: int = 2, cpus_per_actor: float | None = None, gpus_per_actor: float | None = None,
+                      expert_gpus: float | None = None) -> TrialResources:
+    """Defaults for what is not given: 1 CPU per actor, or an equal share of a cluster too small
+    for that (so one trial always fits); one GPU per actor when the cluster has GPUs (the expert
+    gets the matchers' share), else none."""
+    total = _cluster()
+    if cpus_per_actor is None:
+        cpus_per_actor = min(1.0, cpu_share(float(total.get("CPU", 1)), num_actors + 1))
+    gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if float(total.get("GPU", 0)) >= 1 else 0.0)
+    return TrialResources(num_actors, cpus_per_actor, gpus, expert_gpus if expert_gpus is not None else gpus)
+
+
+def plan_tasks(num_tasks: int, num_cpus: float | None = None, num_gpus: float | None = None) -> dict[str, float]:
+    """The bundle of each of ``num_tasks`` evaluation tasks: one GPU per task when the cluster has
+    GPUs, else an equal whole-CPU share (at least 1, at most one node's CPUs: torch runs one
+    thread per CPU, and the numbers depend on the thread count), unless given. A request no node
+    can hold would wait forever, so it is refused here."""
+    total = _cluster()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    gpus = num_gpus if num_gpus is not None else (1.0 if total.get("GPU", 0) >= 1 else 0.0)
+    if num_cpus is None:
+        share = int(total.get("CPU", 1) // max(1, num_tasks))
+        num_cpus = 1.0 if gpus > 0 else float(max(1, min(share, int(most_cpus))))
+    if num_cpus <= 0 or gpus < 0:
+        raise ValueError(f"--num-cpus-per-task must be > 0 and --num-gpus-per-task >= 0, got {num_cpus:g}, {gpus:g}")
+    if num_cpus > most_cpus:
+        raise ValueError(f"--num-cpus-per-task {num_cpus:g} is more than any node has ({most_cpus:g} CPUs); ask for fewer")
+    if gpus > most_gpus:
+        raise ValueError(f"{gpus:g} GPU per task requested but no node has that many ({most_gpus:g}); "
+                         "use --num-gpus-per-task 0")
+    return bundle(num_cpus, gpus)

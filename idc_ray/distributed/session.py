@@ -1,0 +1,77 @@
+"""The one way into Ray: open a local Ray or join a cluster for the length of a job, and say
+where its dashboard is and how to get the token it asks for."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import ray
+
+Log = Callable[[str], None]
+
+
+class ClusterError(ValueError):
+    """The cluster cannot run the job as asked (one line, with the fix)."""
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
+    match = re.fullmatch(r"(?:ray://)?([^:/]+):(\d+)", address or "")
+    if not match:
+        return  # None, "auto", "local" or another form: ray.init decides
+    try:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterError(f"no Ray cluster at --address {address} ({e.strerror or e}); "
+                           "start one with `ray start --head` or omit --address to run locally") from None
+
+
+def _connect(address: str | None) -> str | None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS, as under `ray job submit`), else start a
+    local one; returns the dashboard URL. A bad address is one clear line, not a traceback."""
+    _check_reachable(address)
+    try:
+        context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ClusterError(f"no Ray cluster at --address {address} ({str(e).splitlines()[0][:120]}); "
+                           "start one with `ray start --head` or omit --address to run locally") from None
+    return context.dashboard_url or None
+
+
+def dashboard_lines(url: str) -> list[str]:
+    """The dashboard's address and, next to it, how to get the token Ray 2.60's token
+    authentication asks for in the browser: ``ray get-auth-token`` (the ``ray`` of this
+    environment) prints it; it is read from RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH,
+    else ``~/.ray/auth_token`` (``ray._private.authentication.authentication_token_setup``)."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    return [f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}",
+            f"  its token, if it asks for one: {ray_cli} get-auth-token "
+            "(kept in $RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token)"]
+
+
+@contextmanager
+def ray_session(address: str | None = None, log: Log | None = None) -> Iterator[str | None]:
+    """Use the Ray session this process already has, else join ``address`` (or RAY_ADDRESS),
+    else start a local Ray; yields the dashboard URL (None when the session was already open).
+    Shuts down only a Ray this call started: a joined cluster, or the caller's session, stays up.
+
+    Raises:
+        ClusterError: nothing listens at ``address``, or Ray refused to connect.
+    """
+    if ray.is_initialized():
+        yield None
+        return
+    url = _connect(address)
+    if url and log is not None:
+        for line in dashboard_lines(url):
+            log(line)
+    try:
+        yield url
+    finally:
+        ray.shutdown()

@@ -1,0 +1,46 @@
+"""The import contracts of pyproject.toml ([tool.importlinter], docs/architecture.md) hold, and
+`lint-imports` really fails when code breaks one: Ray outside idc_ray.distributed, a layer
+importing one above it, pyarrow in the engine, an import cycle."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` of the venv with the contracts of ``root``/pyproject.toml, on the idc_ray under ``root``."""
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=root,
+                          env={"PYTHONPATH": str(root), "PATH": str(LINT_IMPORTS.parent), "LANG": "C.UTF-8"},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_contracts_hold():
+    done = lint_imports(ROOT)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "Contracts: 4 kept, 0 broken." in done.stdout
+
+
+@pytest.mark.parametrize("module,line,contract,message", [
+    ("engine/rng.py", "import ray", "Only idc_ray.distributed imports Ray BROKEN",
+     "idc_ray.engine.rng -> ray"),
+    ("engine/rng.py", "import idc_ray.evaluation.report", "Layers: each imports only the layers below it",
+     "idc_ray.engine is not allowed to import idc_ray.evaluation"),
+    ("engine/formation.py", "import pyarrow.parquet", "The engine imports no pyarrow or fsspec (pure PyTorch) BROKEN",
+     "idc_ray.engine.formation -> pyarrow"),
+    ("distributed/session.py", "import idc_ray.distributed.job",
+     "No import cycles between the modules of a package BROKEN", "No cycles are allowed in idc_ray.distributed"),
+])
+def test_a_violation_breaks_its_contract(tmp_path, module, line, contract, message):
+    shutil.copytree(ROOT / "idc_ray", tmp_path / "idc_ray", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    target = tmp_path / "idc_ray" / module
+    target.write_text(target.read_text().replace("\nimport ", f"\n{line}\nimport ", 1))
+    done = lint_imports(tmp_path)
+    assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-2000:]
+    assert contract in done.stdout and message in done.stdout, done.stdout[-4000:]
