@@ -25,6 +25,7 @@ from idc_ray.data import RealData, load_dataset
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.engine.expert import pool_checkpoint
+from idc_ray.pretrain import pretrain_seed
 from idc_ray.tune.cache import ensure_pool
 
 
@@ -35,8 +36,6 @@ def _log(message: str) -> None:
 @ray.remote(max_retries=1)
 def pretrain_seed_task(cfg: IDCConfig, folder: str, seed: int, epochs: int, storage_options: dict | None) -> dict:
     """Train pool network ``seed`` into ``folder`` (:func:`idc_ray.pretrain.pretrain_seed`)."""
-    from idc_ray.pretrain import pretrain_seed
-
     use_assigned_cpus()
     device = actor_device()
     data = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)  # 2.

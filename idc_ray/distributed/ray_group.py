@@ -16,14 +16,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec
-from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_runtime_env
 from idc_ray.checkpoint import Checkpoint, CheckpointStore
-from idc_ray.distributed.schedule import RunOptions, run_schedule, shard_classes
+from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_runtime_env
+from idc_ray.distributed.resources import Layout, plan_layout
+from idc_ray.distributed.schedule import RunOptions, run_schedule
+from idc_ray.distributed.session import ClusterError
 from idc_ray.engine.loop import Progress
 from idc_ray.engine.plan import Plan
-from idc_ray.errors import first_line
-from idc_ray.distributed.resources import Layout, plan_layout
-from idc_ray.distributed.session import ClusterError
 
 log = logging.getLogger("idc_ray")
 PLACEMENT_TIMEOUT_S = 120

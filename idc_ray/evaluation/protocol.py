@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from idc_ray.config import IDCConfig
-from idc_ray.data import DatasetSpec, RealData, with_stats
+from idc_ray.data import ClassStore, DatasetSpec, RealData, with_stats
 from idc_ray.engine import rng
 from idc_ray.engine.formation import form_classes, get_former
 from idc_ray.engine.plan import eval_epochs_for, resolve
@@ -63,8 +63,6 @@ def form_stored(cfg: IDCConfig, spec: DatasetSpec, stored: torch.Tensor,
 
 def random_real(data: RealData, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The random baseline: ``ipc`` real training images per class, drawn with (seed, class)."""
-    from idc_ray.data import ClassStore
-
     store = ClassStore(data.train_x, data.train_y)
     xs = [store.sample(c, ipc, rng.generator(seed, "random-baseline", c)) for c in store.classes]
     return torch.stack(xs), torch.tensor(store.classes).repeat_interleave(ipc)
@@ -74,8 +72,6 @@ def validation_split(data: RealData, per_class: int, seed: int) -> tuple[torch.T
     """``per_class`` real training images per class, drawn with (seed, class), on which
     ``eval.best_on: val`` picks the report epoch of ``best`` instead of the test set. The test
     model never trains on them, though condensation saw the whole training split."""
-    from idc_ray.data import ClassStore
-
     store = ClassStore(data.train_x, data.train_y)
     xs = [store.sample(c, min(per_class, store.count(c)), rng.generator(seed, "eval-val", c)) for c in store.classes]
     ys = [torch.full((len(x),), c, dtype=torch.long) for c, x in zip(store.classes, xs)]

@@ -19,7 +19,7 @@ import torch
 
 from idc_ray import storage
 from idc_ray.artifacts import load_condensed
-from idc_ray.config import IDCConfig, apply_overrides, from_dict, load_preset, preset_names
+from idc_ray.config import IDCConfig, apply_overrides, from_dict, load_preset, load_yaml, preset_names
 from idc_ray.data import DatasetSpec, RealData, get_spec, with_stats
 from idc_ray.engine.formation import get_former
 from idc_ray.evaluation.protocol import check_models, form_stored
@@ -86,8 +86,6 @@ def base_config(*, preset: str | None = None, config: str | None = None, dataset
     """The config of a set that carries none (baselines, plain files): ``--preset``/``--config``
     when given, else ``fallback`` (the first artifact's, so baselines get its recipe), else the
     preset named like the dataset (the paper's settings), else the defaults."""
-    from idc_ray.config import load_yaml
-
     if preset or config:
         cfg = load_preset(preset) if preset else IDCConfig()
         return load_yaml(config, base=cfg) if config else cfg

@@ -92,7 +92,7 @@ def test_two_matcher_steps_agree_between_paths():
 
 def test_auto_resolves_to_lean_on_cpu_and_vmap_on_cuda():
     cfg, match, expert, store = _setup()
-    assert match.path == "auto"  # build_specs keeps the configured value; the Matcher resolves it
+    assert match.path == "auto"  # build_plan keeps the configured value; the Matcher resolves it
     assert _matcher(cfg, match, store, "auto").path == "lean"
     assert resolve_path("auto", torch.device("cuda")) == "vmap"
     assert resolve_path("loop", torch.device("cuda")) == "loop"
