@@ -24,6 +24,7 @@ import sys
 from idc_ray.cli import add_config_arguments, comma_list, config_from_args, run_main, setup_logging
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.distributed.job import FinalEval, PoolOptions, condense_to
+from idc_ray.distributed.watch import EvalEvery
 from idc_ray.storage import parse_storage_options
 
 
@@ -71,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "one Ray task per (model, repeat); report next to the artifact, accuracy in the manifest")
     eval_args.add_argument("--eval-repeat", type=int, help="runs per model (default: eval.repeat, 3)")
     eval_args.add_argument("--eval-epochs", type=int, help="training epochs (default: the dataset rule)")
+    eval_args.add_argument("--eval-every", type=int, metavar="K",
+                           help="also evaluate the stored set (with --eval-models) at outer iteration 0 and every K "
+                                "while the job runs: CPU Ray tasks beside the matchers; curve.png and eval_curve.json "
+                                "in the output, the idc_eval_accuracy{model,iteration} gauge, metrics.eval_curve")
     return parser.parse_args(argv)
 
 
@@ -86,6 +91,14 @@ def final_eval(args: argparse.Namespace) -> FinalEval | None:
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
     return FinalEval(models, args.eval_repeat, args.eval_epochs)
+
+
+def eval_every(args: argparse.Namespace, final: FinalEval | None) -> EvalEvery | None:
+    if args.eval_every is None:
+        return None
+    if final is None:
+        raise ValueError("--eval-every needs --eval-models, e.g. --eval-every 5 --eval-models convnet3")
+    return EvalEvery(args.eval_every, final.models, final.repeat, final.epochs)
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
@@ -112,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = config_from_args(args)
     options = run_options(args)
+    final = final_eval(args)
     path = condense_to(cfg, args.output, device=args.device, progress=not args.quiet, options=options,
                        address=args.address, storage_options=parse_storage_options(args.storage_options),
-                       final_eval=final_eval(args), pool=pool_options(args))
+                       final_eval=final, pool=pool_options(args), eval_every=eval_every(args, final))
     print(f"condensed set written to {path}")
     return 0
 

@@ -15,7 +15,7 @@ from idc_ray.data import DatasetSpec, get_spec, load_dataset
 from idc_ray.checkpoint import CheckpointStore
 from idc_ray.distributed.local import run_local
 from idc_ray.distributed.ray_group import run_on_ray
-from idc_ray.distributed.schedule import RunOptions, check_resume
+from idc_ray.distributed.schedule import RunOptions, Snapshots, check_resume
 from idc_ray.engine.loop import Progress, stack_stored
 from idc_ray.engine.plan import Plan, build_plan
 
@@ -44,9 +44,11 @@ def dataset_spec(cfg: IDCConfig, storage_options: dict | None = None) -> Dataset
 
 def condense_job(cfg: IDCConfig, output: str, options: RunOptions, *, device: str | torch.device = "cpu",
                  storage_options: dict | None = None, on_progress: Callable[[Progress], None] | None = None,
-                 spec: DatasetSpec | None = None, plan: Plan | None = None) -> JobResult:
+                 spec: DatasetSpec | None = None, plan: Plan | None = None,
+                 snapshots: Snapshots | None = None) -> JobResult:
     """Run the whole schedule on the chosen backend, checkpointing under ``output``. ``spec`` and
-    ``plan``: the run's, when the caller has them already (else built here, once)."""
+    ``plan``: the run's, when the caller has them already (else built here, once); ``snapshots``:
+    the stored set at iteration 0 and every K-th (``--eval-every``)."""
     spec = spec or dataset_spec(cfg, storage_options)
     plan = plan or build_plan(cfg, spec)
     ckpts = CheckpointStore(output, storage_options)
@@ -61,10 +63,10 @@ def condense_job(cfg: IDCConfig, output: str, options: RunOptions, *, device: st
     if options.backend == "local":
         store = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options).train_store()
         states, history, restarts = run_local(cfg, plan, store, device=device, ckpts=ckpts, start=start,
-                                              options=options, on_progress=on_progress)
+                                              options=options, on_progress=on_progress, snapshots=snapshots)
         placement: list[dict] = [{"name": "local", "device": str(device)}]
     else:
         states, history, restarts, placement = run_on_ray(cfg, plan, spec, ckpts, start, options, on_progress,
-                                                          storage_options)
+                                                          storage_options, snapshots)
     stored, labels = stack_stored({c: s["data"] for c, s in states.items()})
     return JobResult(spec, stored, labels, history, time.perf_counter() - started, restarts, placement)

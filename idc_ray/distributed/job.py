@@ -19,7 +19,9 @@ from idc_ray.device import resolve_device
 from idc_ray.distributed.driver import JobResult, RunOptions, condense_job, dataset_spec
 from idc_ray.distributed.evaluation import RayExecutor
 from idc_ray.distributed.pool import ensure_pool_on_ray
+from idc_ray.distributed.schedule import Snapshots
 from idc_ray.distributed.session import ray_session
+from idc_ray.distributed.watch import CurveWatcher, EvalEvery
 from idc_ray.engine.loop import Progress
 from idc_ray.engine.plan import Plan, build_plan
 from idc_ray.evaluation.protocol import check_models
@@ -160,7 +162,7 @@ def with_pool(cfg: IDCConfig, cache: str, seeds: int, options: RunOptions, devic
 def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progress: bool = True,
                 options: RunOptions | None = None, address: str | None = None,
                 storage_options: dict | None = None, final_eval: FinalEval | None = None,
-                pool: PoolOptions | None = None) -> str:
+                pool: PoolOptions | None = None, eval_every: EvalEvery | None = None) -> str:
     """Condense with ``cfg`` on the chosen backend and write the output folder.
 
     Checkpoints go to ``out_dir/checkpoints`` as the run goes; the artifact is written at the end.
@@ -168,12 +170,17 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
     the session is still open; in this process otherwise), the report lands next to the
     artifact and the accuracies are added to the manifest's metrics. With
     ``expert.pretrained: auto`` the pretrained pool is found in, or first built into, the cache
-    of ``pool`` (:func:`with_pool`); the written config names the pool's folder.
+    of ``pool`` (:func:`with_pool`); the written config names the pool's folder. With
+    ``eval_every``, the stored set is evaluated while the job runs (``distributed/watch.py``) and
+    the curve lands in the output and the manifest's ``metrics.eval_curve``.
     """
     spec = dataset_spec(cfg, storage_options)
     plan = build_plan(cfg, spec)  # a bad config fails now, not after hours of pretraining or condensation
     if final_eval is not None:
         check_models(final_eval.models, spec.channels, spec.size)  # before hours of condensation
+    if eval_every is not None:
+        eval_every.check()
+        check_models(eval_every.models, spec.channels, spec.size)
     options = options or RunOptions(backend="local")
     dev = resolve_device(device)
     pool_cache = pool_cache_dir(cfg, out_dir, pool)
@@ -183,9 +190,17 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
         if pool_cache is not None:
             cfg = with_pool(cfg, pool_cache, (pool or PoolOptions()).seeds, options, dev, storage_options)
             plan = replace(plan, expert=replace(plan.expert, pretrained=cfg.expert.pretrained))
-        job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=printer,
-                           storage_options=storage_options, spec=spec, plan=plan)
+        watcher, snapshots, on_progress = None, None, printer
+        if eval_every is not None:
+            watcher = CurveWatcher(cfg, spec, str(out_dir), eval_every, on_ray=options.backend == "ray",
+                                   device=str(dev), storage_options=storage_options, log=_stderr)
+            snapshots = Snapshots(eval_every.every, watcher.take)
+            on_progress = lambda p: (watcher.poll(), printer and printer(p))
+        job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=on_progress,
+                           storage_options=storage_options, spec=spec, plan=plan, snapshots=snapshots)
         path = _save(cfg, plan, out_dir, job, dev, options, storage_options)
+        if watcher is not None:
+            record_metrics(path, {"eval_curve": watcher.finish()}, storage_options)
         if final_eval is not None:  # on Ray while the session is still open
             _evaluate_written(path, final_eval, options, str(dev), storage_options)
     return path

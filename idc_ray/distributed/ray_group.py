@@ -19,7 +19,7 @@ from idc_ray.data import DatasetSpec
 from idc_ray.checkpoint import Checkpoint, CheckpointStore
 from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_runtime_env
 from idc_ray.distributed.resources import Layout, plan_layout
-from idc_ray.distributed.schedule import RunOptions, run_schedule
+from idc_ray.distributed.schedule import RunOptions, Snapshots, run_schedule
 from idc_ray.distributed.session import ClusterError
 from idc_ray.engine.loop import Progress
 from idc_ray.engine.plan import Plan
@@ -138,7 +138,7 @@ def check_fits(available: list[dict], needed: list[dict]) -> None:
 
 def run_on_ray(cfg: IDCConfig, plan: Plan, spec: DatasetSpec, ckpts: CheckpointStore, start: Checkpoint | None,
                options: RunOptions, on_progress: Callable[[Progress], None] | None,
-               storage_options: dict | None = None):
+               storage_options: dict | None = None, snapshots: Snapshots | None = None):
     """Place the actors and drive the schedule; returns (states, history, restarts, placement)."""
     layout = plan_layout(spec.num_classes, options)
     bundles = layout.bundles()
@@ -173,7 +173,8 @@ def run_on_ray(cfg: IDCConfig, plan: Plan, spec: DatasetSpec, ckpts: CheckpointS
 
     try:
         states, history, restarts = run_schedule(cfg, make_group, ckpts=ckpts, start=start, options=options,
-                                                 on_progress=on_progress, is_failure=is_ray_failure)
+                                                 on_progress=on_progress, is_failure=is_ray_failure,
+                                                 snapshots=snapshots)
     except ray.exceptions.RayActorError as e:
         if getattr(e, "actor_init_failed", False):
             raise setup_error(e) from None
