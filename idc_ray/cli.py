@@ -21,6 +21,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 USER_ERRORS = (ValueError, FileNotFoundError, JobError)
 
 
+class UsageError(ValueError):
+    """A job's own check of its flags failed (one line, exit 2), wherever main() is called from."""
+
+
 def add_debug_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(DEBUG_FLAG, action="store_true",
                         help="print the traceback of an error too (a bug's traceback is always printed)")

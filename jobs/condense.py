@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 
-from idc_ray.cli import add_config_arguments, comma_list, config_from_args, run_main, setup_logging
+from idc_ray.cli import UsageError, add_config_arguments, comma_list, config_from_args, run_main, setup_logging
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.distributed.job import FinalEval, PoolOptions, condense_to
 from idc_ray.distributed.watch import EvalEvery
@@ -82,14 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def final_eval(args: argparse.Namespace) -> FinalEval | None:
     if args.eval_models is None:
         if args.eval_repeat is not None or args.eval_epochs is not None:
-            raise ValueError("--eval-repeat/--eval-epochs need --eval-models, e.g. --eval-models convnet3")
+            raise UsageError("--eval-repeat/--eval-epochs need --eval-models, e.g. --eval-models convnet3")
         return None
     models = comma_list(args.eval_models)
     if not models:
-        raise ValueError("--eval-models needs at least one model name, e.g. convnet3,resnet10")
+        raise UsageError("--eval-models needs at least one model name, e.g. convnet3,resnet10")
     for flag, value in (("--eval-repeat", args.eval_repeat), ("--eval-epochs", args.eval_epochs)):
         if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     return FinalEval(models, args.eval_repeat, args.eval_epochs)
 
 
@@ -97,17 +97,17 @@ def eval_every(args: argparse.Namespace, final: FinalEval | None) -> EvalEvery |
     if args.eval_every is None:
         return None
     if final is None:
-        raise ValueError("--eval-every needs --eval-models, e.g. --eval-every 5 --eval-models convnet3")
+        raise UsageError("--eval-every needs --eval-models, e.g. --eval-every 5 --eval-models convnet3")
     return EvalEvery(args.eval_every, final.models, final.repeat, final.epochs)
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     if args.checkpoint_every < 1 or args.max_restarts < 0:
-        raise ValueError("--checkpoint-every must be >= 1 and --max-restarts >= 0")
+        raise UsageError("--checkpoint-every must be >= 1 and --max-restarts >= 0")
     try:
         faults = tuple(json.loads(f) for f in args.inject_fault)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--inject-fault must be JSON like '{{\"actor\": 0, \"outer\": 1, \"inner\": 0}}' ({e.msg})") from None
+        raise UsageError(f"--inject-fault must be JSON like '{{\"actor\": 0, \"outer\": 1, \"inner\": 0}}' ({e.msg})") from None
     return RunOptions(backend=args.backend, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
                       cpus_per_actor=args.cpus_per_actor, expert_gpus=args.expert_gpus,
                       checkpoint_every=args.checkpoint_every, resume=args.resume, max_restarts=args.max_restarts,

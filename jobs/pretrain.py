@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import add_config_arguments, config_from_args, run_main
+from idc_ray.cli import UsageError, add_config_arguments, config_from_args, run_main
 from idc_ray.data import load_dataset
 from idc_ray.pretrain import pretrain_pool
 from idc_ray.device import resolve_device
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.epochs < 0:
-        raise ValueError(f"--seeds must be >= 1 and --epochs >= 0, got {args.seeds} and {args.epochs}")
+        raise UsageError(f"--seeds must be >= 1 and --epochs >= 0, got {args.seeds} and {args.epochs}")
     cfg = config_from_args(args)
     data = load_dataset(cfg.data.dataset, cfg.data.data_uri)
     report = lambda s, e, loss: print(f"seed {s} epoch {e}/{args.epochs} loss {loss:.4f}", flush=True)

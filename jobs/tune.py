@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import add_config_arguments, config_from_args, run_main, setup_logging
+from idc_ray.cli import UsageError, add_config_arguments, config_from_args, run_main, setup_logging
 from idc_ray.config import ConfigError
 from idc_ray.data import get_spec
 from idc_ray.storage import parse_storage_options
@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     base = space.base_config(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri, storage_options))
     if args.num_samples < 1 or args.num_actors < 1:
-        raise ValueError(f"--num-samples and --num-actors must be at least 1, got {args.num_samples} and {args.num_actors}")
+        raise UsageError(f"--num-samples and --num-actors must be at least 1, got {args.num_samples} and {args.num_actors}")
     if args.cpus_per_actor is not None and args.cpus_per_actor <= 0:
-        raise ValueError(f"--cpus-per-actor must be > 0, got {args.cpus_per_actor:g}")
+        raise UsageError(f"--cpus-per-actor must be > 0, got {args.cpus_per_actor:g}")
 
     from idc_ray.distributed.resources import default_resources  # Ray only past the input checks
     from idc_ray.distributed.session import ray_session

@@ -1,0 +1,126 @@
+"""``jobs/condense.py --eval-every K``: the stored set evaluated while the job runs (issue 13)."""
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+import ray
+import torch
+
+from idc_ray.artifacts import load_condensed
+from idc_ray.distributed.schedule import RunOptions, Snapshots, run_schedule
+from idc_ray.evaluation.curve import CURVE_JSON, CURVE_PNG
+
+SMOKE = ("--preset", "smoke", "--quiet", "--set", "expert.width=4")
+EVAL = ("--eval-models", "convnet3", "--eval-repeat", "2", "--eval-epochs", "2", "--set", "eval.width=4")
+
+
+@pytest.fixture
+def condense(run_job):
+    return lambda *args: run_job("condense", *SMOKE, *args)
+
+
+def curve(folder) -> list[dict]:
+    return json.loads((folder / CURVE_JSON).read_text())["points"]
+
+
+class FakeGroup:
+    """A group whose state is the number of inner steps it ran (enough to see what is handed over)."""
+
+    def __init__(self, ckpt, first):
+        self.steps = ckpt.classes[0]["data"] if ckpt else 0
+
+    def submit(self, outer, inner):
+        self.steps += 1
+        return {0: 0.0}
+
+    def collect(self, handle):
+        return handle, {}
+
+    def states(self):
+        return {0: {"data": self.steps}}
+
+    def close(self):
+        pass
+
+
+def test_snapshots_are_taken_at_zero_every_kth_and_the_last(tmp_path):
+    from idc_ray.config import apply_overrides, load_preset
+
+    cfg = apply_overrides(load_preset("smoke"), {"schedule.outer_iters": 7, "schedule.inner_iters": 2})
+    taken = []
+    run_schedule(cfg, FakeGroup, ckpts=None, start=None, options=RunOptions(backend="local", checkpoint_every=3),
+                 snapshots=Snapshots(3, lambda outer, states: taken.append((outer, states[0]["data"]))))
+    assert taken == [(0, 0), (3, 6), (6, 12), (7, 14)]  # the state after exactly `outer` outer iterations
+
+
+def test_local_eval_every_keeps_the_bytes_and_writes_the_curve(condense, tmp_path):
+    plain, watched = tmp_path / "plain", tmp_path / "watched"
+    assert condense("--backend", "local", "--outer-iters", "2", "--output", str(plain)).returncode == 0
+    done = condense("--backend", "local", "--outer-iters", "2", "--output", str(watched), "--eval-every", "1", *EVAL)
+    assert done.returncode == 0, done.stderr
+    assert torch.equal(load_condensed(watched)[0], load_condensed(plain)[0])  # evaluation changes nothing
+    points = curve(watched)
+    assert [(p["model"], p["iteration"]) for p in points] == [("convnet3", 0), ("convnet3", 1), ("convnet3", 2)]
+    assert all(len(p["accs"]) == 2 and 0 <= p["mean"] <= 1 for p in points)
+    assert points[0]["seconds"] <= points[1]["seconds"] <= points[2]["seconds"]
+    assert (watched / CURVE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_condensed(watched)[2]["metrics"]["eval_curve"] == points
+    assert "[curve] outer 2 convnet3:" in done.stderr and "(initialisation" in done.stderr
+
+
+def test_resume_keeps_the_points_it_had(condense, tmp_path):
+    out = tmp_path / "run"
+    args = ("--backend", "local", "--output", str(out), "--eval-every", "1", "--checkpoint-every", "1", *EVAL)
+    assert condense("--outer-iters", "1", *args).returncode == 0
+    first = curve(out)
+    assert [p["iteration"] for p in first] == [0, 1]
+    done = condense("--outer-iters", "2", "--resume", *args)
+    assert done.returncode == 0, done.stderr
+    points = curve(out)
+    assert [p["iteration"] for p in points] == [0, 1, 2]
+    assert points[:2] == first  # the earlier points, untouched (iteration 0 was not evaluated again)
+
+
+def test_bad_eval_every_is_one_line(condense, tmp_path):
+    done = condense("--backend", "local", "--output", str(tmp_path / "x"), "--eval-every", "2")
+    assert done.returncode == 2 and "--eval-every needs --eval-models" in done.stderr
+    done = condense("--backend", "local", "--output", str(tmp_path / "y"), "--eval-every", "0", *EVAL)
+    assert done.returncode == 2 and "--eval-every must be at least 1" in done.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_ray_eval_every_runs_beside_the_matchers_and_exports_the_gauge(condense, ray_cluster, tmp_path):
+    port = ray.nodes()[0]["MetricsExportPort"]
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def scrape():
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    seen.extend(ln for ln in r.read().decode().splitlines()
+                                if ln.startswith("ray_idc_eval_accuracy{") and "iteration=" in ln)
+            except OSError:
+                pass
+            time.sleep(0.25)
+
+    plain, watched = tmp_path / "plain", tmp_path / "watched"
+    common = ("--address", ray_cluster, "--num-actors", "2", "--outer-iters", "2")
+    assert condense(*common, "--output", str(plain)).returncode == 0
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        done = condense(*common, "--output", str(watched), "--eval-every", "2", *EVAL)
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        scraper.join()
+    assert done.returncode == 0, done.stderr
+    assert torch.equal(load_condensed(watched)[0], load_condensed(plain)[0])
+    assert [p["iteration"] for p in curve(watched)] == [0, 2]
+    assert any('iteration="0"' in ln and 'model="convnet3"' in ln for ln in seen), seen[:5]
