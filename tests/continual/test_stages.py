@@ -73,3 +73,25 @@ def test_task_incremental_stream_brings_every_task_to_one_shape(tmp_path):
     assert set(s.data.test_y[-10:].tolist()) <= set(range(4, 14))
     assert torch.equal(s.data.train_x[:, 0], s.data.train_x[:, 2])  # grey repeated to 3 channels
     assert to_shape(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 3, 32).shape == (2, 3, 32, 32)
+
+
+def test_task_incremental_job_end_to_end(tmp_path):
+    """The task scenario through the whole job (local backend): one head per task, tested with
+    task identity, exemplars of each task from its own data."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    write_usps(tmp_path, "usps.bz2", usps_rows(20, 0))
+    write_usps(tmp_path, "usps.t.bz2", usps_rows(10, 1))
+    path = Path(__file__).resolve().parents[2] / "jobs" / "continual.py"
+    spec = importlib.util.spec_from_file_location("continual_job_task", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = tmp_path / "out"
+    assert job.main(["--base", "smoke", "--scenario", "task", "--tasks", "tiny,usps", "--data-uri", str(tmp_path),
+                     "--memory-ipc", "1", "--epochs", "1", "--repeat", "1", "--herding-epochs", "1", "--width", "8",
+                     "--exemplars", "herding,random", "--backend", "local", "--output", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["stages"] == [list(range(4)), list(range(4, 14))] and doc["classes_seen"] == [4, 14]
+    assert doc["memory_per_stage"] == {"herding": [4, 10], "random": [4, 10]} and doc["recipe"]["cutmix_prob"] == 0.0
