@@ -25,7 +25,12 @@ import argparse
 import sys
 
 from idc_ray.cli import comma_list, run_main, setup_logging
+from idc_ray.device import resolve_device
+from idc_ray.distributed.continual import ray_mapper
+from idc_ray.distributed.session import ray_session
 from idc_ray.continual.settings import load_preset, preset_names, with_values
+from idc_ray.continual.job import base_config, local_mapper, run_continual
+from idc_ray.continual.report import markdown
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,9 +67,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    from idc_ray.continual.job import base_config, local_mapper, run_continual
-    from idc_ray.continual.report import markdown
-
     flags = {"base": args.base, "scenario": args.scenario, "tasks": args.tasks, "stages": args.stages,
              "memory_ipc": args.memory_ipc, "exemplars": args.exemplars, "models": args.models,
              "repeat": args.repeat, "epochs": args.epochs, "lwf_weight": args.lwf_weight,
@@ -73,12 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     base = base_config(c, args.set, args.data_uri, args.seed)
     log = lambda line: print(line, file=sys.stderr, flush=True)
     if args.backend == "local":
-        from idc_ray.runner import resolve_device
-
         doc = run_continual(c, base, args.output, local_mapper(resolve_device(args.device)), log)
     else:
-        from idc_ray.distributed.continual import ray_mapper, ray_session
-
         with ray_session(args.address, log):
             doc = run_continual(c, base, args.output, ray_mapper(log), log)
     print(markdown(doc["results"], doc["classes_seen"], c.name))

@@ -21,7 +21,16 @@ import torch
 
 from idc_ray import storage
 from idc_ray.config import IDCConfig, apply_overrides
+from idc_ray.distributed.job import condense_to
+from idc_ray.distributed.schedule import RunOptions
 from idc_ray.engine import rng
+from idc_ray.errors import first_line
+from idc_ray.data import load_dataset
+from idc_ray.evaluation.baselines import baseline_set, train_feature_net
+from idc_ray.artifacts import load_condensed
+from idc_ray.evaluation.protocol import form_stored
+from idc_ray.evaluation.sets import artifact_set, file_set, is_plain_file
+from idc_ray.data import get_spec
 
 IDC, HERDING, RANDOM = "idc", "herding", "random"
 BUILTIN = (IDC, HERDING, RANDOM)
@@ -50,9 +59,6 @@ def condense_stage(cfg: IDCConfig, out_dir: str, device: str = "auto") -> str:
     ``out_dir`` (checkpoints beside it, resumed when present), in this process with the job's
     local backend, whose bytes equal its Ray backend's (tests/distributed/test_invariance.py);
     stages run in parallel as Ray tasks instead (idc_ray/distributed/continual.py)."""
-    from idc_ray.distributed.driver import RunOptions
-    from idc_ray.runner import condense_to
-
     return condense_to(cfg, out_dir, device=device, progress=False, options=RunOptions(backend="local", resume=True))
 
 
@@ -73,9 +79,6 @@ def make_exemplars(job: ExemplarJob, device: str | torch.device = "cpu") -> str:
     if job.method == IDC:
         condense_stage(job.cfg, target, device=str(device))
         return target
-    from idc_ray.data import load_dataset
-    from idc_ray.evaluation.baselines import baseline_set, train_feature_net
-
     data = load_dataset("parquet", job.cfg.data.data_uri)
     cfg = replace(job.cfg, schedule=replace(job.cfg.schedule,
                                             seed=rng.derive_seed(job.cfg.schedule.seed, "continual-stage", job.stage)))
@@ -90,12 +93,9 @@ def make_exemplars(job: ExemplarJob, device: str | torch.device = "cpu") -> str:
 def load_memory(job: ExemplarJob, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The cached exemplars of ``job`` as training images (IDC: formed as the evaluation protocol
     forms them) in [0, 1] and GLOBAL labels (stage label i -> classes[i])."""
-    from idc_ray.artifacts import load_condensed
-    from idc_ray.evaluation.protocol import form_stored
-
     if job.method == IDC:
         stored, labels, _ = load_condensed(cache_path(job))
-        x, y = form_stored(job.cfg, stored, labels)
+        x, y = form_stored(job.cfg, get_spec(job.cfg.data.dataset, job.cfg.data.data_uri), stored, labels)
     else:
         payload = torch.load(cache_path(job), map_location="cpu", weights_only=True)
         x, y = payload["stored"].flatten(0, 1), payload["labels"]
@@ -108,16 +108,12 @@ def external_memory(name: str, uri: str, cfg: IDCConfig, stages: list[list[int]]
 
     Raises ValueError (one line) when its samples do not have the dataset's shape or a class has
     no exemplar."""
-    from idc_ray.evaluation.sets import artifact_set, file_set, is_plain_file
-
     if not is_plain_file(uri) and not Path(uri).is_dir():
         raise FileNotFoundError(f"--exemplars {name}={uri}: no such file or artifact folder")
     try:
         s = file_set(uri, cfg) if is_plain_file(uri) else artifact_set(uri, models=None)
     except ValueError as e:
-        raise ValueError(f"--exemplars {name}={uri}: {str(e).splitlines()[0]}") from None
-    from idc_ray.data import get_spec
-
+        raise ValueError(f"--exemplars {name}={uri}: {first_line(e)}") from None
     spec = get_spec(cfg.data.dataset, cfg.data.data_uri)
     if tuple(s.x.shape[1:]) != (spec.channels, spec.size, spec.size):
         raise ValueError(f"--exemplars {name}={uri}: samples are {tuple(s.x.shape[1:])}, the dataset's are "

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from idc_ray import __version__, storage
-from idc_ray.config import IDCConfig, apply_overrides, resolve
+from idc_ray.config import IDCConfig, apply_overrides, load_preset
 from idc_ray.continual import report
 from idc_ray.continual.exemplars import (
     BUILTIN, ExemplarJob, check_memory_budget, external_memory, load_memory, make_exemplars, stage_config,
@@ -36,7 +36,10 @@ from idc_ray.continual.exemplars import (
 from idc_ray.continual.learner import LearnerRun, StageRecipe, run_learner
 from idc_ray.continual.settings import ContinualConfig
 from idc_ray.continual.stages import Scenario, class_incremental, stage_data, task_incremental, write_stage_dataset
-from idc_ray.data import parquet
+from idc_ray.data import DatasetSpec, parquet
+from idc_ray.engine.plan import resolve
+from idc_ray.models import check_model_input
+from idc_ray.models import uses_net_width
 
 Mapper = Callable[[Callable, Sequence[tuple], Sequence[str]], list]
 RESULTS, REPORT, PLOT = "results.json", "results.md", "continual.png"
@@ -68,8 +71,6 @@ def exemplar_key(c: ContinualConfig, base: IDCConfig) -> str:
 
 def plan(c: ContinualConfig, base: IDCConfig, output: str | Path) -> Plan:
     """Everything checked, nothing written yet. Raises ValueError (one line) on bad input."""
-    from idc_ray.models import check_model_input
-
     scenario = build_scenario(c, base)
     data = scenario.data
     for s, classes in enumerate(scenario.stages):
@@ -104,9 +105,9 @@ def stage_jobs(c: ContinualConfig, base: IDCConfig, p: Plan) -> list[ExemplarJob
     return jobs
 
 
-def stage_recipe(c: ContinualConfig, base: IDCConfig) -> StageRecipe:
-    """The evaluation protocol's augmentation of the base preset; the appendix's schedule."""
-    r = resolve(base)
+def stage_recipe(c: ContinualConfig, base: IDCConfig, spec: DatasetSpec) -> StageRecipe:
+    """The evaluation protocol's augmentation of the base preset on ``spec``; the appendix's schedule."""
+    r = resolve(base, spec)
     return StageRecipe(epochs=c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
                        batch_size=c.batch_size, augment="" if r.eval_augment == "none" else r.eval_augment,
                        aug_single=base.eval.aug_single,
@@ -117,8 +118,6 @@ def stage_recipe(c: ContinualConfig, base: IDCConfig) -> StageRecipe:
 def run_continual(c: ContinualConfig, base: IDCConfig, output: str | Path, mapper: Mapper,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole job; returns the results document (also written to OUTPUT/results.json)."""
-    from idc_ray.models import uses_net_width
-
     started = time.perf_counter()
     p = plan(c, base, output)
     scenario, data = p.scenario, p.scenario.data
@@ -134,7 +133,7 @@ def run_continual(c: ContinualConfig, base: IDCConfig, output: str | Path, mappe
     for classes in scenario.stages:
         keep = torch.isin(data.test_y, torch.tensor(classes))
         tests.append((data.test_x[keep], data.test_y[keep]))
-    recipe = stage_recipe(c, base)
+    recipe = stage_recipe(c, base, data.spec)
     width = c.width if c.width is not None else base.eval.width
     runs = [LearnerRun(method, model, k, base.schedule.seed, width if uses_net_width(model) else None,
                        data.spec.channels, data.spec.size, tuple(data.spec.mean), tuple(data.spec.std),
@@ -164,8 +163,6 @@ def run_continual(c: ContinualConfig, base: IDCConfig, output: str | Path, mappe
 def base_config(c: ContinualConfig, overrides: Sequence[str] = (), data_uri: str | None = None,
                 seed: int | None = None) -> IDCConfig:
     """The base condensation preset with ``--set`` overrides, ``--data-uri`` and ``--seed``."""
-    from idc_ray.config import load_preset
-
     cfg = load_preset(c.base)
     changes = {k: v for k, v in (("data.data_uri", data_uri), ("schedule.seed", seed)) if v is not None}
     if changes:

@@ -32,6 +32,7 @@ from torch import nn
 from idc_ray.engine import rng
 from idc_ray.engine.augment import DiffAugment, cutmix
 from idc_ray.evaluation.train import EVAL_BATCH
+from idc_ray.models import build_model
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,6 @@ def run_learner(run: LearnerRun, memories: list[tuple[torch.Tensor, torch.Tensor
     """All stages of one learner. ``memories[s]``: the exemplars (formed, [0, 1]) and global
     labels of stage s's new classes; ``tests[s]``: the real test images of stage s's classes.
     Stage s trains on memories[0..s] and is tested on tests[0..s]."""
-    from idc_ray.models import build_model
-
     started = time.perf_counter()
     device = torch.device(device)
     normalize = normalizer(run.mean, run.std, device)

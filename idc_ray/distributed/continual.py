@@ -8,12 +8,12 @@ Ray assigned. Tensors shared by several tasks (test images, memories) enter the 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import ray
 
 from idc_ray.distributed.actors import actor_device, use_assigned_cpus
+from idc_ray.errors import first_line
 
 
 @ray.remote
@@ -50,9 +50,7 @@ def ray_map(fn: Callable, items: Sequence[tuple], names: Sequence[str], *, max_r
             try:
                 results[i] = ray.get(done[0])
             except ray.exceptions.RayError as e:
-                cause = getattr(e, "cause", None) or e
-                first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-                raise RuntimeError(f"{names[i]} failed: {type(cause).__name__}: {first[:300]}") from None
+                raise RuntimeError(f"{names[i]} failed: {first_line(e, typed=True)}") from None
             log(f"[continual] done {names[i]} ({len(results)}/{len(items)} after {time.perf_counter() - started:.0f}s)")
     finally:
         for ref in pending:
@@ -64,19 +62,3 @@ def ray_mapper(log: Callable[[str], None] = print) -> Callable:
     """The job's ``mapper`` on the cluster ``ray.init`` joined."""
     return lambda fn, items, names: ray_map(fn, items, names, log=log)
 
-
-@contextmanager
-def ray_session(address: str | None, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local Ray; shut down only a
-    Ray this call started."""
-    from idc_ray.distributed.ray_group import connect
-
-    started = not ray.is_initialized()
-    url = connect(address)
-    if url:
-        log(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
