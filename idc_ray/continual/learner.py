@@ -31,21 +31,17 @@ from torch import nn
 
 from idc_ray.engine import rng
 from idc_ray.engine.augment import DiffAugment, cutmix
-from idc_ray.evaluation.train import EVAL_BATCH
+from idc_ray.evaluation.train import EVAL_BATCH, TrainRecipe
 from idc_ray.models import build_model
 
 
 @dataclass(frozen=True)
-class StageRecipe:
-    epochs: int = 1000
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
+class StageRecipe(TrainRecipe):
+    """One stage's training (appendix C.3: the evaluation recipe's SGD schedule, lr decayed at
+    600/800 of 1000 epochs by :func:`stage_milestones`) plus the LwF distillation term."""
+
     augment: str = ""  # DSA strategy of the evaluation protocol ('' for none)
-    aug_single: bool = True
     cutmix_prob: float = 0.0
-    cutmix_beta: float = 1.0
     lwf_weight: float = 1.0
     temperature: float = 2.0
 

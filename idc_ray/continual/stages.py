@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from idc_ray.data import DatasetSpec, RealData, channel_stats, load_dataset
 from idc_ray.data.parquet import write_dataset
+from idc_ray.data.store import balanced_blocks
 from idc_ray.data.prepare import dataset_info
 
 
@@ -37,13 +38,7 @@ def stage_classes(num_classes: int, stages: int) -> list[list[int]]:
         raise ValueError(f"--stages must be at least 1, got {stages}")
     if stages > num_classes:
         raise ValueError(f"--stages {stages} is more than the {num_classes} classes; use at most {num_classes}")
-    base, extra = divmod(num_classes, stages)
-    out, start = [], 0
-    for s in range(stages):
-        size = base + (1 if s < extra else 0)
-        out.append(list(range(start, start + size)))
-        start += size
-    return out
+    return balanced_blocks(num_classes, stages)
 
 
 def class_incremental(dataset: str, data_uri: str | None, stages: int) -> Scenario:

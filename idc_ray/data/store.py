@@ -116,3 +116,16 @@ class ClassStore:
         x = torch.cat([self.class_tensor(c) for c in classes])
         y = torch.cat([self._y[self._start[c] : self._start[c] + self._count[c]] for c in classes])
         return ClassStore(x, y, classes=classes)
+
+
+def balanced_blocks(count: int, parts: int) -> list[list[int]]:
+    """``range(count)`` in ``parts`` contiguous blocks whose sizes differ by at most one, the larger
+    first: 10 in 3 -> 0-3, 4-6, 7-9 (class shards of the matchers, stages of a continual run).
+    The caller checks 1 <= parts <= count, naming its own flag."""
+    base, extra = divmod(count, parts)
+    blocks, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        blocks.append(list(range(start, start + size)))
+        start += size
+    return blocks

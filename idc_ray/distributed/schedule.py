@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from idc_ray.config import IDCConfig
+from idc_ray.data.store import balanced_blocks
 from idc_ray.checkpoint import Checkpoint, CheckpointStore
 from idc_ray.errors import first_line
 from idc_ray.engine.loop import Progress
@@ -77,13 +78,7 @@ def shard_classes(num_classes: int, num_shards: int) -> list[list[int]]:
         raise ValueError(f"--num-actors must be at least 1, got {num_shards}")
     if num_shards > num_classes:
         raise ValueError(f"--num-actors {num_shards} is more than the {num_classes} classes; use at most {num_classes}")
-    base, extra = divmod(num_classes, num_shards)
-    shards, start = [], 0
-    for i in range(num_shards):
-        size = base + (1 if i < extra else 0)
-        shards.append(list(range(start, start + size)))
-        start += size
-    return shards
+    return balanced_blocks(num_classes, num_shards)
 
 
 def run_schedule(cfg: IDCConfig, make_group: Callable[[Checkpoint | None, int], Group], *,
