@@ -68,8 +68,9 @@ def one_thread():
 # Spaces
 # ---------------------------------------------------------------------------------------------
 
-def test_the_four_spaces_ship():
-    assert {p.name for p in SPACES} == {"lr.yaml", "factor.yaml", "eval_models.yaml", "cifar10_ipc10.yaml"}
+def test_the_five_spaces_ship():
+    assert {p.name for p in SPACES} == {"lr.yaml", "factor.yaml", "eval_models.yaml", "cifar10_ipc10.yaml",
+                                         "mnist5k_ipc10.yaml"}
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
