@@ -11,10 +11,11 @@ import pytest
 import torch
 from torchvision.io import encode_png
 
-from idc_ray.config import apply_overrides, load_preset
+from idc_ray.config import ConfigError, apply_overrides, load_preset
 from idc_ray.data import DatasetFormatError, DatasetNotFoundError, get_spec, load_dataset
 from idc_ray.data import parquet
 from idc_ray.data.prepare import dataset_info
+from idc_ray.engine.plan import build_plan
 from idc_ray.storage import StorageError
 
 
@@ -71,12 +72,17 @@ def test_hand_written_dataset_with_split_column_and_jpeg(tmp_path):
     assert torch.equal(data.train_x[1], images[1])  # PNG is exact
 
 
-def test_parquet_spec_drives_config_validation(tmp_path):
+def test_parquet_spec_drives_the_run_checks(tmp_path):
+    """The config is a leaf (it reads no dataset); the run's plan checks it against the spec
+    that dataset.json gives."""
     _write_tiny(tmp_path)
     cfg = apply_overrides(load_preset("smoke"), {"data.dataset": "parquet", "data.data_uri": str(tmp_path)})
-    assert cfg.data.dataset == "parquet"
+    spec = get_spec("parquet", str(tmp_path))
+    assert build_plan(cfg, spec).match.num_classes == spec.num_classes == 4
+    with pytest.raises(ConfigError, match=f"larger than the image side {spec.size}"):
+        build_plan(apply_overrides(cfg, {"synset.factor": spec.size + 1}), spec)
     with pytest.raises(DatasetNotFoundError, match="--data-uri"):
-        apply_overrides(load_preset("smoke"), {"data.dataset": "parquet"})
+        get_spec("parquet", None)
 
 
 def test_s3_roundtrip_and_storage_options(s3, monkeypatch):
