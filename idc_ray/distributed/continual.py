@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import ray
 
 from idc_ray.distributed.actors import actor_device, use_assigned_cpus
+from idc_ray.distributed.resources import plan_tasks, task_options
 from idc_ray.errors import first_line
 
 
@@ -27,7 +28,7 @@ def ray_map(fn: Callable, items: Sequence[tuple], names: Sequence[str], *, max_r
     """``[fn(*item, device=...) for item in items]`` as parallel Ray tasks, results in order.
     A task whose worker dies is retried ``max_retries`` times; an exception raised by ``fn``
     itself fails the job with one line naming the task (the others are cancelled)."""
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    res = task_options(plan_tasks(len(items), num_cpus=1))  # one CPU, one GPU each where there are GPUs
     refs: dict[int, ray.ObjectRef] = {}
 
     def put(value):
@@ -39,9 +40,9 @@ def ray_map(fn: Callable, items: Sequence[tuple], names: Sequence[str], *, max_r
 
     pending = {}
     for i, (item, name) in enumerate(zip(items, names)):
-        task = _call.options(num_cpus=1, num_gpus=gpus, max_retries=max_retries, name=name)
+        task = _call.options(**res, max_retries=max_retries, name=name)
         pending[task.remote(fn, *(put(a) for a in item))] = i
-    log(f"[continual] {len(pending)} Ray tasks submitted ({gpus:g} GPU, 1 CPU each)")
+    log(f"[continual] {len(pending)} Ray tasks submitted ({res['num_gpus']:g} GPU, {res['num_cpus']:g} CPU each)")
     results, started = {}, time.perf_counter()
     try:
         while pending:

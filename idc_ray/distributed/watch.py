@@ -35,6 +35,7 @@ from ray.util import metrics
 from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec, load_dataset
 from idc_ray.distributed.evaluation import ACCURACY_METRIC, evaluate_task
+from idc_ray.distributed.resources import bundle, task_options
 from idc_ray.engine.loop import stack_stored
 from idc_ray.evaluation.curve import curve_point, merge_points, read_points, write_curve
 from idc_ray.evaluation.protocol import EvalTask, RunRecord, form_stored, plan_tasks, run_task
@@ -138,7 +139,7 @@ class CurveWatcher:
                 self._record(outer, seconds, task, ray.get(ref))
         while self.queue and len(self.running) < self.options.in_flight:
             outer, seconds, task, (x_ref, y_ref) = self.queue.popleft()
-            ref = evaluate_task.options(num_cpus=self.options.cpus, num_gpus=0,
+            ref = evaluate_task.options(**task_options(bundle(self.options.cpus)),
                                         name=f"eval iteration {outer} {task.model} repeat {task.repeat + 1}").remote(
                 task, x_ref, y_ref, *self.test_refs)
             self.running[ref] = (outer, seconds, task)
