@@ -13,8 +13,9 @@ evaluations are not counted). Every kept set is evaluated afterwards with the pr
 curve per mode against wall time. Accuracy at equal wall time: at the shorter run's total time,
 each mode's latest kept set by then. Writes benchmarks/results/<name>.json.
 
-The loop below is engine/loop.py's ``condense`` with the stored set kept at checkpoints; once
-part 1's ``jobs/condense.py --eval-every`` is merged, its curves measure the same through the job.
+The condensation is the job's one in-process loop (distributed/local.py) with the stored set kept
+through its snapshot hook, so the evaluations are outside the timed condensation;
+``jobs/condense.py --eval-every`` draws the same curves through the job while it runs.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from idc_ray.tune.space import TuneSpace, plain
 
@@ -53,6 +53,8 @@ def _cell(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_cell(v) for v in value)
+    if isinstance(value, Mapping):  # a section's values, swept together
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
     return str(value).replace("|", "\\|")
 
 

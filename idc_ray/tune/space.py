@@ -30,19 +30,34 @@ MODES = ("max", "min")
 SPACE_KEYS = ("preset", "metric", "mode", "params", "fixed", "stages", "interim_epochs", "pool_seeds", "asha")
 ASHA_KEYS = ("grace_period", "reduction_factor")
 # What each sampler draws, a draw to check the field takes it, and what to use instead.
+SECTIONS = tuple(f.name for f in fields(IDCConfig) if dataclasses.is_dataclass(getattr(IDCConfig(), f.name)))
 _DRAWS = {"uniform": ("real numbers", 0.5, "randint or choice"),
           "loguniform": ("real numbers", 0.5, "randint or choice"), "randint": ("integers", 1, "choice")}
 
 
 @dataclass(frozen=True)
 class Param:
-    """One swept config field. ``randint`` includes ``high``; ``grid`` tries every value."""
+    """One swept config field. ``randint`` includes ``high``; ``grid`` tries every value.
+
+    ``key`` may also name a section (``schedule``) whose ``choice``/``grid`` values are mappings of
+    its keys, so fields that must move together are swept as one (the outer/inner split of a fixed
+    iteration budget: ``{outer_iters: 40, inner_iters: 5}``)."""
 
     key: str
     type: str
     low: float | int | None = None
     high: float | int | None = None
     values: tuple = ()
+
+    @property
+    def is_section(self) -> bool:
+        return self.key in SECTIONS
+
+    def fields(self) -> list[str]:
+        """The dotted config fields this parameter sets."""
+        if not self.is_section:
+            return [self.key]
+        return sorted({f"{self.key}.{k}" for value in self.values for k in value})
 
     def probes(self) -> list[Any]:
         """The values checked against the config on load: every listed value, or both bounds."""
@@ -139,13 +154,16 @@ def space_from_dict(data: Any, source: str = "tune space") -> TuneSpace:
     if not isinstance(raw_params, Mapping) or not raw_params:
         raise ConfigError(f"{where}: 'params' must map at least one config field (e.g. match.lr_img) to a distribution")
     params = tuple(_param(str(key), spec, where) for key, spec in raw_params.items())
+    _check_overlap(params, where)
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, Mapping):
         raise ConfigError(f"{where}: 'fixed' must map config fields to values")
     for key in fixed:
         _check_key(str(key), f"{where}: fixed")
-        if key in raw_params:
-            raise ConfigError(f"{where}: '{key}' is both fixed and swept; keep it in one of 'fixed' or 'params'")
+        swept = [p.key for p in params if p.key == key or key in p.fields()]
+        if swept:
+            raise ConfigError(f"{where}: '{key}' is both fixed and swept (params.{swept[0]}); keep it in one "
+                              "of 'fixed' or 'params'")
     metric = data.get("metric", "accuracy")
     if metric not in METRICS:
         raise ConfigError(f"{where}: metric '{metric}' is not reported; choose one of {', '.join(METRICS)}")
@@ -204,9 +222,35 @@ def _check_draws(key: str, kind: str, at: str) -> None:
         raise ConfigError(f"{at}: {kind} draws {what} but {key} takes {type(taken).__name__} values; use {instead}")
 
 
+def _check_overlap(params: tuple[Param, ...], where: str) -> None:
+    """Refuse two parameters that set the same field (a section's mapping and a field of it)."""
+    seen: dict[str, str] = {}
+    for p in params:
+        for f in p.fields():
+            if f in seen:
+                raise ConfigError(f"{where}: params.{p.key} and params.{seen[f]} both set '{f}'; sweep it in one of them")
+            seen[f] = p.key
+
+
+def _section_values(key: str, spec: Mapping, at: str) -> tuple[dict[str, Any], ...]:
+    """The values of a section parameter: mappings of the section's keys, each value coerced."""
+    kind, values = spec.get("type"), spec.get("values")
+    example = "{type: choice, values: [{outer_iters: 40, inner_iters: 5}, {outer_iters: 20, inner_iters: 10}]}"
+    if kind not in ("choice", "grid") or set(spec) - {"type", "values"}:
+        raise ConfigError(f"{at}: a section is swept with a choice or grid of mappings of its keys, e.g. {example}")
+    if not isinstance(values, list) or not values or not all(isinstance(v, Mapping) and v for v in values):
+        raise ConfigError(f"{at}: {kind} over a section needs a non-empty list of non-empty mappings of its keys, "
+                          f"e.g. {example}")
+    return tuple({str(k): coerce(f"{key}.{k}", v, at) for k, v in value.items()} for value in values)
+
+
 def _param(key: str, spec: Any, where: str) -> Param:
-    _check_key(key, f"{where}: params")
     at = f"{where}: params.{key}"
+    if key in SECTIONS:
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{at} must be a mapping with a 'type' (choice or grid), got {spec!r}")
+        return Param(key, spec.get("type"), values=_section_values(key, spec, at))
+    _check_key(key, f"{where}: params")
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise ConfigError(f"{at} must be a mapping with a 'type' ({', '.join(PARAM_TYPES)}), got {spec!r}")
     kind = spec["type"]
@@ -245,6 +289,8 @@ def plain(value: Any) -> Any:
     """A sampled value as plain Python (Tune's samplers give numpy scalars)."""
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
     item = getattr(value, "item", None)
     return item() if callable(item) and not isinstance(value, (str, bytes)) else value
 
@@ -263,5 +309,5 @@ def interim_epochs(configured: int | None, final_epochs: int) -> int:
     return min(final_epochs, configured or max(1, final_epochs // 10))
 
 
-__all__ = ["METRICS", "PARAM_TYPES", "Param", "SpaceSettings", "TuneSpace", "config_keys", "interim_epochs",
+__all__ = ["METRICS", "PARAM_TYPES", "SECTIONS", "Param", "SpaceSettings", "TuneSpace", "config_keys", "interim_epochs",
            "load_space", "plain", "space_from_dict", "stage_outers", "trial_config"]

@@ -16,7 +16,8 @@ from idc_ray.data import get_spec, load_dataset
 from idc_ray.distributed.driver import RunOptions, condense_job
 from idc_ray.distributed.sweep import search_space
 from idc_ray.tune.cache import data_settings, ensure_pool, pool_dir, pool_settings, pool_shared, settings_key
-from idc_ray.tune.space import config_keys, load_space, space_from_dict, stage_outers
+from idc_ray.tune.results import TrialRow, results_markdown
+from idc_ray.tune.space import config_keys, load_space, space_from_dict, stage_outers, trial_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
@@ -79,7 +80,7 @@ def test_every_shipped_space_loads_and_validates(path):
     presets = [space.preset] if space.preset else ["smoke", "mnist5k-demo", "cifar10"]
     for preset in presets:
         load_space(path, load_preset(preset))  # every swept value fits the preset
-    assert all(p.key in config_keys() for p in space.params)
+    assert all(f in config_keys() for p in space.params for f in p.fields())
     assert set(search_space(space)) == {p.key for p in space.params}
     assert "python jobs/tune.py --space tune_spaces/" in path.read_text()  # its header shows the command
 
@@ -102,7 +103,14 @@ def test_ranges_become_tune_samplers():
     "text,message",
     [
         ("params: {match.colour: {type: choice, values: [red]}}", "unknown config key 'match.colour'"),
-        ("params: {match: {type: choice, values: [1]}}", "unknown config key 'match'"),
+        ("params: {match: {type: choice, values: [1]}}", "params.match: choice over a section needs a non-empty list of non-empty mappings"),
+        ("params: {schedule: {type: randint, low: 1, high: 4}}", "params.schedule: a section is swept with a choice or grid of mappings"),
+        ("params: {schedule: {type: choice, values: [{inner: 5}]}}", "unknown key 'schedule.inner'"),
+        ("params: {schedule: {type: grid, values: [{inner_iters: five}]}}", "'schedule.inner_iters' must be an integer, got 'five'"),
+        ("params: {schedule: {type: choice, values: [{inner_iters: 5}]}, schedule.inner_iters: {type: choice, values: [5]}}",
+         "params.schedule.inner_iters and params.schedule both set 'schedule.inner_iters'"),
+        ("fixed: {schedule.outer_iters: 5}\nparams: {schedule: {type: choice, values: [{outer_iters: 5, inner_iters: 2}]}}",
+         "'schedule.outer_iters' is both fixed and swept \\(params.schedule\\)"),
         ("params: {match.lr_img: {type: loguniform, low: 0.1, high: 0.01}}", "low 0.1 must be less than high 0.01"),
         ("params: {match.lr_img: {type: uniform, low: 0.1, high: 0.1}}", "low 0.1 must be less than high 0.1"),
         ("params: {match.lr_img: {type: loguniform, low: 0, high: 0.1}}", "loguniform needs positive bounds"),
@@ -152,6 +160,27 @@ def test_values_that_do_not_fit_the_preset_are_refused(params, message):
         cfg = load_preset("smoke")
         space.base_config(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri))
     assert "\n" not in str(info.value)
+
+
+def test_a_section_choice_moves_its_fields_together():
+    """The outer/inner split at a fixed budget (tune_spaces/mnist5k_ipc10.yaml): one draw sets
+    both fields, every value is checked against the preset, and the table shows the pair."""
+    space = load_space(ROOT / "tune_spaces/mnist5k_ipc10.yaml", load_preset("mnist5k-demo"))
+    split = next(p for p in space.params if p.key == "schedule")
+    assert split.fields() == ["schedule.inner_iters", "schedule.outer_iters"]
+    assert {v["outer_iters"] * v["inner_iters"] for v in split.values} == {200}  # the demo's budget, 20 x 10
+    draws = [search_space(space)["schedule"].sample() for _ in range(20)]
+    assert {tuple(d.items()) for d in draws} <= {tuple(v.items()) for v in split.values}
+    cfg = trial_config(space.base_config(load_preset("mnist5k-demo")), {"schedule": draws[0], "match.lr_img": 0.02})
+    assert (cfg.schedule.outer_iters, cfg.schedule.inner_iters) == (draws[0]["outer_iters"], draws[0]["inner_iters"])
+    assert cfg.schedule.seed == 0 and cfg.synset.ipc == 10 and cfg.match.lr_img == 0.02
+    bad = space_from_dict({"params": {"schedule": {"type": "choice", "values": [{"outer_iters": -1}]}}}, source="s.yaml")
+    with pytest.raises(ConfigError, match="params.schedule value \\{'outer_iters': -1\\}"):
+        bad.base_config(load_preset("mnist5k-demo"))
+    row = TrialRow("t1", {"schedule": draws[0]}, {"accuracy": 0.9, "outer": 40, "final": True})
+    table = results_markdown([row], title="t", space=space, preset="mnist5k-demo", scheduler="fifo",
+                             storage_uri="x", best_config=None)
+    assert f"outer_iters={draws[0]['outer_iters']}, inner_iters={draws[0]['inner_iters']}" in table
 
 
 def test_stages_are_spread_over_the_outer_iterations():
