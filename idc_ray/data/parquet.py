@@ -171,8 +171,9 @@ def _decode(column, shape: Sequence[int], uri: str) -> np.ndarray:
 
 
 def read_arrays(root, info: Mapping | None = None, storage_options: Mapping | None = None,
-                classes: Sequence[int] | None = None) -> Arrays:
-    """The dataset under ``root`` as uint8 arrays, optionally only the rows of ``classes``.
+                classes: Sequence[int] | None = None, split: str | None = None) -> Arrays:
+    """The dataset under ``root`` as uint8 arrays, optionally only the rows of ``classes``, or of
+    one ``split`` ("train" or "test"; the other split's arrays are then empty).
 
     Rows keep their order (shards in listing order, rows in file order). Filtering by class
     happens while reading, so a worker that owns a few classes never holds the others' pixels.
@@ -182,9 +183,13 @@ def read_arrays(root, info: Mapping | None = None, storage_options: Mapping | No
     shape = info["shape"]
     wanted = None if classes is None else np.asarray(sorted({int(c) for c in classes}), dtype=np.int64)
     scans = []
-    for uri, split in _shards(root, info, storage_options):
-        labels, is_test = _scan(uri, split, storage_options)
+    for uri, shard_split in _shards(root, info, storage_options):
+        if split is not None and shard_split is not None and shard_split != split:
+            continue  # a shard of the other split is never opened
+        labels, is_test = _scan(uri, shard_split, storage_options)
         keep = np.ones(len(labels), bool) if wanted is None else np.isin(labels, wanted)
+        if split is not None:
+            keep &= is_test == (split == "test")
         scans.append((uri, labels, is_test, keep))
     out = {}
     for test in (False, True):

@@ -257,7 +257,7 @@ def _keep_classes(arrays: sources.Arrays, classes: Sequence[int]) -> sources.Arr
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *, storage_options: Mapping | None = None,
-                 classes: Sequence[int] | None = None) -> RealData:
+                 classes: Sequence[int] | None = None, split: str | None = None) -> RealData:
     """Load ``name`` from ``root`` and check its shape.
 
     ``root``: the dataset's folder (ignored by mnist5k and tiny), a local path, or a local path or
@@ -265,16 +265,20 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, storage_op
     endpoint, credentials; the AWS environment variables apply otherwise). ``classes``: keep
     only the images of these class ids (labels are not renumbered), read as such from Parquet,
     so a worker holds only the classes it updates; measured statistics still cover every class.
+    ``split``: "train" or "test" keeps only that split (the other's arrays are empty); Parquet
+    reads only its rows, so a driver that evaluates holds no training pixels.
 
     Raises UnknownDatasetError for an unregistered name, DatasetNotFoundError when the files
     are missing, DatasetFormatError when a file is damaged, and idc_ray.storage.StorageError
     for storage failures. The returned arrays are validated against the spec so a mis-read
     file fails here rather than deep inside a run.
     """
+    if split not in (None, "train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == PARQUET or (name in DATASETS and root is not None and parquet.is_dataset(root, storage_options)):
         info = _parquet_info(root, storage_options)
         spec = spec_from_info(info) if name == PARQUET else _registered_from_parquet(get_spec(name), info, root)
-        train_x, train_y, test_x, test_y = parquet.read_arrays(root, info, storage_options, classes)
+        train_x, train_y, test_x, test_y = parquet.read_arrays(root, info, storage_options, classes, split)
     else:
         spec = get_spec(name)
         arrays = spec.loader(root)
@@ -282,6 +286,10 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, storage_op
             mean, std = channel_stats(arrays[0])
             spec = replace(spec, mean=mean, std=std)
         train_x, train_y, test_x, test_y = arrays if classes is None else _keep_classes(arrays, classes)
+        if split == "test":
+            train_x, train_y = train_x[:0], train_y[:0]
+        elif split == "train":
+            test_x, test_y = test_x[:0], test_y[:0]
     for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
         expected = (spec.channels, spec.size, spec.size)
         if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != expected:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
@@ -21,8 +20,8 @@ import torch
 from ray.util import metrics
 
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
-from idc_ray.errors import first_line
 from idc_ray.distributed.resources import plan_tasks, task_options
+from idc_ray.distributed.tasks import PutOnce, gather
 from idc_ray.evaluation.protocol import EvalTask, RunRecord, Work, done_line, progress_line, run_task
 
 ACCURACY_METRIC = "idc_eval_accuracy"  # exported as ray_idc_eval_accuracy{model, set}
@@ -101,13 +100,7 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
         RuntimeError naming the task when one fails for good (the others are cancelled).
     """
     res = task_options(plan_tasks(len(work), num_cpus, num_gpus))
-    refs: dict[int, ray.ObjectRef] = {}
-
-    def put(t: torch.Tensor) -> ray.ObjectRef:  # 1. each distinct tensor enters the object store once
-        if id(t) not in refs:
-            refs[id(t)] = ray.put(t)
-        return refs[id(t)]
-
+    put = PutOnce()  # 1. each distinct tensor enters the object store once
     pending = {}
     for i, w in enumerate(work):  # 2. submit everything, then gather
         t = w.task
@@ -119,24 +112,15 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
         pending[ref] = i
     log(f"[eval] {len(work)} tasks submitted ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU each, "
         f"retried up to {max_retries} times on worker failure)")
-    records: dict[int, RunRecord] = {}
-    started = time.perf_counter()
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)  # 3. report each task as it finishes
-            i = pending.pop(done[0])
-            t = work[i].task
-            try:
-                r = ray.get(done[0])
-            except ray.exceptions.RayError as e:
-                raise RuntimeError(f"evaluation of {t.model} repeat {t.repeat + 1} on {t.set_label} failed: "
-                                   f"{first_line(e, typed=True)}") from None
-            records[i] = r
-            log(f"{done_line(r, t.repeats)}; {len(records)}/{len(work)} after {time.perf_counter() - started:.0f}s")
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-    return [records[i] for i in range(len(work))]
+
+    def failed(i: int) -> str:
+        t = work[i].task
+        return f"evaluation of {t.model} repeat {t.repeat + 1} on {t.set_label} failed"
+
+    def done(i: int, record: RunRecord, finished: int, seconds: float) -> None:  # 3. report each as it ends
+        log(f"{done_line(record, work[i].task.repeats)}; {finished}/{len(work)} after {seconds:.0f}s")
+
+    return gather(pending, failed=failed, done=done)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class CurveWatcher:
         self.storage_options = storage_options
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.points = read_points(output, storage_options)  # a resumed job keeps the points it had
-        data = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)
+        data = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options, split="test")
         self.test = (data.test_x, data.test_y)
         self.test_refs = (ray.put(data.test_x), ray.put(data.test_y)) if on_ray else None
         self.gauge = CurveGauge() if on_ray else None

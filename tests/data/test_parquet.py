@@ -50,6 +50,23 @@ def test_class_filter_reads_only_those_rows(tmp_path):
     assert set(part.test_y.tolist()) == {1, 3}
 
 
+def test_one_split_reads_only_its_shards(tmp_path, monkeypatch):
+    """The --eval-every driver needs only the test split: Parquet opens no training shard."""
+    _write_tiny(tmp_path, rows_per_shard=60)
+    original = load_dataset("tiny")
+    opened = []
+    real_open = parquet.storage.open_input
+    monkeypatch.setattr(parquet.storage, "open_input", lambda uri, *a, **k: opened.append(uri) or real_open(uri, *a, **k))
+    test = load_dataset("parquet", str(tmp_path), split="test")
+    assert torch.equal(test.test_x, original.test_x) and torch.equal(test.test_y, original.test_y)
+    assert test.train_x.shape == (0, *original.train_x.shape[1:]) and len(test.train_y) == 0
+    assert opened and all("test-" in uri for uri in opened)
+    train = load_dataset("tiny", split="train")  # a source without Parquet: the other split is dropped
+    assert torch.equal(train.train_x, original.train_x) and len(train.test_x) == 0
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+        load_dataset("tiny", split="val")
+
+
 def test_hand_written_dataset_with_split_column_and_jpeg(tmp_path):
     """A user's own dataset: one file, a split column, JPEG and PNG bytes, a minimal dataset.json."""
     rng = np.random.default_rng(0)
