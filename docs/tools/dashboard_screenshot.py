@@ -4,9 +4,9 @@
 
 Not part of the package or the tests: it needs Debian's `chromium` and `chromium-driver` and
 `pip install selenium` (in any environment; it does not import idc_ray or Ray). Ray 2.60's
-dashboard asks for the cluster's token; a browser keeps it in the `ray-authentication-token`
-cookie, which this script sets from $RAY_AUTH_TOKEN, else $RAY_AUTH_TOKEN_PATH, else
-~/.ray/auth_token (the file `ray get-auth-token` prints).
+dashboard opens on its "Authentication Token Required" dialog; the script types the token into
+it as a user would, from $RAY_AUTH_TOKEN, else $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (what
+`ray get-auth-token` prints), then waits for the page to show ``--wait-for`` and takes the shot.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from pathlib import Path
 
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
-COOKIE = "ray-authentication-token"  # ray._private.authentication.authentication_constants
+DIALOG = "token-auth-dialog-title"  # the id of the dialog's title in Ray 2.60's dashboard
 
 
 def token() -> str | None:
@@ -52,13 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.split("x"))
     driver = browser(width, height)
     try:
-        driver.get(args.url + "/")
-        secret = token()
-        if secret:
-            driver.add_cookie({"name": COOKIE, "value": secret, "path": "/"})
         driver.get(f"{args.url}/#/{args.page}")
+        secret = token()
+
+        def ready(d) -> bool:
+            dialogs = d.find_elements(By.ID, DIALOG)
+            if dialogs and secret:  # sign in as a user does: the token into the dialog, Enter
+                field = d.find_element(By.CSS_SELECTOR, "div[role=dialog] input")
+                field.clear()
+                field.send_keys(secret + Keys.ENTER)
+                return False
+            return not dialogs and args.wait_for in d.find_element(By.TAG_NAME, "body").text
+
         try:
-            WebDriverWait(driver, args.timeout).until(lambda d: args.wait_for in d.find_element("tag name", "body").text)
+            WebDriverWait(driver, args.timeout, poll_frequency=2).until(ready)
         except TimeoutException:
             print(f"error: the {args.page} page did not show '{args.wait_for}' within {args.timeout:g} s; "
                   "is the job running and the token right?", file=sys.stderr)
