@@ -290,13 +290,13 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, storage_op
             train_x, train_y = train_x[:0], train_y[:0]
         elif split == "train":
             test_x, test_y = test_x[:0], test_y[:0]
-    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+    for part, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
         expected = (spec.channels, spec.size, spec.size)
         if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"dataset '{name}' {split} images: expected uint8 (N, {expected}), "
+            raise ValueError(f"dataset '{name}' {part} images: expected uint8 (N, {expected}), "
                              f"got {x.dtype} {tuple(x.shape)}")
         if y.dtype != torch.int64 or y.shape != (len(x),):
-            raise ValueError(f"dataset '{name}' {split} labels: expected int64 ({len(x)},), got {y.dtype} {tuple(y.shape)}")
+            raise ValueError(f"dataset '{name}' {part} labels: expected int64 ({len(x)},), got {y.dtype} {tuple(y.shape)}")
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= spec.num_classes):
-            raise ValueError(f"dataset '{name}' {split} labels outside [0, {spec.num_classes})")
+            raise ValueError(f"dataset '{name}' {part} labels outside [0, {spec.num_classes})")
     return RealData(spec, train_x, train_y, test_x, test_y)

@@ -29,8 +29,8 @@ METRICS = {"accuracy": "max", "loss": "min"}  # what a trial reports, and the di
 MODES = ("max", "min")
 SPACE_KEYS = ("preset", "metric", "mode", "params", "fixed", "stages", "interim_epochs", "pool_seeds", "asha")
 ASHA_KEYS = ("grace_period", "reduction_factor")
-# What each sampler draws, a draw to check the field takes it, and what to use instead.
 SECTIONS = tuple(f.name for f in fields(IDCConfig) if dataclasses.is_dataclass(getattr(IDCConfig(), f.name)))
+# What each sampler draws, a draw to check the field takes it, and what to use instead.
 _DRAWS = {"uniform": ("real numbers", 0.5, "randint or choice"),
           "loguniform": ("real numbers", 0.5, "randint or choice"), "randint": ("integers", 1, "choice")}
 
@@ -160,7 +160,7 @@ def space_from_dict(data: Any, source: str = "tune space") -> TuneSpace:
         raise ConfigError(f"{where}: 'fixed' must map config fields to values")
     for key in fixed:
         _check_key(str(key), f"{where}: fixed")
-        swept = [p.key for p in params if p.key == key or key in p.fields()]
+        swept = [p.key for p in params if key in p.fields()]
         if swept:
             raise ConfigError(f"{where}: '{key}' is both fixed and swept (params.{swept[0]}); keep it in one "
                               "of 'fixed' or 'params'")
