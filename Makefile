@@ -1,6 +1,7 @@
 # Two commands take a fresh clone to a condensed dataset and a green test suite:
 #   make demo   condense the embedded MNIST subset and compare it with random real images
-#   make test   run the test suite
+#   make test   run the test suite, then its forced_isa tests again with a narrower instruction set
+#               forced (tests/forced_isa.py, docs/testing.md)
 # Both create .venv when missing and reinstall only when pyproject.toml or constraints.txt change.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -25,6 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+	$(PY) tests/forced_isa.py
 
 # Speed measurements (minutes; JSON in benchmarks/results/). Not part of the tests.
 bench: $(STAMP)

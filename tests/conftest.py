@@ -22,6 +22,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_sessionstart(session):
+    """The forced-instruction-set run (tests/forced_isa.py) checks in its own process too that
+    torch runs the kernels it was told to, so it cannot pass on the machine's native ones."""
+    forced = os.environ.get("IDC_FORCED_ISA")
+    if forced:
+        import torch
+
+        running = torch.backends.cpu.get_cpu_capability()
+        if running != forced:
+            pytest.exit(f"IDC_FORCED_ISA={forced}, but torch runs its {running} kernels", returncode=1)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session (2 CPUs, like CI's machine); jobs join it with

@@ -53,7 +53,8 @@ def stage_milestones(epochs: int) -> list[int]:
 
 def expand_head(model: nn.Module, num_classes: int, seed: int, *keys: int) -> nn.Module:
     """``model`` with ``model.classifier`` grown to ``num_classes`` outputs (in place; returned).
-    Old rows and biases are copied unchanged, so old logits are unchanged before training."""
+    Old rows and biases are copied unchanged, so before training the old logits equal the old
+    head's up to float32 rounding: a GEMM of another width may add in another order (docs/testing.md)."""
     old = model.classifier
     if num_classes < old.out_features:
         raise ValueError(f"cannot shrink the head from {old.out_features} to {num_classes} classes")

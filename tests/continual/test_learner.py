@@ -11,17 +11,51 @@ from idc_ray.engine import rng
 from idc_ray.models import build_model
 
 
+def _classifier_input(model, x):
+    """(logits, the classifier's input) of ``model`` on ``x``."""
+    seen = []
+    hook = model.classifier.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        return model(x), seen[0]
+    finally:
+        hook.remove()
+
+
+def float32_dot_bound(weight, bias, features):
+    """How far two float32 evaluations of ``features @ weight.T + bias`` may lie apart when each
+    adds its n + 1 terms in its own order (a GEMM kernel's blocking depends on the output width and
+    the CPU: AVX-512 vs AVX2 MKL kernels differ in the last bits). Each is within
+    gamma_{n+1} * (|b| + |w| @ |h|) of the exact value, gamma_k = k u / (1 - k u), u = 2^-24
+    (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5, any order, with or
+    without FMA), so two of them are within twice that. Computed in float64."""
+    u = 2.0**-24
+    k = weight.shape[1] + 1
+    gamma = k * u / (1 - k * u)
+    magnitude = features.double().abs() @ weight.double().abs().T + bias.double().abs()
+    return 2 * gamma * magnitude
+
+
+@pytest.mark.forced_isa
 @pytest.mark.parametrize("name,size", [("convnet3", 28), ("resnet10", 32)])
 def test_head_expansion_keeps_old_logits_unchanged_before_training(name, size):
+    """What is guaranteed: the network below the head computes exactly what it computed before
+    (the same operation on the same shapes: bit for bit), and the old classes' logits come from
+    the same rows and biases, so they agree up to the rounding of a GEMM of another width (3 vs 7
+    outputs; docs/testing.md). The new rows are drawn, not zero."""
     with rng.seeded_global_rng(0, "test"):
         model = build_model(name, 3, 1, size, width=8 if name == "convnet3" else None).eval()
     x = torch.rand(5, 1, size, size)
     with torch.no_grad():
-        before = model(x)
+        before, features_before = _classifier_input(model, x)
+        old_weight, old_bias = model.classifier.weight.clone(), model.classifier.bias.clone()
         expand_head(model, 7, 0, 1, 0)
-        after = model(x)
+        after, features_after = _classifier_input(model, x)
     assert after.shape == (5, 7)
-    assert torch.equal(after[:, :3], before)
+    assert torch.equal(features_after, features_before)
+    assert torch.equal(model.classifier.weight[:3], old_weight) and torch.equal(model.classifier.bias[:3], old_bias)
+    bound = float32_dot_bound(old_weight, old_bias, features_before)
+    assert ((after[:, :3].double() - before.double()).abs() <= bound).all()
+    assert bound.max() < 1e-2 * before.abs().max()  # worst-case rounding: far below a wrong row's error
     assert not torch.equal(after[:, 3:], torch.zeros_like(after[:, 3:]))
 
 

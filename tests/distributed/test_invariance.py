@@ -35,6 +35,7 @@ def test_shards_are_contiguous_and_balanced():
         shard_classes(10, 11)
 
 
+@pytest.mark.forced_isa
 @pytest.mark.parametrize("actors", [1, 2, 3])
 def test_ray_backend_equals_local_bit_for_bit(ray_cluster, cfg, reference, actors, tmp_path):
     result = condense_job(cfg, str(tmp_path), RunOptions(backend="ray", num_actors=actors))

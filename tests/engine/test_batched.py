@@ -49,6 +49,7 @@ def _cast(batch, dtype):
 # gradient is ill-conditioned where |a||b| is near 1e-6: in float32 the loop itself then differs
 # from its float64 value by ~2e-4, so that case compares the paths in float64 (gradients still
 # flow back into the float32 stored data).
+@pytest.mark.forced_isa
 @pytest.mark.parametrize("metric,bias,fc,dtype", [
     ("mse", False, False, torch.float32), ("l1", False, False, torch.float32),
     ("l1_mean", False, False, torch.float32), ("cos", False, False, torch.float32),
@@ -77,6 +78,7 @@ def test_batched_losses_and_gradients_equal_the_loop(metric, bias, fc, dtype):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.forced_isa
 def test_two_matcher_steps_agree_between_paths():
     cfg, match, expert, store = _setup()
     loop_losses, vmap_losses = [], []

@@ -84,8 +84,12 @@ def test_weight_gradients_still_flow_when_asked_for():
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.forced_isa
 @pytest.mark.parametrize("metric", ["l1", "mse", "cos"])
-def test_lean_path_gives_the_loops_bytes(metric):
+def test_lean_path_agrees_with_the_loop(metric):
+    """Not bit for bit: lean computes the input gradient with conv_transpose2d, another oneDNN
+    primitive than the loop's convolution_backward, so the two may round differently on some
+    CPU (docs/testing.md); they agree to far below what two steps move the data."""
     cfg = apply_overrides(load_preset("smoke"), {"synset.ipc": 2, "synset.factor": 2, "match.batch_real": 8,
                                                  "expert.width": 8, "match.metric": metric})
     data = load_dataset("tiny")
@@ -100,5 +104,6 @@ def test_lean_path_gives_the_loops_bytes(metric):
         for inner in range(2):
             matcher.step(model, 0, inner)
         stored[path] = stack_stored(matcher.stored())[0]
-    assert not torch.equal(stored["loop"], torch.stack([init[c] for c in sorted(init)]))  # the steps moved it
-    assert torch.equal(stored["lean"], stored["loop"])
+    moved = (stored["loop"] - torch.stack([init[c] for c in sorted(init)])).abs().max()
+    assert moved > 100 * 1e-5  # the steps moved the data far more than the tolerance below
+    torch.testing.assert_close(stored["lean"], stored["loop"], atol=1e-5, rtol=0)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +36,7 @@ def test_matching_loss_falls_on_a_fixed_problem():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.forced_isa
 def test_same_seed_gives_identical_bytes_and_seed_matters():
     cfg, data, *_ = _setup()
     a = _condense(cfg, data)[0]
@@ -75,6 +77,7 @@ def test_condensation_changes_the_initialisation():
     assert stored.min() >= -0.5 and stored.max() <= 1.5
 
 
+@pytest.mark.forced_isa
 def test_class_shards_give_the_same_bytes_as_one_matcher():
     """The fact the Ray layer rests on: any sharding of classes over matchers, each with its own
     copy of the expert state, gives the same stored set as one matcher with the live expert."""

@@ -5,9 +5,10 @@ from idc_ray.engine.formation import form_uniform
 from idc_ray.engine.synset import ClassOptimizer, init_class, sample_formed
 
 
+@pytest.mark.forced_isa
 def test_shared_momentum_per_class_equals_one_sgd_over_all_classes():
     """The published optimiser: one SGD(momentum 0.5) over every class's rows, stepped after each
-    class's loss. Per-class ClassOptimizers must reproduce it exactly over several iterations."""
+    class's loss. Per-class ClassOptimizers must reproduce it over several iterations."""
     n_cls, lr, mom = 4, 0.1, 0.5
     g = torch.Generator().manual_seed(0)
     start = torch.rand(n_cls, 2, 3, generator=g)
@@ -27,9 +28,12 @@ def test_shared_momentum_per_class_equals_one_sgd_over_all_classes():
         for c in range(n_cls):
             opts[c].before_update(separate[c])
             opts[c].step(separate[c], grads[it, c] * (1 + separate[c]))
-    assert torch.equal(torch.stack(separate), shared.detach())
+    # torch's SGD and ours are different kernels over different shapes (one tensor vs one per
+    # class): each step agrees up to float32 rounding, not bit for bit (docs/testing.md)
+    torch.testing.assert_close(torch.stack(separate), shared.detach(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.forced_isa
 def test_per_class_mode_is_plain_sgd():
     lr, mom = 0.1, 0.5
     g = torch.Generator().manual_seed(1)
@@ -43,7 +47,7 @@ def test_per_class_mode_is_plain_sgd():
         opt.step()
         mine.before_update(p)
         mine.step(p, grad)
-    assert torch.equal(p, ref.detach())
+    torch.testing.assert_close(p, ref.detach(), rtol=1e-6, atol=1e-6)  # another kernel: rounding only
 
 
 def test_optimizer_state_round_trip():
