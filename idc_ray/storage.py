@@ -34,6 +34,8 @@ from fsspec.core import split_protocol
 LOCAL_PROTOCOLS = (None, "file", "local")
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
+_configured: dict[str, Any] | None = None  # this process's storage options (configure)
+
 
 class StorageError(ValueError):
     """A storage operation failed; the message is one line naming the URI and the fix.
@@ -46,6 +48,33 @@ class StorageError(ValueError):
     def __init__(self, message: str, kind: str = "io"):
         super().__init__(" ".join(message.split()))
         self.kind = kind
+
+
+# ---------------------------------------------------------------------------------------------
+# The process's storage options
+# ---------------------------------------------------------------------------------------------
+def configure(options: Mapping[str, Any] | None) -> None:
+    """Set the fsspec options every storage call of this process uses (None or empty: none, the
+    AWS environment alone). A job calls it once at start; a Ray worker at the start of its task or
+    actor, with the driver's :func:`current` handed over as an argument."""
+    global _configured
+    _configured = dict(options) if options else None
+
+
+def current() -> dict[str, Any] | None:
+    """A copy of the options :func:`configure` set (None when none), to hand to another process."""
+    return None if _configured is None else dict(_configured)
+
+
+@contextmanager
+def configured(options: Mapping[str, Any] | None) -> Iterator[None]:
+    """:func:`configure` for the block only: the previous options are back afterwards."""
+    previous = current()
+    configure(options)
+    try:
+        yield
+    finally:
+        configure(previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,8 +108,9 @@ def join(uri: str | os.PathLike, *names: str) -> str:
 
 
 def _options(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """fsspec keyword arguments for ``uri``: the caller's options plus the endpoint from the env."""
-    options = dict(storage_options or {})
+    """fsspec keyword arguments for ``uri``: the caller's (else the configured) options plus the
+    endpoint from the env."""
+    options = dict(storage_options or _configured or {})
     protocol = split_protocol(uri)[0]
     if protocol in ("s3", "s3a"):
         nested = (options.get("client_kwargs") or {}).get("endpoint_url")
@@ -94,6 +124,11 @@ def _options(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, A
     return options
 
 
+def _option_keys(storage_options: Mapping[str, Any] | None) -> list[str]:
+    """The names of the options in use, for messages: never their values (keys, secrets)."""
+    return sorted(storage_options or _configured or {})
+
+
 def _endpoint(uri: str, storage_options: Mapping[str, Any] | None) -> str:
     options = _options(uri, storage_options)
     return options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url") or "the default AWS endpoint"
@@ -105,7 +140,7 @@ def open_fs(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = 
     try:
         return fsspec.core.url_to_fs(uri, **_options(uri, storage_options))
     except (TypeError, ValueError) as e:
-        raise StorageError(f"cannot open '{uri}' with storage options {sorted(storage_options or {})}: {e}; "
+        raise StorageError(f"cannot open '{uri}' with storage options {_option_keys(storage_options)}: {e}; "
                            "fix --storage-options (keys are fsspec/s3fs arguments)", "options") from None
     except ImportError as e:
         raise StorageError(f"no filesystem for '{uri}' ({e}); install the fsspec backend for this protocol", "options") from None
@@ -147,7 +182,7 @@ def _errors(uri: str, action: str, storage_options: Mapping[str, Any] | None) ->
         if isinstance(e, OSError) or "BotoCoreError" in names or "ClientError" in names:
             raise _translate(e, uri, action, storage_options) from e
         if isinstance(e, TypeError) and "keyword argument" in str(e):  # s3fs passes options on lazily
-            raise StorageError(f"cannot {action} '{uri}': storage options {sorted(storage_options or {})} were "
+            raise StorageError(f"cannot {action} '{uri}': storage options {_option_keys(storage_options)} were "
                                f"rejected ({e}); fix --storage-options (keys are fsspec/s3fs arguments)", "options") from e
         raise
 

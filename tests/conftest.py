@@ -153,6 +153,16 @@ def dead_endpoint(monkeypatch) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _storage_unconfigured():
+    """Each test starts with no storage options configured (idc_ray.storage.configure) and leaves
+    none behind, as a fresh process would: a job run in this process configures them."""
+    from idc_ray import storage
+
+    with storage.configured(None):
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _decode_cache(monkeypatch, tmp_path):
     """Each test's decode cache (idc_ray/data/cache.py) in its own temporary folder, never the
     user's ~/.cache."""

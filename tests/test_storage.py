@@ -239,6 +239,41 @@ def test_credentials_from_storage_options_win(s3, monkeypatch):
     assert storage.read_bytes(s3.uri("x"), options) == b"1" and s3.keys() == ["x"]
 
 
+def test_configured_options_serve_reads_and_writes_within_their_scope(s3, dead_endpoint, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint comes from the configured options alone
+    uri = s3.uri("scoped.bin")
+    with storage.configured({"endpoint_url": s3.endpoint}):
+        storage.atomic_write_bytes(uri, b"1")
+        assert storage.read_bytes(uri) == b"1" and storage.listdir(s3.uri()) == ["scoped.bin"]
+        with storage.configured({"endpoint_url": dead_endpoint}):
+            with pytest.raises(StorageError) as err:
+                storage.read_bytes(uri)
+            assert err.value.kind == "endpoint"
+            _one_line(err, dead_endpoint, uri)
+        assert storage.current() == {"endpoint_url": s3.endpoint}
+        assert storage.exists(uri) and storage.read_bytes(uri) == b"1"
+    assert storage.current() is None
+
+
+def test_configured_scope_is_undone_when_the_block_raises():
+    storage.configure({"endpoint_url": "http://outer:1"})
+    with pytest.raises(RuntimeError):
+        with storage.configured({"endpoint_url": "http://inner:1"}):
+            raise RuntimeError("boom")
+    assert storage.current() == {"endpoint_url": "http://outer:1"}
+    storage.configure(None)
+    assert storage.current() is None
+
+
+def test_option_errors_name_keys_never_values(s3):
+    with storage.configured({"key": "AKIDSECRETKEYID", "secret": "hunter2-secret", "retries": 1}):
+        with pytest.raises(StorageError) as err:
+            storage.read_bytes(s3.uri("x"))
+    assert err.value.kind == "options"
+    _one_line(err, "'key'", "'retries'", "'secret'", "--storage-options")
+    assert "AKIDSECRETKEYID" not in str(err.value) and "hunter2" not in str(err.value)
+
+
 def test_unknown_storage_option_is_named(s3):
     with pytest.raises(StorageError) as err:
         storage.read_bytes(s3.uri("x"), {"retries": 1})
