@@ -63,7 +63,9 @@ def run_job(capsys):
     """``run_job("condense", *argv)``: the job's ``main(argv)`` in this process exactly as its
     ``__main__`` runs it (bad input: one line, exit 2), with its exit code, stdout and stderr;
     no new Python importing torch per call. Logging handlers the job adds (bound to this call's
-    captured stderr) and environment variables it sets are undone after each call."""
+    captured stderr), environment variables it sets and the storage options it configures are
+    undone after each call."""
+    from idc_ray import storage
     from idc_ray.cli import run_main
 
     def run(name: str, *argv: str) -> JobRun:
@@ -71,7 +73,8 @@ def run_job(capsys):
         handlers, environ = list(logger.handlers), dict(os.environ)
         capsys.readouterr()
         try:
-            run_main(lambda: load_job(name).main(list(argv)))
+            with storage.configured(storage.current()):
+                run_main(lambda: load_job(name).main(list(argv)))
             raise AssertionError("run_main returned without exiting")
         except SystemExit as e:
             code = e.code or 0

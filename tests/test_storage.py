@@ -307,3 +307,29 @@ def test_permission_denied(s3, monkeypatch):
         storage.atomic_write_bytes(s3.uri("x"), b"1")
     assert err.value.kind == "permission"
     _one_line(err, s3.uri("x"), "permission denied")
+
+
+# ------------------------------------------------------------------ a job's Ray workers
+def test_ray_job_on_s3_with_the_endpoint_only_in_storage_options(s3, ray_cluster, run_job, monkeypatch):
+    """The session's Ray started before any test's AWS variables, so its workers have none: the
+    actors read the bucket only because the job hands them its --storage-options."""
+    import ray
+
+    from idc_ray.artifacts import load_condensed
+
+    worker_env = ray.get(ray.remote(lambda: [v for v in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID") if v in os.environ])
+                         .options(num_cpus=0).remote())
+    assert worker_env == [], "the session's Ray workers see AWS variables: this test would prove nothing"
+    assert run_job("prepare_data", "--dataset", "tiny", "--output", s3.uri("data")).returncode == 0
+    for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    options = {"endpoint_url": s3.endpoint, "key": "idc-test-key-id", "secret": "idc-test-secret-value"}
+    done = run_job("condense", "--preset", "smoke", "--outer-iters", "1", "--data-uri", s3.uri("data"),
+                   "--output", s3.uri("run"), "--address", ray_cluster, "--storage-options", json.dumps(options),
+                   "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "idc-test-secret-value" not in done.stdout + done.stderr
+    with storage.configured(options):
+        stored, labels, manifest = load_condensed(s3.uri("run"))
+    assert manifest["metrics"]["backend"] == "ray" and len(manifest["metrics"]["placement"]) >= 2
+    assert stored.shape[0] == 4 and "run/checkpoints/latest.json" in s3.keys("run/")
