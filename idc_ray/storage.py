@@ -216,11 +216,11 @@ def read_bytes(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None
         return fs.cat_file(path)
 
 
-def read_required(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None, missing: Exception) -> bytes:
+def read_required(uri: str | os.PathLike, missing: Exception) -> bytes:
     """``read_bytes``, raising ``missing`` (the caller's one line, naming its fix) when nothing is
     at ``uri``; other storage errors pass through unchanged."""
     try:
-        return read_bytes(uri, storage_options)
+        return read_bytes(uri)
     except StorageError as e:
         if e.kind != "missing":
             raise
@@ -238,7 +238,7 @@ def read_json(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None 
     without format/version keys (hand-written) counts as the expected ones.
     """
     uri = os.fspath(uri)
-    raw = read_bytes(uri, storage_options) if missing is None else read_required(uri, storage_options, missing)
+    raw = read_bytes(uri, storage_options) if missing is None else read_required(uri, missing)
     try:
         value = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
