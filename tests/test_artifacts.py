@@ -175,10 +175,10 @@ def test_interrupted_write_leaves_no_manifest_and_hides_the_old_one(tmp_path, mo
     _save(tmp_path, *_stored(seed=0))
     real = storage.atomic_write_bytes
 
-    def crash_before_manifest(uri, data, options=None):
+    def crash_before_manifest(uri, data):
         if str(uri).endswith("manifest.json"):
             raise KeyboardInterrupt
-        real(uri, data, options)
+        real(uri, data)
 
     monkeypatch.setattr(storage, "atomic_write_bytes", crash_before_manifest)
     with pytest.raises(KeyboardInterrupt):

@@ -133,10 +133,10 @@ def test_crash_between_checkpoint_file_and_pointer_keeps_the_previous_one(root, 
     published = storage.read_bytes(storage.join(store.root, "ckpt-0000001.pt"))
     real_write = storage.atomic_write_bytes
 
-    def killed_before_the_pointer(uri, data, options=None):
+    def killed_before_the_pointer(uri, data):
         if str(uri).endswith("latest.json"):
             raise KeyboardInterrupt  # the process dies after the checkpoint file, before its pointer
-        real_write(uri, data, options)
+        real_write(uri, data)
 
     monkeypatch.setattr(storage, "atomic_write_bytes", killed_before_the_pointer)
     with pytest.raises(KeyboardInterrupt):
@@ -230,13 +230,13 @@ def test_no_credentials(s3, monkeypatch):
     _one_line(err, s3.uri("x"), "AWS_ACCESS_KEY_ID")
 
 
-def test_credentials_from_storage_options_win(s3, monkeypatch):
+def test_credentials_from_configured_storage_options_win(s3, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    options = storage.parse_storage_options(json.dumps({"key": "k", "secret": "s", "endpoint_url": s3.endpoint}))
-    storage.atomic_write_bytes(s3.uri("x"), b"1", options)
-    assert storage.read_bytes(s3.uri("x"), options) == b"1" and s3.keys() == ["x"]
+    storage.configure(storage.parse_storage_options(json.dumps({"key": "k", "secret": "s", "endpoint_url": s3.endpoint})))
+    storage.atomic_write_bytes(s3.uri("x"), b"1")
+    assert storage.read_bytes(s3.uri("x")) == b"1" and s3.keys() == ["x"]
 
 
 def test_configured_options_serve_reads_and_writes_within_their_scope(s3, dead_endpoint, monkeypatch):
@@ -275,8 +275,8 @@ def test_option_errors_name_keys_never_values(s3):
 
 
 def test_unknown_storage_option_is_named(s3):
-    with pytest.raises(StorageError) as err:
-        storage.read_bytes(s3.uri("x"), {"retries": 1})
+    with storage.configured({"retries": 1}), pytest.raises(StorageError) as err:
+        storage.read_bytes(s3.uri("x"))
     assert err.value.kind == "options"
     _one_line(err, "retries", "--storage-options")
 
