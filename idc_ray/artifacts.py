@@ -62,13 +62,13 @@ def _formed(stored: torch.Tensor, labels: torch.Tensor, formation: Mapping[str, 
     return form_classes(stored, labels, former)
 
 
-def save_preview(uri: str | os.PathLike, stored: torch.Tensor, storage_options: Mapping | None = None) -> None:
+def save_preview(uri: str | os.PathLike, stored: torch.Tensor) -> None:
     """A PNG grid of stored samples (classes, ipc, C, H, W): one row per class."""
-    storage.atomic_write_bytes(uri, _png(stored.flatten(0, 1), stored.shape[1]), storage_options)
+    storage.atomic_write_bytes(uri, _png(stored.flatten(0, 1), stored.shape[1]))
 
 
-def _spec_for(meta: Mapping[str, Any], config: Mapping[str, Any], storage_options: Mapping | None) -> DatasetSpec:
-    spec = get_spec(meta["dataset"], (config.get("data") or {}).get("data_uri"), storage_options)
+def _spec_for(meta: Mapping[str, Any], config: Mapping[str, Any]) -> DatasetSpec:
+    spec = get_spec(meta["dataset"], (config.get("data") or {}).get("data_uri"))
     if spec.measure_stats:
         raise ValueError(f"save_condensed needs spec=data.spec for dataset '{spec.name}': its mean/std are "
                          "measured when the data is loaded")
@@ -88,8 +88,7 @@ def _table(stored: torch.Tensor, labels: torch.Tensor, class_names: tuple[str, .
 
 
 def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: torch.Tensor, *, config_yaml: str,
-                   meta: dict[str, Any], spec: DatasetSpec | None = None,
-                   storage_options: Mapping | None = None) -> str:
+                   meta: dict[str, Any], spec: DatasetSpec | None = None) -> str:
     """Write the artifact folder ``out_dir`` (local or URL); returns the URI of manifest.json.
 
     Args:
@@ -112,7 +111,7 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
     if not (per_class == per_class[:, :1]).all() or not (per_class[1:, 0] > per_class[:-1, 0]).all():
         raise ValueError("labels must be class-major: ipc equal labels per class, classes ascending")
     config = yaml.safe_load(config_yaml) or {}
-    spec = spec or _spec_for(meta, config, storage_options)
+    spec = spec or _spec_for(meta, config)
     if tuple(stored.shape[2:]) != (spec.channels, spec.size, spec.size):
         raise ValueError(f"stored samples are {tuple(stored.shape[2:])}, dataset '{spec.name}' has "
                          f"{(spec.channels, spec.size, spec.size)}")
@@ -123,15 +122,15 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
         formation["mode"] = resolve(from_dict(config), spec).formation
     consumed = {"dataset", "ipc", "factor", "formation", "formation_axis", "bound", "code_version", "resolved"}
 
-    storage.remove(storage.join(out, MANIFEST), storage_options)  # from here on, readers see no artifact
-    storage.atomic_write_bytes(storage.join(out, CONFIG), config_yaml.encode(), storage_options)
-    save_preview(storage.join(out, PREVIEW), stored, storage_options)
+    storage.remove(storage.join(out, MANIFEST))  # from here on, readers see no artifact
+    storage.atomic_write_bytes(storage.join(out, CONFIG), config_yaml.encode())
+    save_preview(storage.join(out, PREVIEW), stored)
     formed, _ = _formed(stored, labels, formation)
     per_row = len(formed) // stored.shape[0]
     shown = formed.view(stored.shape[0], per_row, *formed.shape[1:])[:, :_PREVIEW_FORMED_PER_CLASS]
-    storage.atomic_write_bytes(storage.join(out, PREVIEW_FORMED), _png(shown.flatten(0, 1), shown.shape[1]), storage_options)
+    storage.atomic_write_bytes(storage.join(out, PREVIEW_FORMED), _png(shown.flatten(0, 1), shown.shape[1]))
     data = _table(stored, labels, spec.class_names)
-    storage.atomic_write_bytes(storage.join(out, PARQUET), data, storage_options)
+    storage.atomic_write_bytes(storage.join(out, PARQUET), data)
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "dataset": meta["dataset"], "classes": list(spec.class_names), "num_classes": spec.num_classes,
@@ -142,20 +141,20 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
         "files": {PARQUET: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": len(labels)}},
     }
     target = storage.join(out, MANIFEST)
-    storage.atomic_write_bytes(target, json.dumps(manifest, indent=1).encode(), storage_options)
+    storage.atomic_write_bytes(target, json.dumps(manifest, indent=1).encode())
     return target
 
 
-def record_metrics(uri: str | os.PathLike, metrics: Mapping[str, Any], storage_options: Mapping | None = None) -> None:
+def record_metrics(uri: str | os.PathLike, metrics: Mapping[str, Any]) -> None:
     """Add ``metrics`` (e.g. the evaluation of the finished set) to the manifest's metrics.
 
     The manifest is replaced atomically, so readers see the artifact complete before and after;
     the Parquet file and its checksum are untouched.
     """
-    manifest = read_manifest(uri, storage_options)
+    manifest = read_manifest(uri)
     manifest["metrics"] = {**manifest["metrics"], **metrics}
     target = storage.join(_folder(uri), MANIFEST)
-    storage.atomic_write_bytes(target, json.dumps(manifest, indent=1).encode(), storage_options)
+    storage.atomic_write_bytes(target, json.dumps(manifest, indent=1).encode())
 
 
 def _folder(uri: str | os.PathLike) -> str:
@@ -163,23 +162,23 @@ def _folder(uri: str | os.PathLike) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0] if uri.rstrip("/").endswith("/" + MANIFEST) else uri
 
 
-def read_manifest(uri: str | os.PathLike, storage_options: Mapping | None = None) -> dict[str, Any]:
+def read_manifest(uri: str | os.PathLike) -> dict[str, Any]:
     """The manifest of the artifact at ``uri`` (its folder or its manifest.json), format-checked."""
     folder = _folder(uri)
     target = storage.join(folder, MANIFEST)
-    return storage.read_json(target, storage_options, fmt=FORMAT, version=FORMAT_VERSION, version_key="format_version",
+    return storage.read_json(target, fmt=FORMAT, version=FORMAT_VERSION, version_key="format_version",
                              kind="idc-ray condensed-set manifest", error=ArtifactError,
                              fix="load it with the idc_ray that wrote it, or rerun jobs/condense.py",
                              missing=ArtifactError(f"no {MANIFEST} at '{folder}': not a condensed set, or its writing "
                                                    "did not finish; pass the output folder of a completed jobs/condense.py run"))
 
 
-def load_condensed(uri: str | os.PathLike, storage_options: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def load_condensed(uri: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Read a condensed set: ``(stored, labels, manifest)``.
 
     Args:
-        uri: the artifact folder (or its manifest.json), a local path or URL (``s3://...``).
-        storage_options: fsspec options (endpoint, credentials); AWS env vars apply otherwise.
+        uri: the artifact folder (or its manifest.json), a local path or URL (``s3://...``),
+            read with the process's storage options (``idc_ray.storage.configure``).
     Returns:
         stored float32 (classes, ipc, C, H, W) in [0, 1], labels int64 (classes * ipc,)
         class-major, and the manifest dict.
@@ -189,9 +188,9 @@ def load_condensed(uri: str | os.PathLike, storage_options: Mapping | None = Non
         idc_ray.storage.StorageError when the storage cannot be read.
     """
     folder = _folder(uri)
-    manifest = read_manifest(folder, storage_options)
+    manifest = read_manifest(folder)
     target = storage.join(folder, PARQUET)
-    data = storage.read_required(target, storage_options, ArtifactError(
+    data = storage.read_required(target, ArtifactError(
         f"'{target}' is missing although its manifest exists; the folder was altered, rerun jobs/condense.py"))
     expected = manifest.get("files", {}).get(PARQUET, {}).get("sha256")
     if hashlib.sha256(data).hexdigest() != expected:
@@ -211,15 +210,14 @@ def load_condensed(uri: str | os.PathLike, storage_options: Mapping | None = Non
     return stored, labels, manifest
 
 
-def formed_dataset(uri: str | os.PathLike, storage_options: Mapping | None = None, *,
-                   normalize: bool = True) -> torch.utils.data.TensorDataset:
+def formed_dataset(uri: str | os.PathLike, *, normalize: bool = True) -> torch.utils.data.TensorDataset:
     """The formed training samples of a condensed set as a ``TensorDataset`` of (image, label).
 
     Each class's stored samples are formed with the manifest's formation (mode, factor, axis,
     bound), exactly as IDC evaluates them, then normalised with the manifest's mean/std
     (``normalize=False``: left in [0, 1], e.g. to apply your own augmentation first).
     """
-    stored, labels, manifest = load_condensed(uri, storage_options)
+    stored, labels, manifest = load_condensed(uri)
     x, y = _formed(stored, labels, manifest["formation"])
     if normalize:
         mean = torch.tensor(manifest["mean"], dtype=x.dtype).view(1, -1, 1, 1)

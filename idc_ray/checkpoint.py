@@ -72,24 +72,23 @@ def _deserialise(raw: bytes, uri: str) -> Checkpoint:
 class CheckpointStore:
     """Checkpoints under ``<output>/checkpoints`` on any storage the storage layer reaches."""
 
-    def __init__(self, output_uri: str, storage_options: Mapping[str, Any] | None = None, keep: int = 2):
+    def __init__(self, output_uri: str, keep: int = 2):
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.root = storage.join(output_uri, "checkpoints")
-        self.options = storage_options
         self.keep = keep
 
     def check_reachable(self) -> None:
         """Fail before any work when the output cannot be listed (missing bucket, no credentials,
         endpoint down): the storage layer raises one clear line."""
-        storage.listdir(self.root, self.options)
+        storage.listdir(self.root)
 
     def _pointer(self) -> list[dict[str, Any]]:
         """The kept checkpoints, newest first ([] when none was ever published)."""
         uri = storage.join(self.root, POINTER)
-        if not storage.exists(uri, self.options):
+        if not storage.exists(uri):
             return []
-        pointer = storage.read_json(uri, self.options, fmt=POINTER_FORMAT, version=POINTER_VERSION,
+        pointer = storage.read_json(uri, fmt=POINTER_FORMAT, version=POINTER_VERSION,
                                     kind="idc-ray checkpoint pointer", error=CheckpointError,
                                     fix="start a new run in another --output")
         return list(pointer.get("checkpoints", []))
@@ -99,21 +98,20 @@ class CheckpointStore:
         raw = _serialise(ckpt)
         name = _file_name(ckpt.outer)
         uri = storage.join(self.root, name)
-        storage.atomic_write_bytes(uri, raw, self.options)
+        storage.atomic_write_bytes(uri, raw)
         entry = {"outer": ckpt.outer, "file": name, "sha256": hashlib.sha256(raw).hexdigest()}
         kept = [entry, *(e for e in self._pointer() if e["file"] != name)][: self.keep]
         # "outer" and "file" at the top name the newest checkpoint for a reader of the folder.
         pointer = {"format": POINTER_FORMAT, "version": POINTER_VERSION, "outer": ckpt.outer, "file": name,
                    "checkpoints": kept}
-        storage.atomic_write_bytes(storage.join(self.root, POINTER), json.dumps(pointer, indent=1).encode(),
-                                   self.options)
+        storage.atomic_write_bytes(storage.join(self.root, POINTER), json.dumps(pointer, indent=1).encode())
         self._prune({e["file"] for e in kept})
         return uri
 
     def load(self, entry: Mapping[str, Any]) -> Checkpoint:
         """The checkpoint a pointer entry names, checked against its sha256 (CheckpointError if not)."""
         uri = storage.join(self.root, entry["file"])
-        raw = storage.read_required(uri, self.options, CheckpointError(
+        raw = storage.read_required(uri, CheckpointError(
             f"checkpoint '{uri}' is missing although latest.json lists it"))
         if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
             raise CheckpointError(f"checkpoint '{uri}' does not match its sha256 in latest.json (corrupt or modified)")
@@ -140,6 +138,6 @@ class CheckpointStore:
 
     def _prune(self, kept: set[str]) -> None:
         """Remove checkpoint files the pointer no longer lists (older ones, crash orphans)."""
-        for name in storage.listdir(self.root, self.options):
+        for name in storage.listdir(self.root):
             if name.startswith("ckpt-") and name.endswith(".pt") and name not in kept:
-                storage.remove(storage.join(self.root, name), self.options)
+                storage.remove(storage.join(self.root, name))

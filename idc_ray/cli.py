@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
+from idc_ray import storage
 from idc_ray.config import IDCConfig, apply_overrides, load_preset, load_yaml, preset_names, validate
 from idc_ray.distributed.schedule import JobError
 
@@ -72,6 +73,12 @@ def config_from_args(args: argparse.Namespace) -> IDCConfig:
         cfg = apply_overrides(cfg, args.set, validated=False)
     validate(cfg)
     return cfg
+
+
+def configure_storage(args: argparse.Namespace) -> None:
+    """Configure this process's storage once, at the job's start, from ``--storage-options``: every
+    read and write uses it, and the Ray workers the job starts are handed it (idc_ray.storage)."""
+    storage.configure(storage.parse_storage_options(args.storage_options))
 
 
 def comma_list(text: str) -> tuple[str, ...]:

@@ -2,8 +2,13 @@
 
 Connection settings are never hard-coded. They come from, in order of precedence:
 
-* ``storage_options``: a dict handed to fsspec (``--storage-options '{"endpoint_url": ...}'`` on
-  the command line, parsed by :func:`parse_storage_options`);
+* the process's storage options: a dict handed to fsspec, set once per process with
+  :func:`configure` (a job passes its ``--storage-options '{"endpoint_url": ...}'``, parsed by
+  :func:`parse_storage_options`; :func:`configured` sets them for a block only, as tests do).
+  They are not passed from function to function: a Ray task or actor that touches storage gets the
+  driver's :func:`current` options as an explicit argument and configures its own process with
+  them first (``idc_ray.distributed.actors.configure_worker``), never through runtime_env
+  variables, which the dashboard shows;
 * the usual AWS environment: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read here, so the
   endpoint works whatever the installed botocore honours), and ``AWS_ACCESS_KEY_ID``,
   ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, ``AWS_MAX_ATTEMPTS`` ... which
@@ -15,7 +20,8 @@ completes, so an interrupted upload leaves nothing; a failed streaming upload is
 files is committed by writing the files first and a small pointer or manifest LAST
 (the checkpoints' ``latest.json``, the artifact's ``manifest.json``, the dataset's ``dataset.json``).
 
-Every failure of the backend surfaces as one :class:`StorageError` line naming the URI and the fix.
+Every failure of the backend surfaces as one :class:`StorageError` line naming the URI and the fix
+(and the storage options by their keys, never their values: they may hold secrets).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from fsspec.core import split_protocol
 LOCAL_PROTOCOLS = (None, "file", "local")
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
+_configured: dict[str, Any] | None = None  # this process's storage options (configure)
+
 
 class StorageError(ValueError):
     """A storage operation failed; the message is one line naming the URI and the fix.
@@ -46,6 +54,33 @@ class StorageError(ValueError):
     def __init__(self, message: str, kind: str = "io"):
         super().__init__(" ".join(message.split()))
         self.kind = kind
+
+
+# ---------------------------------------------------------------------------------------------
+# The process's storage options
+# ---------------------------------------------------------------------------------------------
+def configure(options: Mapping[str, Any] | None) -> None:
+    """Set the fsspec options every storage call of this process uses (None or empty: none, the
+    AWS environment alone). A job calls it once at start; a Ray worker at the start of its task or
+    actor, with the driver's :func:`current` handed over as an argument."""
+    global _configured
+    _configured = dict(options) if options else None
+
+
+def current() -> dict[str, Any] | None:
+    """A copy of the options :func:`configure` set (None when none), to hand to another process."""
+    return None if _configured is None else dict(_configured)
+
+
+@contextmanager
+def configured(options: Mapping[str, Any] | None) -> Iterator[None]:
+    """:func:`configure` for the block only: the previous options are back afterwards."""
+    previous = current()
+    configure(options)
+    try:
+        yield
+    finally:
+        configure(previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,9 +113,9 @@ def join(uri: str | os.PathLike, *names: str) -> str:
     return posixpath.join(uri.rstrip("/"), *names)
 
 
-def _options(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """fsspec keyword arguments for ``uri``: the caller's options plus the endpoint from the env."""
-    options = dict(storage_options or {})
+def _options(uri: str) -> dict[str, Any]:
+    """fsspec keyword arguments for ``uri``: the configured options plus the endpoint from the env."""
+    options = dict(_configured or {})
     protocol = split_protocol(uri)[0]
     if protocol in ("s3", "s3a"):
         nested = (options.get("client_kwargs") or {}).get("endpoint_url")
@@ -94,24 +129,29 @@ def _options(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, A
     return options
 
 
-def _endpoint(uri: str, storage_options: Mapping[str, Any] | None) -> str:
-    options = _options(uri, storage_options)
+def _option_keys() -> list[str]:
+    """The names of the configured options, for messages: never their values (keys, secrets)."""
+    return sorted(_configured or {})
+
+
+def _endpoint(uri: str) -> str:
+    options = _options(uri)
     return options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url") or "the default AWS endpoint"
 
 
-def open_fs(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def open_fs(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path within it (``bucket/key`` for S3)."""
     uri = os.fspath(uri)
     try:
-        return fsspec.core.url_to_fs(uri, **_options(uri, storage_options))
+        return fsspec.core.url_to_fs(uri, **_options(uri))
     except (TypeError, ValueError) as e:
-        raise StorageError(f"cannot open '{uri}' with storage options {sorted(storage_options or {})}: {e}; "
+        raise StorageError(f"cannot open '{uri}' with storage options {_option_keys()}: {e}; "
                            "fix --storage-options (keys are fsspec/s3fs arguments)", "options") from None
     except ImportError as e:
         raise StorageError(f"no filesystem for '{uri}' ({e}); install the fsspec backend for this protocol", "options") from None
 
 
-def _translate(err: BaseException, uri: str, action: str, storage_options: Mapping[str, Any] | None) -> StorageError:
+def _translate(err: BaseException, uri: str, action: str) -> StorageError:
     """One clear line for a backend exception (botocore errors recognised without importing it)."""
     names = {c.__name__ for c in type(err).__mro__}
     detail = " ".join(str(err).split())[:200] or type(err).__name__
@@ -121,7 +161,7 @@ def _translate(err: BaseException, uri: str, action: str, storage_options: Mappi
                             "(or AWS_PROFILE), or pass key and secret in --storage-options", "credentials")
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ClientConnectorError",
                 "ConnectionRefusedError", "ServerDisconnectedError"} or (remote and isinstance(err, ConnectionError)):
-        return StorageError(f"cannot reach the storage endpoint {_endpoint(uri, storage_options)} to {action} '{uri}' "
+        return StorageError(f"cannot reach the storage endpoint {_endpoint(uri)} to {action} '{uri}' "
                             "(connection refused or timed out): start the service or fix AWS_ENDPOINT_URL / "
                             "endpoint_url in --storage-options", "endpoint")
     if isinstance(err, FileNotFoundError) and remote and ("bucket" in detail.lower() or "NoSuchBucket" in detail):
@@ -137,7 +177,7 @@ def _translate(err: BaseException, uri: str, action: str, storage_options: Mappi
 
 
 @contextmanager
-def _errors(uri: str, action: str, storage_options: Mapping[str, Any] | None) -> Iterator[None]:
+def _errors(uri: str, action: str) -> Iterator[None]:
     try:
         yield
     except StorageError:
@@ -145,9 +185,9 @@ def _errors(uri: str, action: str, storage_options: Mapping[str, Any] | None) ->
     except Exception as e:
         names = {c.__name__ for c in type(e).__mro__}
         if isinstance(e, OSError) or "BotoCoreError" in names or "ClientError" in names:
-            raise _translate(e, uri, action, storage_options) from e
+            raise _translate(e, uri, action) from e
         if isinstance(e, TypeError) and "keyword argument" in str(e):  # s3fs passes options on lazily
-            raise StorageError(f"cannot {action} '{uri}': storage options {sorted(storage_options or {})} were "
+            raise StorageError(f"cannot {action} '{uri}': storage options {_option_keys()} were "
                                f"rejected ({e}); fix --storage-options (keys are fsspec/s3fs arguments)", "options") from e
         raise
 
@@ -159,42 +199,42 @@ def _check_bucket(fs: fsspec.AbstractFileSystem, uri: str, path: str) -> None:
     """Raise the ``bucket`` StorageError when ``uri``'s bucket is missing (s3fs reports a missing
     bucket and a missing key alike, as False or FileNotFoundError)."""
     if not is_local(uri) and not fs.exists(path.split("/", 1)[0]):
-        raise _translate(FileNotFoundError("The specified bucket does not exist"), uri, "access", None)
+        raise _translate(FileNotFoundError("The specified bucket does not exist"), uri, "access")
 
 
-def exists(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> bool:
+def exists(uri: str | os.PathLike) -> bool:
     """Whether a file (or folder/prefix) exists. A missing bucket is an error, not False."""
     uri = os.fspath(uri)
-    fs, path = open_fs(uri, storage_options)
-    with _errors(uri, "check", storage_options):
+    fs, path = open_fs(uri)
+    with _errors(uri, "check"):
         if fs.exists(path):
             return True
         _check_bucket(fs, uri, path)
     return False
 
 
-def read_bytes(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> bytes:
+def read_bytes(uri: str | os.PathLike) -> bytes:
     """The whole content of one file."""
     uri = os.fspath(uri)
-    fs, path = open_fs(uri, storage_options)
-    with _errors(uri, "read", storage_options):
+    fs, path = open_fs(uri)
+    with _errors(uri, "read"):
         return fs.cat_file(path)
 
 
-def read_required(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None, missing: Exception) -> bytes:
+def read_required(uri: str | os.PathLike, missing: Exception) -> bytes:
     """``read_bytes``, raising ``missing`` (the caller's one line, naming its fix) when nothing is
     at ``uri``; other storage errors pass through unchanged."""
     try:
-        return read_bytes(uri, storage_options)
+        return read_bytes(uri)
     except StorageError as e:
         if e.kind != "missing":
             raise
         raise missing from None
 
 
-def read_json(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *, fmt: str, version: int,
-              kind: str, error: Callable[[str], Exception] = StorageError, fix: str,
-              missing: Exception | None = None, version_key: str = "version", implied: bool = False) -> dict[str, Any]:
+def read_json(uri: str | os.PathLike, *, fmt: str, version: int, kind: str,
+              error: Callable[[str], Exception] = StorageError, fix: str, missing: Exception | None = None,
+              version_key: str = "version", implied: bool = False) -> dict[str, Any]:
     """A required JSON object carrying ``"format": fmt`` and ``version_key: version``.
 
     Every problem is one line naming ``uri``: ``missing`` (when given) if nothing is there, else
@@ -203,7 +243,7 @@ def read_json(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None 
     without format/version keys (hand-written) counts as the expected ones.
     """
     uri = os.fspath(uri)
-    raw = read_bytes(uri, storage_options) if missing is None else read_required(uri, storage_options, missing)
+    raw = read_bytes(uri) if missing is None else read_required(uri, missing)
     try:
         value = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -218,14 +258,14 @@ def read_json(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None 
 
 
 @contextmanager
-def open_input(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Iterator[IO[bytes]]:
+def open_input(uri: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A seekable binary file for streaming reads (what pyarrow's ParquetFile takes)."""
     uri = os.fspath(uri)
-    fs, path = open_fs(uri, storage_options)
-    with _errors(uri, "read", storage_options):
+    fs, path = open_fs(uri)
+    with _errors(uri, "read"):
         f = fs.open(path, "rb")
     try:
-        with _errors(uri, "read", storage_options):
+        with _errors(uri, "read"):
             yield f
     finally:
         f.close()
@@ -260,18 +300,18 @@ def atomic_local_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_open(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Iterator[IO[bytes]]:
+def atomic_open(uri: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A writable binary file whose content appears at ``uri`` only if the block succeeds.
 
     Use it to stream large files (Parquet shards); :func:`atomic_write_bytes` for small ones.
     """
     uri = os.fspath(uri)
-    fs, path = open_fs(uri, storage_options)
+    fs, path = open_fs(uri)
     if is_local(uri):
-        with _errors(uri, "write", storage_options), atomic_local_path(path) as tmp, open(tmp, "wb") as f:
+        with _errors(uri, "write"), atomic_local_path(path) as tmp, open(tmp, "wb") as f:
             yield f
         return
-    with _errors(uri, "write", storage_options):
+    with _errors(uri, "write"):
         f = fs.open(path, "wb")
         try:
             yield f
@@ -285,24 +325,24 @@ def atomic_open(uri: str | os.PathLike, storage_options: Mapping[str, Any] | Non
         f.close()
 
 
-def atomic_write_bytes(uri: str | os.PathLike, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+def atomic_write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``uri`` all-or-nothing (local: temp + rename; S3: one PUT)."""
     uri = os.fspath(uri)
     if is_local(uri):
-        with atomic_open(uri, storage_options) as f:
+        with atomic_open(uri) as f:
             f.write(data)
         return
-    fs, path = open_fs(uri, storage_options)
-    with _errors(uri, "write", storage_options):
+    fs, path = open_fs(uri)
+    with _errors(uri, "write"):
         fs.pipe_file(path, data)
 
 
-def listdir(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+def listdir(uri: str | os.PathLike) -> list[str]:
     """Sorted names (not paths) directly under ``uri``; [] when the folder/prefix does not exist
     (a missing bucket is an error)."""
     uri = os.fspath(uri)
-    fs, path = open_fs(uri, storage_options)
-    with _errors(uri, "list", storage_options):
+    fs, path = open_fs(uri)
+    with _errors(uri, "list"):
         try:
             entries = fs.ls(path, detail=False)
         except FileNotFoundError:
@@ -311,12 +351,11 @@ def listdir(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = 
     return sorted(posixpath.basename(e.rstrip("/")) for e in entries if e.rstrip("/") != path.rstrip("/"))
 
 
-def remove(uri: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *,
-           recursive: bool = False, missing_ok: bool = True) -> None:
+def remove(uri: str | os.PathLike, *, recursive: bool = False, missing_ok: bool = True) -> None:
     """Delete a file (``recursive=True``: a folder/prefix and everything under it)."""
     uri = os.fspath(uri)
-    fs, path = open_fs(uri, storage_options)
-    with _errors(uri, "remove", storage_options):
+    fs, path = open_fs(uri)
+    with _errors(uri, "remove"):
         try:
             fs.rm(path, recursive=recursive)
         except FileNotFoundError:

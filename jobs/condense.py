@@ -21,11 +21,11 @@ import argparse
 import json
 import sys
 
-from idc_ray.cli import UsageError, add_config_arguments, comma_list, config_from_args, run_main, setup_logging
+from idc_ray.cli import (UsageError, add_config_arguments, comma_list, config_from_args, configure_storage, run_main,
+                         setup_logging)
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.distributed.job import FinalEval, PoolOptions, condense_to
 from idc_ray.distributed.watch import EvalEvery
-from idc_ray.storage import parse_storage_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,12 +123,12 @@ def pool_options(args: argparse.Namespace) -> PoolOptions | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    configure_storage(args)
     cfg = config_from_args(args)
     options = run_options(args)
     final = final_eval(args)
     path = condense_to(cfg, args.output, device=args.device, progress=not args.quiet, options=options,
-                       address=args.address, storage_options=parse_storage_options(args.storage_options),
-                       final_eval=final, pool=pool_options(args), eval_every=eval_every(args, final))
+                       address=args.address, final_eval=final, pool=pool_options(args), eval_every=eval_every(args, final))
     print(f"condensed set written to {path}")
     return 0
 

@@ -22,13 +22,12 @@ import os
 import sys
 from contextlib import nullcontext
 
-from idc_ray.cli import add_debug_argument, comma_list, run_main
+from idc_ray.cli import add_debug_argument, comma_list, configure_storage, run_main
 from idc_ray.device import resolve_device
 from idc_ray.evaluation.baselines import BASELINES
 from idc_ray.evaluation.report import table
 from idc_ray.evaluation.run import (EvalOptions, Sequential, SetsRequest, build_sets, evaluate_sets, report_folder,
                                     write_reports)
-from idc_ray.storage import parse_storage_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                           herding_net=args.herding_net, herding_epochs=args.herding_epochs)
     options.check()
     request.check()
-    storage_options = parse_storage_options(args.storage_options)
+    configure_storage(args)
     folder = report_folder(request.count, args.output, request.condensed)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     if args.backend == "ray":
@@ -96,11 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         executor = RayExecutor(args.num_cpus_per_task, args.num_gpus_per_task, args.max_retries, log=log)
     else:
         session, executor = nullcontext(), Sequential(args.device, log=log)
-    sets, data, extra = build_sets(request, options, device=str(resolve_device(args.device)),
-                                   storage_options=storage_options, log=log)
+    sets, data, extra = build_sets(request, options, device=str(resolve_device(args.device)), log=log)
     with session:
         results = evaluate_sets(sets, data, options, executor=executor, log=log)
-    index = write_reports(folder, results, extra, storage_options)
+    index = write_reports(folder, results, extra)
     print(table(results))
     print(f"\nreport written to {index}")
     return 0

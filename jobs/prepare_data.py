@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import add_debug_argument, run_main
+from idc_ray.cli import add_debug_argument, configure_storage, run_main
 from idc_ray.data.prepare import SOURCES, prepare
-from idc_ray.storage import parse_storage_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,9 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    target = prepare(args.dataset, args.data_uri, args.output, parse_storage_options(args.storage_options),
-                     size=args.size, class_list=args.class_list, rows_per_shard=args.rows_per_shard,
-                     row_group_size=args.row_group_size, encoding=args.encoding, overwrite=args.overwrite)
+    configure_storage(args)
+    target = prepare(args.dataset, args.data_uri, args.output, size=args.size, class_list=args.class_list,
+                     rows_per_shard=args.rows_per_shard, row_group_size=args.row_group_size, encoding=args.encoding,
+                     overwrite=args.overwrite)
     print(f"dataset written to {target}")
     return 0
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import UsageError, add_config_arguments, config_from_args, run_main, setup_logging
+from idc_ray.cli import UsageError, add_config_arguments, config_from_args, configure_storage, run_main, setup_logging
 from idc_ray.config import ConfigError
 from idc_ray.data import get_spec
-from idc_ray.storage import parse_storage_options
 from idc_ray.tune.space import load_space
 
 
@@ -61,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args.preset = args.preset or space.preset
     if args.preset is None:
         raise ConfigError(f"tune space '{args.space}' names no preset; pass --preset (e.g. --preset smoke)")
-    storage_options = parse_storage_options(args.storage_options)
+    configure_storage(args)
     cfg = config_from_args(args)
-    base = space.base_config(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri, storage_options))
+    base = space.base_config(cfg, get_spec(cfg.data.dataset, cfg.data.data_uri))
     if args.num_samples < 1 or args.num_actors < 1:
         raise UsageError(f"--num-samples and --num-actors must be at least 1, got {args.num_samples} and {args.num_actors}")
     if args.cpus_per_actor is not None and args.cpus_per_actor <= 0:
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         resources = default_resources(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.expert_gpus)
         result = run_sweep(space, base, preset=args.preset, num_samples=args.num_samples, scheduler=args.scheduler,
                            storage_path=args.storage_path, name=args.name, cache_dir=args.cache_dir,
-                           resources=resources, storage_options=storage_options, search_seed=args.search_seed,
+                           resources=resources, search_seed=args.search_seed,
                            verbose=0 if args.quiet else 1)
     print(f"ranked results: {result.results_uri}")
     for copy in result.local_copies:

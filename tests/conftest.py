@@ -75,7 +75,9 @@ def run_job(capsys):
     """``run_job("condense", *argv)``: the job's ``main(argv)`` in this process exactly as its
     ``__main__`` runs it (bad input: one line, exit 2), with its exit code, stdout and stderr;
     no new Python importing torch per call. Logging handlers the job adds (bound to this call's
-    captured stderr) and environment variables it sets are undone after each call."""
+    captured stderr), environment variables it sets and the storage options it configures are
+    undone after each call."""
+    from idc_ray import storage
     from idc_ray.cli import run_main
 
     def run(name: str, *argv: str) -> JobRun:
@@ -83,7 +85,8 @@ def run_job(capsys):
         handlers, environ = list(logger.handlers), dict(os.environ)
         capsys.readouterr()
         try:
-            run_main(lambda: load_job(name).main(list(argv)))
+            with storage.configured(storage.current()):
+                run_main(lambda: load_job(name).main(list(argv)))
             raise AssertionError("run_main returned without exiting")
         except SystemExit as e:
             code = e.code or 0
@@ -162,6 +165,16 @@ def dead_endpoint(monkeypatch) -> str:
     sock.close()
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(autouse=True)
+def _storage_unconfigured():
+    """Each test starts with no storage options configured (idc_ray.storage.configure) and leaves
+    none behind, as a fresh process would: a job run in this process configures them."""
+    from idc_ray import storage
+
+    with storage.configured(None):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -27,11 +27,11 @@ def _stored(classes=4, ipc=2, seed=0):
     return stored, labels
 
 
-def _save(out, stored, labels, *, options=None, **meta):
+def _save(out, stored, labels, **meta):
     cfg = load_preset("smoke")
     meta = {"dataset": "tiny", "ipc": stored.shape[1], "factor": 2, "formation": "uniform", "formation_axis": -1,
             "bound": 128, "loss_history": [0.5, 0.25], "seconds": 1.5, "code_version": "test", **meta}
-    return artifacts.save_condensed(out, stored, labels, config_yaml=cfg.to_yaml(), meta=meta, storage_options=options)
+    return artifacts.save_condensed(out, stored, labels, config_yaml=cfg.to_yaml(), meta=meta)
 
 
 def test_save_and_load_roundtrip_local(tmp_path):
@@ -175,10 +175,10 @@ def test_interrupted_write_leaves_no_manifest_and_hides_the_old_one(tmp_path, mo
     _save(tmp_path, *_stored(seed=0))
     real = storage.atomic_write_bytes
 
-    def crash_before_manifest(uri, data, options=None):
+    def crash_before_manifest(uri, data):
         if str(uri).endswith("manifest.json"):
             raise KeyboardInterrupt
-        real(uri, data, options)
+        real(uri, data)
 
     monkeypatch.setattr(storage, "atomic_write_bytes", crash_before_manifest)
     with pytest.raises(KeyboardInterrupt):

@@ -133,10 +133,10 @@ def test_crash_between_checkpoint_file_and_pointer_keeps_the_previous_one(root, 
     published = storage.read_bytes(storage.join(store.root, "ckpt-0000001.pt"))
     real_write = storage.atomic_write_bytes
 
-    def killed_before_the_pointer(uri, data, options=None):
+    def killed_before_the_pointer(uri, data):
         if str(uri).endswith("latest.json"):
             raise KeyboardInterrupt  # the process dies after the checkpoint file, before its pointer
-        real_write(uri, data, options)
+        real_write(uri, data)
 
     monkeypatch.setattr(storage, "atomic_write_bytes", killed_before_the_pointer)
     with pytest.raises(KeyboardInterrupt):
@@ -230,18 +230,53 @@ def test_no_credentials(s3, monkeypatch):
     _one_line(err, s3.uri("x"), "AWS_ACCESS_KEY_ID")
 
 
-def test_credentials_from_storage_options_win(s3, monkeypatch):
+def test_credentials_from_configured_storage_options_win(s3, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    options = storage.parse_storage_options(json.dumps({"key": "k", "secret": "s", "endpoint_url": s3.endpoint}))
-    storage.atomic_write_bytes(s3.uri("x"), b"1", options)
-    assert storage.read_bytes(s3.uri("x"), options) == b"1" and s3.keys() == ["x"]
+    storage.configure(storage.parse_storage_options(json.dumps({"key": "k", "secret": "s", "endpoint_url": s3.endpoint})))
+    storage.atomic_write_bytes(s3.uri("x"), b"1")
+    assert storage.read_bytes(s3.uri("x")) == b"1" and s3.keys() == ["x"]
+
+
+def test_configured_options_serve_reads_and_writes_within_their_scope(s3, dead_endpoint, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint comes from the configured options alone
+    uri = s3.uri("scoped.bin")
+    with storage.configured({"endpoint_url": s3.endpoint}):
+        storage.atomic_write_bytes(uri, b"1")
+        assert storage.read_bytes(uri) == b"1" and storage.listdir(s3.uri()) == ["scoped.bin"]
+        with storage.configured({"endpoint_url": dead_endpoint}):
+            with pytest.raises(StorageError) as err:
+                storage.read_bytes(uri)
+            assert err.value.kind == "endpoint"
+            _one_line(err, dead_endpoint, uri)
+        assert storage.current() == {"endpoint_url": s3.endpoint}
+        assert storage.exists(uri) and storage.read_bytes(uri) == b"1"
+    assert storage.current() is None
+
+
+def test_configured_scope_is_undone_when_the_block_raises():
+    storage.configure({"endpoint_url": "http://outer:1"})
+    with pytest.raises(RuntimeError):
+        with storage.configured({"endpoint_url": "http://inner:1"}):
+            raise RuntimeError("boom")
+    assert storage.current() == {"endpoint_url": "http://outer:1"}
+    storage.configure(None)
+    assert storage.current() is None
+
+
+def test_option_errors_name_keys_never_values(s3):
+    with storage.configured({"key": "AKIDSECRETKEYID", "secret": "hunter2-secret", "retries": 1}):
+        with pytest.raises(StorageError) as err:
+            storage.read_bytes(s3.uri("x"))
+    assert err.value.kind == "options"
+    _one_line(err, "'key'", "'retries'", "'secret'", "--storage-options")
+    assert "AKIDSECRETKEYID" not in str(err.value) and "hunter2" not in str(err.value)
 
 
 def test_unknown_storage_option_is_named(s3):
-    with pytest.raises(StorageError) as err:
-        storage.read_bytes(s3.uri("x"), {"retries": 1})
+    with storage.configured({"retries": 1}), pytest.raises(StorageError) as err:
+        storage.read_bytes(s3.uri("x"))
     assert err.value.kind == "options"
     _one_line(err, "retries", "--storage-options")
 
@@ -272,3 +307,29 @@ def test_permission_denied(s3, monkeypatch):
         storage.atomic_write_bytes(s3.uri("x"), b"1")
     assert err.value.kind == "permission"
     _one_line(err, s3.uri("x"), "permission denied")
+
+
+# ------------------------------------------------------------------ a job's Ray workers
+def test_ray_job_on_s3_with_the_endpoint_only_in_storage_options(s3, ray_cluster, run_job, monkeypatch):
+    """The session's Ray started before any test's AWS variables, so its workers have none: the
+    actors read the bucket only because the job hands them its --storage-options."""
+    import ray
+
+    from idc_ray.artifacts import load_condensed
+
+    worker_env = ray.get(ray.remote(lambda: [v for v in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID") if v in os.environ])
+                         .options(num_cpus=0).remote())
+    assert worker_env == [], "the session's Ray workers see AWS variables: this test would prove nothing"
+    assert run_job("prepare_data", "--dataset", "tiny", "--output", s3.uri("data")).returncode == 0
+    for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    options = {"endpoint_url": s3.endpoint, "key": "idc-test-key-id", "secret": "idc-test-secret-value"}
+    done = run_job("condense", "--preset", "smoke", "--outer-iters", "1", "--data-uri", s3.uri("data"),
+                   "--output", s3.uri("run"), "--address", ray_cluster, "--storage-options", json.dumps(options),
+                   "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "idc-test-secret-value" not in done.stdout + done.stderr
+    with storage.configured(options):
+        stored, labels, manifest = load_condensed(s3.uri("run"))
+    assert manifest["metrics"]["backend"] == "ray" and len(manifest["metrics"]["placement"]) >= 2
+    assert stored.shape[0] == 4 and "run/checkpoints/latest.json" in s3.keys("run/")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,10 +45,10 @@ IMAGENET10_CLASSES = IMAGENET100_CLASSES[:10]
 SPLIT_FOLDERS = (("train", "train"), ("val", "test"))  # (folder, split)
 
 
-def read_class_list(uri: str, storage_options: Mapping | None = None) -> tuple[str, ...]:
+def read_class_list(uri: str) -> tuple[str, ...]:
     """The wnids of a class-list file (local path or URL), in label order."""
     try:
-        text = storage.read_bytes(uri, storage_options).decode("utf-8")
+        text = storage.read_bytes(uri).decode("utf-8")
     except UnicodeDecodeError:
         raise DatasetFormatError(f"class list '{uri}' is not UTF-8 text; write one wnid per line") from None
     names = [line.split("#", 1)[0].split() for line in text.splitlines()]

@@ -52,15 +52,15 @@ def _fix(uri: str) -> str:
     return f"regenerate it with jobs/prepare_data.py or fix {uri} (format in docs/artifact.md)"
 
 
-def is_dataset(root, storage_options: Mapping | None = None) -> bool:
+def is_dataset(root) -> bool:
     """Whether ``root`` holds a dataset.json (the Parquet form)."""
-    return root is not None and storage.exists(storage.join(root, DATASET_JSON), storage_options)
+    return root is not None and storage.exists(storage.join(root, DATASET_JSON))
 
 
-def read_info(root, storage_options: Mapping | None = None) -> dict[str, Any]:
+def read_info(root) -> dict[str, Any]:
     """The validated dataset.json under ``root``."""
     uri = storage.join(os.fspath(root), DATASET_JSON)
-    info = storage.read_json(uri, storage_options, fmt=DATASET_FORMAT, version=DATASET_VERSION, implied=True,
+    info = storage.read_json(uri, fmt=DATASET_FORMAT, version=DATASET_VERSION, implied=True,
                              kind="idc-ray Parquet dataset description", error=DatasetFormatError, fix=_fix(uri),
                              missing=DatasetNotFoundError(
                                  f"no {DATASET_JSON} at {uri}: point --data-uri at a folder written by "
@@ -80,14 +80,14 @@ def read_info(root, storage_options: Mapping | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
-def _shards(root: str, info: Mapping, storage_options) -> list[tuple[str, str | None]]:
+def _shards(root: str, info: Mapping) -> list[tuple[str, str | None]]:
     """(shard URI, its split or None when rows carry a ``split`` column)."""
     if "splits" in info:
         unknown = sorted(set(info["splits"]) - set(SPLIT_ALIASES))
         if unknown:
             raise DatasetFormatError(f"{storage.join(root, DATASET_JSON)}: unknown splits {unknown}; use train and test")
         return [(storage.join(root, f), SPLIT_ALIASES[split]) for split, entry in info["splits"].items() for f in entry["files"]]
-    names = [n for n in storage.listdir(root, storage_options) if n.endswith(".parquet")]
+    names = [n for n in storage.listdir(root) if n.endswith(".parquet")]
     if not names:
         raise DatasetNotFoundError(f"no .parquet files beside {storage.join(root, DATASET_JSON)}; {_fix(root)}")
     return [(storage.join(root, n), SPLIT_ALIASES.get(n.split("-")[0].split(".")[0])) for n in names]
@@ -117,9 +117,9 @@ def _batches(pf, uri: str, columns: list[str]):
                                  f"the file is truncated or corrupt: {_fix(uri)}") from None
 
 
-def _scan(uri: str, split: str | None, storage_options) -> tuple[np.ndarray, np.ndarray]:
+def _scan(uri: str, split: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Pass 1: labels and split of every row of one shard (small columns only)."""
-    with storage.open_input(uri, storage_options) as f:
+    with storage.open_input(uri) as f:
         pf = _open(f, uri)
         if split is None and "split" not in pf.schema_arrow.names:
             raise DatasetFormatError(f"cannot tell the split of {uri}: name it train-*.parquet / test-*.parquet, "
@@ -170,8 +170,8 @@ def _decode(column, shape: Sequence[int], uri: str) -> np.ndarray:
     raise DatasetFormatError(f"{uri}: column 'image' has type {kind}; expected binary (PNG/JPEG) or a uint8 list")
 
 
-def read_arrays(root, info: Mapping | None = None, storage_options: Mapping | None = None,
-                classes: Sequence[int] | None = None, split: str | None = None) -> Arrays:
+def read_arrays(root, info: Mapping | None = None, classes: Sequence[int] | None = None,
+                split: str | None = None) -> Arrays:
     """The dataset under ``root`` as uint8 arrays, optionally only the rows of ``classes``, or of
     one ``split`` ("train" or "test"; the other split's arrays are then empty).
 
@@ -179,14 +179,14 @@ def read_arrays(root, info: Mapping | None = None, storage_options: Mapping | No
     happens while reading, so a worker that owns a few classes never holds the others' pixels.
     """
     root = os.fspath(root)
-    info = info or read_info(root, storage_options)
+    info = info or read_info(root)
     shape = info["shape"]
     wanted = None if classes is None else np.asarray(sorted({int(c) for c in classes}), dtype=np.int64)
     scans = []
-    for uri, shard_split in _shards(root, info, storage_options):
+    for uri, shard_split in _shards(root, info):
         if split is not None and shard_split is not None and shard_split != split:
             continue  # a shard of the other split is never opened
-        labels, is_test = _scan(uri, shard_split, storage_options)
+        labels, is_test = _scan(uri, shard_split)
         keep = np.ones(len(labels), bool) if wanted is None else np.isin(labels, wanted)
         if split is not None:
             keep &= is_test == (split == "test")
@@ -198,7 +198,7 @@ def read_arrays(root, info: Mapping | None = None, storage_options: Mapping | No
     for uri, labels, is_test, keep in scans:
         if not keep.any():
             continue
-        with storage.open_input(uri, storage_options) as f:
+        with storage.open_input(uri) as f:
             pf = _open(f, uri)
             row = 0
             for batch in _batches(pf, uri, ["image"]):
@@ -232,9 +232,9 @@ def _table(x: torch.Tensor, y: torch.Tensor, encoding: str):
     return pa.table({"label": pa.array(y.numpy(), type=pa.int64()), "image": images})
 
 
-def write_dataset(out, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], info: Mapping[str, Any],
-                  storage_options: Mapping | None = None, *, rows_per_shard: int = 10_000,
-                  row_group_size: int = 1_000, encoding: str = "png", overwrite: bool = False) -> str:
+def write_dataset(out, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], info: Mapping[str, Any], *,
+                  rows_per_shard: int = 10_000, row_group_size: int = 1_000, encoding: str = "png",
+                  overwrite: bool = False) -> str:
     """Write ``splits`` ({"train": (x uint8, y int64), ...}) as shards under ``out``, then
     dataset.json (``info`` + files and counts) LAST. Returns the dataset.json URI.
 
@@ -249,14 +249,14 @@ def write_dataset(out, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], 
         raise ValueError("rows per shard and row-group size must be at least 1")
     target = storage.join(out, DATASET_JSON)
     old_files: list[str] = []
-    if storage.exists(target, storage_options):
+    if storage.exists(target):
         if not overwrite:
             raise ValueError(f"'{out}' already holds a dataset ({DATASET_JSON}); choose an empty location or pass --overwrite")
         try:
-            old_files = [f for entry in read_info(out, storage_options).get("splits", {}).values() for f in entry["files"]]
+            old_files = [f for entry in read_info(out).get("splits", {}).values() for f in entry["files"]]
         except DatasetFormatError:
             old_files = []
-        storage.remove(target, storage_options)
+        storage.remove(target)
     written: list[str] = []
     entries: dict[str, dict[str, Any]] = {}
     try:
@@ -265,21 +265,21 @@ def write_dataset(out, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], 
             for i, start in enumerate(range(0, len(x), rows_per_shard)):
                 name = f"{split}-{i:05d}.parquet"
                 table = _table(x[start : start + rows_per_shard], y[start : start + rows_per_shard], encoding)
-                with storage.atomic_open(storage.join(out, name), storage_options) as f:
+                with storage.atomic_open(storage.join(out, name)) as f:
                     pq.write_table(table, f, row_group_size=row_group_size, compression="zstd")
                 written.append(name)
                 files.append(name)
             counts = torch.bincount(y, minlength=len(info["class_names"])).tolist()
             entries[split] = {"files": files, "count": len(x), "class_counts": counts}
         document = {"format": DATASET_FORMAT, "version": DATASET_VERSION, **info, "encoding": encoding, "splits": entries}
-        storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode(), storage_options)
+        storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode())
     except BaseException:
         for name in written:
             try:
-                storage.remove(storage.join(out, name), storage_options)
+                storage.remove(storage.join(out, name))
             except storage.StorageError:
                 pass  # the first error is the one to report
         raise
     for name in set(old_files) - set(written):
-        storage.remove(storage.join(out, name), storage_options)
+        storage.remove(storage.join(out, name))
     return target

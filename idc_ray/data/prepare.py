@@ -21,8 +21,8 @@ IMAGENET_SUBSET = "imagenet-subset"  # any class list and size, from an ImageFol
 SOURCES = (*DATASETS, PARQUET, IMAGENET_SUBSET)
 
 
-def load_source(dataset: str, data_uri: str | None, storage_options: Mapping | None = None, *,
-                size: int | None = None, class_list: str | None = None) -> RealData:
+def load_source(dataset: str, data_uri: str | None, *, size: int | None = None,
+                class_list: str | None = None) -> RealData:
     """The dataset to convert. ``size`` and ``class_list`` (a class-list file, see
     :mod:`idc_ray.data.imagenet`) apply to the ImageNet sources only; ``imagenet-subset`` needs
     ``class_list`` and is named so in dataset.json (ImageNet rules still apply)."""
@@ -35,9 +35,9 @@ def load_source(dataset: str, data_uri: str | None, storage_options: Mapping | N
     if dataset == IMAGENET_SUBSET and class_list is None:
         raise ValueError(f"{IMAGENET_SUBSET} needs --class-list FILE (one wnid per line)")
     if not is_imagenet or (size is None and class_list is None):
-        return load_dataset(dataset, data_uri, storage_options=storage_options)
+        return load_dataset(dataset, data_uri)
     base = DATASETS["imagenet100"]
-    classes = imagenet.read_class_list(class_list, storage_options) if class_list else DATASETS[dataset].class_names
+    classes = imagenet.read_class_list(class_list) if class_list else DATASETS[dataset].class_names
     size = size or base.size
     if size < 1:
         raise ValueError(f"--size must be at least 1, got {size}")
@@ -54,7 +54,7 @@ def dataset_info(spec: DatasetSpec, source: Mapping[str, Any]) -> dict[str, Any]
             "family": spec.family, "source": dict(source)}
 
 
-def prepare(dataset: str, data_uri: str | None, output: str, storage_options: Mapping | None = None, *,
+def prepare(dataset: str, data_uri: str | None, output: str, *,
             size: int | None = None, class_list: str | None = None, rows_per_shard: int = 10_000,
             row_group_size: int = 1_000, encoding: str = "png", overwrite: bool = False) -> str:
     """Load ``dataset`` and write it as Parquet under ``output``; returns the dataset.json URI.
@@ -66,12 +66,11 @@ def prepare(dataset: str, data_uri: str | None, output: str, storage_options: Ma
         raise ValueError(f"unknown image encoding {encoding!r}; choose one of {', '.join(parquet.ENCODINGS)}")
     if rows_per_shard < 1 or row_group_size < 1:
         raise ValueError("--rows-per-shard and --row-group-size must be at least 1")
-    if not overwrite and storage.exists(storage.join(output, parquet.DATASET_JSON), storage_options):
+    if not overwrite and storage.exists(storage.join(output, parquet.DATASET_JSON)):
         raise ValueError(f"'{output}' already holds a dataset ({parquet.DATASET_JSON}); choose an empty location "
                          "or pass --overwrite")
-    data = load_source(dataset, data_uri, storage_options, size=size, class_list=class_list)
+    data = load_source(dataset, data_uri, size=size, class_list=class_list)
     source = {"dataset": dataset, "data_uri": None if data_uri is None else str(data_uri), "idc_ray": __version__}
     splits = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
-    return parquet.write_dataset(output, splits, dataset_info(data.spec, source), storage_options,
-                                 rows_per_shard=rows_per_shard, row_group_size=row_group_size, encoding=encoding,
-                                 overwrite=overwrite)
+    return parquet.write_dataset(output, splits, dataset_info(data.spec, source), rows_per_shard=rows_per_shard,
+                                 row_group_size=row_group_size, encoding=encoding, overwrite=overwrite)

@@ -167,15 +167,14 @@ DATASETS: dict[str, DatasetSpec] = _specs()
 PARQUET = "parquet"  # any Parquet dataset; its spec comes from <data-uri>/dataset.json
 
 
-def get_spec(name: str, data_uri: str | os.PathLike | None = None,
-             storage_options: Mapping | None = None) -> DatasetSpec:
+def get_spec(name: str, data_uri: str | os.PathLike | None = None) -> DatasetSpec:
     """The spec for ``name``; for ``parquet`` it is read from ``data_uri``/dataset.json.
 
     Raises UnknownDatasetError listing the valid names. ``data_uri`` is ignored for registered
     names (whose ``measure_stats`` values arrive with :func:`load_dataset`).
     """
     if name == PARQUET:
-        return spec_from_info(_parquet_info(data_uri, storage_options))
+        return spec_from_info(_parquet_info(data_uri))
     try:
         return DATASETS[name]
     except KeyError:
@@ -196,12 +195,12 @@ def with_stats(spec: DatasetSpec, stats: str = "published") -> DatasetSpec:
     return replace(spec, mean=mean, std=std)
 
 
-def _parquet_info(root, storage_options: Mapping | None) -> dict:
+def _parquet_info(root) -> dict:
     if root is None:
         raise sources.DatasetNotFoundError(
             "dataset 'parquet' takes its classes and shape from <data-uri>/dataset.json; pass --data-uri "
             "pointing at a folder written by jobs/prepare_data.py")
-    return parquet.read_info(root, storage_options)
+    return parquet.read_info(root)
 
 
 def spec_from_info(info: Mapping) -> DatasetSpec:
@@ -256,13 +255,13 @@ def _keep_classes(arrays: sources.Arrays, classes: Sequence[int]) -> sources.Arr
     return tuple(out)
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, *, storage_options: Mapping | None = None,
-                 classes: Sequence[int] | None = None, split: str | None = None) -> RealData:
+def load_dataset(name: str, root: str | os.PathLike | None = None, *, classes: Sequence[int] | None = None,
+                 split: str | None = None) -> RealData:
     """Load ``name`` from ``root`` and check its shape.
 
     ``root``: the dataset's folder (ignored by mnist5k and tiny), a local path, or a local path or
-    URL (``s3://bucket/prefix``) holding the Parquet form; ``storage_options`` go to fsspec (S3
-    endpoint, credentials; the AWS environment variables apply otherwise). ``classes``: keep
+    URL (``s3://bucket/prefix``) holding the Parquet form, read with the process's storage
+    options (``idc_ray.storage.configure``; the AWS environment variables otherwise). ``classes``: keep
     only the images of these class ids (labels are not renumbered), read as such from Parquet,
     so a worker holds only the classes it updates; measured statistics still cover every class.
     ``split``: "train" or "test" keeps only that split (the other's arrays are empty); Parquet
@@ -275,10 +274,10 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, storage_op
     """
     if split not in (None, "train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if name == PARQUET or (name in DATASETS and root is not None and parquet.is_dataset(root, storage_options)):
-        info = _parquet_info(root, storage_options)
+    if name == PARQUET or (name in DATASETS and root is not None and parquet.is_dataset(root)):
+        info = _parquet_info(root)
         spec = spec_from_info(info) if name == PARQUET else _registered_from_parquet(get_spec(name), info, root)
-        train_x, train_y, test_x, test_y = parquet.read_arrays(root, info, storage_options, classes, split)
+        train_x, train_y, test_x, test_y = parquet.read_arrays(root, info, classes, split)
     else:
         spec = get_spec(name)
         arrays = spec.loader(root)

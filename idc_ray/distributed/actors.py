@@ -10,6 +10,7 @@ import ray
 import torch
 from ray.util import metrics
 
+from idc_ray import storage
 from idc_ray.data import load_dataset
 from idc_ray.engine.expert import ExpertSpec, expert_trajectory, new_model
 from idc_ray.engine.plan import Plan, build_matcher
@@ -42,6 +43,13 @@ def actor_device() -> torch.device:
     return torch.device("cpu")
 
 
+def configure_worker(options: dict | None) -> None:
+    """Storage in this Ray worker as the driver has it: every task and actor that touches storage
+    takes the driver's ``storage.current()`` as an argument and calls this first. An argument, not
+    a runtime_env variable: those show on the dashboard, and a key or secret must never."""
+    storage.configure(options)
+
+
 def use_assigned_cpus() -> int:
     """Torch threads = whole CPUs Ray assigned to this actor (at least 1)."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
@@ -62,10 +70,11 @@ class MatcherActor:
 
     def __init__(self, name: str, plan: Plan, classes: list[int], dataset: str, data_uri: str | None,
                  state: dict | None, fault: dict | None = None, storage_options: dict | None = None):
+        configure_worker(storage_options)
         self.name = name
         self.threads = use_assigned_cpus()
         self.device = actor_device()
-        self.source = (plan, classes, dataset, data_uri, state, storage_options)
+        self.source = (plan, classes, dataset, data_uri, state)
         self.fault = fault
         tags = {"shard": name}
         self.m_loss = metrics.Gauge("idc_matching_loss", "mean matching loss of the shard's last step", tag_keys=("shard",))
@@ -77,8 +86,8 @@ class MatcherActor:
     def setup(self) -> dict:
         """Read this shard's classes only (Parquet sources read just their rows) and build the
         matcher (from the checkpoint's state, if any); returns :meth:`info`."""
-        plan, classes, dataset, data_uri, state, storage_options = self.source
-        store = load_dataset(dataset, data_uri, storage_options=storage_options, classes=classes).train_store(classes)
+        plan, classes, dataset, data_uri, state = self.source
+        store = load_dataset(dataset, data_uri, classes=classes).train_store(classes)
         self.matcher = build_matcher(plan, store, classes, state, self.device)
         self.model = new_model(plan.expert, 0, 0).to(self.device)  # weights are replaced every step
         return self.info()
@@ -113,16 +122,17 @@ class ExpertActor:
 
     def __init__(self, expert: ExpertSpec, dataset: str, data_uri: str | None, inner_iters: int,
                  start_outer: int, end_outer: int, storage_options: dict | None = None):
+        configure_worker(storage_options)
         use_assigned_cpus()
         self.device = actor_device()
-        self.source = (expert, dataset, data_uri, inner_iters, start_outer, end_outer, storage_options)
+        self.source = (expert, dataset, data_uri, inner_iters, start_outer, end_outer)
         self.produced = 0
         self.m_depth = metrics.Gauge("idc_expert_queue_depth", "expert states produced but not yet consumed by the matchers")
 
     def setup(self) -> None:
         """Read the training split and start the trajectory (as MatcherActor.setup)."""
-        expert, dataset, data_uri, inner_iters, start_outer, end_outer, storage_options = self.source
-        store = load_dataset(dataset, data_uri, storage_options=storage_options).train_store()
+        expert, dataset, data_uri, inner_iters, start_outer, end_outer = self.source
+        store = load_dataset(dataset, data_uri).train_store()
         self.trajectory = expert_trajectory(expert, store, inner_iters, start_outer, end_outer, self.device)
 
     def produce(self, consumed: int) -> dict:

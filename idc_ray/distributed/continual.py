@@ -11,13 +11,15 @@ from typing import Callable, Sequence
 
 import ray
 
-from idc_ray.distributed.actors import actor_device, use_assigned_cpus
+from idc_ray import storage
+from idc_ray.distributed.actors import actor_device, configure_worker, use_assigned_cpus
 from idc_ray.distributed.resources import plan_tasks, task_options
 from idc_ray.distributed.tasks import PutOnce, gather
 
 
 @ray.remote
-def _call(fn: Callable, *args):
+def _call(storage_options: dict | None, fn: Callable, *args):
+    configure_worker(storage_options)  # the exemplar tasks read and write the stages' data
     use_assigned_cpus()
     return fn(*args, device=actor_device())
 
@@ -33,10 +35,10 @@ def ray_map(fn: Callable, items: Sequence[tuple], names: Sequence[str], *, max_r
     def put(value):  # arrays and containers enter the object store once; scalars and names go inline
         return put_once(value) if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else value
 
-    pending = {}
+    pending, worker_storage = {}, storage.current()
     for i, (item, name) in enumerate(zip(items, names)):
         task = _call.options(**res, max_retries=max_retries, name=name)
-        pending[task.remote(fn, *(put(a) for a in item))] = i
+        pending[task.remote(worker_storage, fn, *(put(a) for a in item))] = i
     log(f"[continual] {len(pending)} Ray tasks submitted ({res['num_gpus']:g} GPU, {res['num_cpus']:g} CPU each)")
 
     def done(i: int, _result, finished: int, seconds: float) -> None:

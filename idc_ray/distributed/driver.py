@@ -33,25 +33,25 @@ class JobResult:
     placement: list[dict] = field(default_factory=list)
 
 
-def dataset_spec(cfg: IDCConfig, storage_options: dict | None = None) -> DatasetSpec:
+def dataset_spec(cfg: IDCConfig) -> DatasetSpec:
     """The spec every process must share. Datasets whose statistics are measured at load
     (speech) are loaded once here, so all matchers normalise with the same numbers."""
-    spec = get_spec(cfg.data.dataset, cfg.data.data_uri, storage_options)
+    spec = get_spec(cfg.data.dataset, cfg.data.data_uri)
     if spec.measure_stats:
-        spec = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options).spec
+        spec = load_dataset(cfg.data.dataset, cfg.data.data_uri).spec
     return spec
 
 
 def condense_job(cfg: IDCConfig, output: str, options: RunOptions, *, device: str | torch.device = "cpu",
-                 storage_options: dict | None = None, on_progress: Callable[[Progress], None] | None = None,
+                 on_progress: Callable[[Progress], None] | None = None,
                  spec: DatasetSpec | None = None, plan: Plan | None = None,
                  snapshots: Snapshots | None = None) -> JobResult:
     """Run the whole schedule on the chosen backend, checkpointing under ``output``. ``spec`` and
     ``plan``: the run's, when the caller has them already (else built here, once); ``snapshots``:
     the stored set at iteration 0 and every K-th (``--eval-every``)."""
-    spec = spec or dataset_spec(cfg, storage_options)
+    spec = spec or dataset_spec(cfg)
     plan = plan or build_plan(cfg, spec)
-    ckpts = CheckpointStore(output, storage_options)
+    ckpts = CheckpointStore(output)
     ckpts.check_reachable()
     start = ckpts.latest() if options.resume else None
     if start is not None:
@@ -61,12 +61,12 @@ def condense_job(cfg: IDCConfig, output: str, options: RunOptions, *, device: st
         log.info("--resume: no checkpoint under %s, starting from the beginning", output)
     started = time.perf_counter()
     if options.backend == "local":
-        store = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options).train_store()
+        store = load_dataset(cfg.data.dataset, cfg.data.data_uri).train_store()
         states, history, restarts = run_local(cfg, plan, store, device=device, ckpts=ckpts, start=start,
                                               options=options, on_progress=on_progress, snapshots=snapshots)
         placement: list[dict] = [{"name": "local", "device": str(device)}]
     else:
         states, history, restarts, placement = run_on_ray(cfg, plan, spec, ckpts, start, options, on_progress,
-                                                          storage_options, snapshots)
+                                                          snapshots)
     stored, labels = stack_stored({c: s["data"] for c, s in states.items()})
     return JobResult(spec, stored, labels, history, time.perf_counter() - started, restarts, placement)

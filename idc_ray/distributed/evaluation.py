@@ -63,7 +63,8 @@ def evaluate_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, 
                   test_y: torch.Tensor, crash_marker: str | None = None, val_x: torch.Tensor | None = None,
                   val_y: torch.Tensor | None = None) -> RunRecord:
     """Run one (model, repeat) on the GPU Ray assigned (else the CPU), printing progress to the
-    job log and reporting the current test accuracy as the ``idc_eval_accuracy`` gauge."""
+    job log and reporting the current test accuracy as the ``idc_eval_accuracy`` gauge. It gets
+    tensors and touches no storage, so it takes no storage options (``actors.configure_worker``)."""
     use_assigned_cpus()  # before any torch work: results depend on the thread count
     if crash_marker and not os.path.exists(crash_marker):  # testing aid: die once, like a lost node
         open(crash_marker, "w").close()

@@ -143,25 +143,23 @@ def pool_cache_dir(cfg: IDCConfig, out_dir: str | Path, pool: PoolOptions | None
     return str(Path(out_dir) / "cache")
 
 
-def with_pool(cfg: IDCConfig, cache: str, seeds: int, options: RunOptions, device: torch.device,
-              storage_options: dict | None) -> IDCConfig:
+def with_pool(cfg: IDCConfig, cache: str, seeds: int, options: RunOptions, device: torch.device) -> IDCConfig:
     """``cfg`` with ``expert.pretrained: auto`` replaced by the folder of its pretrained pool,
     taken from ``cache`` or pretrained now and cached there, keyed by the settings that shape it
     (``idc_ray.tune.cache.ensure_pool``, the function Tune trials use); on the Ray backend the seeds
     run as parallel Ray tasks (``idc_ray.distributed.pool``)."""
     log = lambda message: print(f"[idc-ray] {message}", file=sys.stderr, flush=True)
     if options.backend == "ray":
-        path = ensure_pool_on_ray(cfg, cache, seeds, options, storage_options, log=log)
+        path = ensure_pool_on_ray(cfg, cache, seeds, options, log=log)
     else:
-        load = lambda: load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)
+        load = lambda: load_dataset(cfg.data.dataset, cfg.data.data_uri)
         path = ensure_pool(cfg, load, cache, seeds, device=device, log=log)
     log(f"expert pool: {path}")
     return replace(cfg, expert=replace(cfg.expert, pretrained=path))
 
 
 def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progress: bool = True,
-                options: RunOptions | None = None, address: str | None = None,
-                storage_options: dict | None = None, final_eval: FinalEval | None = None,
+                options: RunOptions | None = None, address: str | None = None, final_eval: FinalEval | None = None,
                 pool: PoolOptions | None = None, eval_every: EvalEvery | None = None) -> str:
     """Condense with ``cfg`` on the chosen backend and write the output folder.
 
@@ -174,7 +172,7 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
     ``eval_every``, the stored set is evaluated while the job runs (``distributed/watch.py``) and
     the curve lands in the output and the manifest's ``metrics.eval_curve``.
     """
-    spec = dataset_spec(cfg, storage_options)
+    spec = dataset_spec(cfg)
     plan = build_plan(cfg, spec)  # a bad config fails now, not after hours of pretraining or condensation
     if final_eval is not None:
         check_models(final_eval.models, spec.channels, spec.size)  # before hours of condensation
@@ -188,26 +186,25 @@ def condense_to(cfg: IDCConfig, out_dir: str | Path, device: str = "auto", progr
     # on Ray: joins the session in progress, else --address/RAY_ADDRESS, else a local Ray for the job
     with ray_session(address, log=_stderr if progress else None) if options.backend == "ray" else nullcontext():
         if pool_cache is not None:
-            cfg = with_pool(cfg, pool_cache, (pool or PoolOptions()).seeds, options, dev, storage_options)
+            cfg = with_pool(cfg, pool_cache, (pool or PoolOptions()).seeds, options, dev)
             plan = replace(plan, expert=replace(plan.expert, pretrained=cfg.expert.pretrained))
         watcher, snapshots, on_progress = None, None, printer
         if eval_every is not None:
             watcher = CurveWatcher(cfg, spec, str(out_dir), eval_every, on_ray=options.backend == "ray",
-                                   device=str(dev), storage_options=storage_options, log=_stderr)
+                                   device=str(dev), log=_stderr)
             snapshots = Snapshots(eval_every.every, watcher.take)
             on_progress = lambda p: (watcher.poll(), printer and printer(p))
         job = condense_job(cfg, str(out_dir), options, device=dev, on_progress=on_progress,
-                           storage_options=storage_options, spec=spec, plan=plan, snapshots=snapshots)
-        path = _save(cfg, plan, out_dir, job, dev, options, storage_options)
+                           spec=spec, plan=plan, snapshots=snapshots)
+        path = _save(cfg, plan, out_dir, job, dev, options)
         if watcher is not None:
-            record_metrics(path, {"eval_curve": watcher.finish()}, storage_options)
+            record_metrics(path, {"eval_curve": watcher.finish()})
         if final_eval is not None:  # on Ray while the session is still open
-            _evaluate_written(path, final_eval, options, str(dev), storage_options)
+            _evaluate_written(path, final_eval, options, str(dev))
     return path
 
 
-def _save(cfg: IDCConfig, plan: Plan, out_dir: str | Path, job: JobResult, dev: torch.device, options: RunOptions,
-          storage_options: dict | None) -> str:
+def _save(cfg: IDCConfig, plan: Plan, out_dir: str | Path, job: JobResult, dev: torch.device, options: RunOptions) -> str:
     meta = {
         "dataset": cfg.data.dataset,
         "ipc": cfg.synset.ipc,
@@ -225,15 +222,14 @@ def _save(cfg: IDCConfig, plan: Plan, out_dir: str | Path, job: JobResult, dev: 
         "code_version": __version__,
     }
     return save_condensed(out_dir, job.stored, job.labels, config_yaml=cfg.to_yaml(), meta=meta,
-                          spec=with_stats(job.spec, cfg.data.stats), storage_options=storage_options)
+                          spec=with_stats(job.spec, cfg.data.stats))
 
 
-def _evaluate_written(manifest_uri: str, final_eval: FinalEval, options: RunOptions, device: str,
-                      storage_options: dict | None) -> None:
+def _evaluate_written(manifest_uri: str, final_eval: FinalEval, options: RunOptions, device: str) -> None:
     executor = RayExecutor(log=_stderr) if options.backend == "ray" else Sequential(device, log=_stderr)
     results = evaluate_artifact(manifest_uri, models=final_eval.models, repeat=final_eval.repeat,
-                                epochs=final_eval.epochs, executor=executor, storage_options=storage_options)
+                                epochs=final_eval.epochs, executor=executor)
     summary = {name: {k: m[k] for k in ("mean", "std", "best_mean", "best_std", "epochs")}
                for name, m in results["models"].items()}  # best: selected on the test set (report.METRIC)
-    record_metrics(manifest_uri, {"eval": summary}, storage_options)
+    record_metrics(manifest_uri, {"eval": summary})
     print(table([results]), file=sys.stderr, flush=True)

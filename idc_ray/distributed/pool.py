@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 import ray
 
+from idc_ray import storage
 from idc_ray.config import IDCConfig
 from idc_ray.data import RealData, load_dataset
-from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
+from idc_ray.distributed.actors import actor_device, actor_runtime_env, configure_worker, use_assigned_cpus
 from idc_ray.distributed.driver import RunOptions
 from idc_ray.engine.expert import pool_checkpoint
 from idc_ray.pretrain import pretrain_seed
@@ -36,9 +37,10 @@ def _log(message: str) -> None:
 @ray.remote(max_retries=1)
 def pretrain_seed_task(cfg: IDCConfig, folder: str, seed: int, epochs: int, storage_options: dict | None) -> dict:
     """Train pool network ``seed`` into ``folder`` (:func:`idc_ray.pretrain.pretrain_seed`)."""
+    configure_worker(storage_options)
     use_assigned_cpus()
     device = actor_device()
-    data = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)  # 2.
+    data = load_dataset(cfg.data.dataset, cfg.data.data_uri)  # 2.
     pretrain_seed(cfg, data, folder, seed, epochs=epochs, device=device)
     return {"seed": seed, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "device": str(device)}
 
@@ -61,7 +63,7 @@ def seed_resources(data: RealData, options: RunOptions) -> dict[str, Any]:
 
 
 def pretrain_seeds(cfg: IDCConfig, folder: Path, seeds: int, epochs: int, options: RunOptions,
-                   storage_options: dict | None = None, log: Callable[[str], None] = _log) -> list[dict]:
+                   log: Callable[[str], None] = _log) -> list[dict]:
     """Write pool networks 0..seeds-1 into ``folder`` as parallel Ray tasks; one record per task.
 
     Raises:
@@ -69,11 +71,11 @@ def pretrain_seeds(cfg: IDCConfig, folder: Path, seeds: int, epochs: int, option
         be a folder every node mounts).
     """
     # Loaded once here: fills the decode cache the tasks read, and sizes their memory request.
-    data = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)
+    data = load_dataset(cfg.data.dataset, cfg.data.data_uri)
     resources = seed_resources(data, options)
     del data
     refs = [pretrain_seed_task.options(name=f"pretrain seed {s}", **resources).remote(  # 1.
-        cfg, str(folder), s, epochs, storage_options) for s in range(seeds)]
+        cfg, str(folder), s, epochs, storage.current()) for s in range(seeds)]
     records = ray.get(refs)
     missing = [p for s in range(seeds) for e in range(epochs + 1) if not (p := pool_checkpoint(folder, s, e)).is_file()]
     if missing:
@@ -85,10 +87,10 @@ def pretrain_seeds(cfg: IDCConfig, folder: Path, seeds: int, epochs: int, option
 
 
 def ensure_pool_on_ray(cfg: IDCConfig, cache_dir: str, seeds: int, options: RunOptions,
-                       storage_options: dict | None = None, log: Callable[[str], None] = _log) -> str:
+                       log: Callable[[str], None] = _log) -> str:
     """The cached pool of ``cfg`` (``<cache_dir>/pools/<key>``, the key of
     :func:`idc_ray.tune.cache.pool_settings`), pretrained here by parallel seed tasks when missing."""
-    build = lambda plain, folder, epochs: pretrain_seeds(plain, folder, seeds, epochs, options, storage_options, log)
+    build = lambda plain, folder, epochs: pretrain_seeds(plain, folder, seeds, epochs, options, log)
     return ensure_pool(cfg, None, cache_dir, seeds, log=log, build=build)
 
 

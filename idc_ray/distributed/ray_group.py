@@ -14,6 +14,7 @@ import ray
 from ray.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from idc_ray import storage
 from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec
 from idc_ray.checkpoint import Checkpoint, CheckpointStore
@@ -36,11 +37,12 @@ class RayGroup:
     """Matcher actors + expert actor for one attempt of the schedule (built from a checkpoint)."""
 
     def __init__(self, cfg: IDCConfig, plan: Plan, layout: Layout, pg, ckpt: Checkpoint | None,
-                 first_outer: int, options: RunOptions, faults: list[dict], tag: str, storage_options: dict | None):
+                 first_outer: int, options: RunOptions, faults: list[dict], tag: str):
         self.cfg = cfg
         self.options = options
         strategy = lambda i: PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
         runtime_env = actor_runtime_env(options.keep_freed_memory)
+        worker_storage = storage.current()  # the actors read the data as this process would
         self.names = [shard_name(i, cls) for i, cls in enumerate(layout.shards)]
         self.matchers = []
         for i, classes in enumerate(layout.shards):
@@ -49,13 +51,13 @@ class RayGroup:
             self.matchers.append(MatcherActor.options(
                 name=f"{self.names[i]}@{tag}", num_cpus=layout.cpus, num_gpus=layout.gpus, scheduling_strategy=strategy(i),
                 runtime_env=runtime_env,
-            ).remote(self.names[i], plan, classes, cfg.data.dataset, cfg.data.data_uri, state, fault, storage_options))
+            ).remote(self.names[i], plan, classes, cfg.data.dataset, cfg.data.data_uri, state, fault, worker_storage))
         sched = cfg.schedule
         self.expert = ExpertActor.options(
             name=f"expert@{tag}", num_cpus=layout.cpus, num_gpus=layout.expert_gpus, scheduling_strategy=strategy(len(layout.shards)),
             runtime_env=runtime_env,
         ).remote(plan.expert, cfg.data.dataset, cfg.data.data_uri, sched.inner_iters, first_outer, sched.outer_iters,
-                 storage_options)
+                 worker_storage)
         self.steps = [(o, i) for o in range(first_outer, sched.outer_iters) for i in range(sched.inner_iters)]
         self.states_ahead: deque = deque()
         self.requested = 0
@@ -138,7 +140,7 @@ def check_fits(available: list[dict], needed: list[dict]) -> None:
 
 def run_on_ray(cfg: IDCConfig, plan: Plan, spec: DatasetSpec, ckpts: CheckpointStore, start: Checkpoint | None,
                options: RunOptions, on_progress: Callable[[Progress], None] | None,
-               storage_options: dict | None = None, snapshots: Snapshots | None = None):
+               snapshots: Snapshots | None = None):
     """Place the actors and drive the schedule; returns (states, history, restarts, placement)."""
     layout = plan_layout(spec.num_classes, options)
     bundles = layout.bundles()
@@ -163,8 +165,7 @@ def run_on_ray(cfg: IDCConfig, plan: Plan, spec: DatasetSpec, ckpts: CheckpointS
 
     def make_group(ckpt: Checkpoint | None, first: int) -> RayGroup:
         # Readable, unique actor names for the dashboard: matcher-0[classes 0-4]@<run>.<attempt>
-        group = RayGroup(cfg, plan, layout, pg, ckpt, first, options, faults, f"{run_id}.{next(attempts)}",
-                         storage_options)
+        group = RayGroup(cfg, plan, layout, pg, ckpt, first, options, faults, f"{run_id}.{next(attempts)}")
         faults[:] = [f for f in faults if f.get("repeat")]  # others fire in the first incarnation only
         placement[:] = group.setup()
         for p in placement:

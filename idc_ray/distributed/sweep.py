@@ -34,7 +34,7 @@ from idc_ray import storage
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import DatasetSpec, get_spec, load_dataset
-from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
+from idc_ray.distributed.actors import actor_device, actor_runtime_env, configure_worker, use_assigned_cpus
 from idc_ray.distributed.evaluation import evaluate_task
 from idc_ray.distributed.job import condense_to
 from idc_ray.distributed.resources import TrialResources, default_resources, task_options
@@ -85,10 +85,10 @@ class PreparedData:
     real: Any = None  # ObjectRef of the RealData, or None
 
 
-def prepare_data(cfg: IDCConfig, storage_options: Mapping | None = None, *, with_train: bool = False) -> PreparedData:
+def prepare_data(cfg: IDCConfig, *, with_train: bool = False) -> PreparedData:
     """Load ``cfg``'s dataset once (decoded sources fill their decode cache for the actors too) and
     put what trials share into the object store."""
-    real = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)
+    real = load_dataset(cfg.data.dataset, cfg.data.data_uri)
     return PreparedData(settings_key(data_settings(cfg)), real.spec, ray.put(real.test_x), ray.put(real.test_y),
                         ray.put(real) if with_train else None)
 
@@ -104,15 +104,15 @@ class TrialSetup:
     interim_epochs: int | None = None
     cache_dir: str = "runs/tune/cache"
     pool_seeds: int = 10
-    storage_options: dict | None = None
+    storage_options: dict | None = None  # the driver's storage.current(): the trial configures its process with it
 
 
 @ray.remote(runtime_env=actor_runtime_env(True))  # freed activations reused, as in the matcher actors
 def build_pool(cfg: IDCConfig, real, cache_dir: str, seeds: int, storage_options: dict | None) -> str:
     """Pretrain (or find in the cache) the expert pool of ``cfg``; returns its folder."""
+    configure_worker(storage_options)
     use_assigned_cpus()
-    load = (lambda: real) if real is not None else (
-        lambda: load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options))
+    load = (lambda: real) if real is not None else (lambda: load_dataset(cfg.data.dataset, cfg.data.data_uri))
     return ensure_pool(cfg, load, cache_dir, seeds, device=actor_device(), log=_log)
 
 
@@ -172,16 +172,17 @@ def condense_trial(config: dict[str, Any], setup: TrialSetup, prepared: Mapping[
     Each stage continues the previous one from its checkpoint (``--resume`` semantics), so the
     final artifact has the bytes of one uninterrupted run of the trial's config.
     """
+    configure_worker(setup.storage_options)
     _to_job_dir()
     trial = tune.get_context().get_trial_id()
     cfg = trial_config(setup.base, config)
     pg = get_current_placement_group()  # 1. the trial's reservation; run_on_ray places the actors in it
     data = (prepared or {}).get(settings_key(data_settings(cfg)))
     if data is None:  # a swept dataset: load it here
-        data = prepare_data(cfg, setup.storage_options, with_train=cfg.expert.pretrained == AUTO_POOL)
+        data = prepare_data(cfg, with_train=cfg.expert.pretrained == AUTO_POOL)
     if cfg.expert.pretrained == AUTO_POOL:  # 2. a pool that depends on swept values: cached by its settings
         path = ray.get(build_pool.options(**_in_bundle(pg, -1)).remote(cfg, data.real, setup.cache_dir,
-                                                                      setup.pool_seeds, setup.storage_options))
+                                                                      setup.pool_seeds, storage.current()))
         cfg = apply_overrides(cfg, {"expert.pretrained": path})
     out = storage.join(setup.artifacts_uri, trial)
     outers = stage_outers(cfg.schedule.outer_iters, setup.stages)
@@ -189,9 +190,8 @@ def condense_trial(config: dict[str, Any], setup: TrialSetup, prepared: Mapping[
     for stage, outer in enumerate(outers, 1):
         final = stage == len(outers)
         run_cfg = cfg if final else replace(cfg, schedule=replace(cfg.schedule, outer_iters=outer))
-        condense_to(run_cfg, out, device="cpu", progress=False, options=setup.resources.run_options(),
-                    storage_options=setup.storage_options)
-        stored, labels, manifest = load_condensed(out, setup.storage_options)
+        condense_to(run_cfg, out, device="cpu", progress=False, options=setup.resources.run_options())
+        stored, labels, manifest = load_condensed(out)
         epochs = final_epochs if final else interim_epochs(setup.interim_epochs, final_epochs)
         records = evaluate_stored(cfg, data, stored, labels, epochs=epochs, repeat=None if final else 1,
                                   label=trial, pg=pg)
@@ -216,10 +216,10 @@ class SweepResult:
     local_copies: list[str] = field(default_factory=list)  # when the storage is remote
 
 
-def _tune_storage(storage_uri: str, storage_options: Mapping | None):
+def _tune_storage(storage_uri: str):
     """(storage_path, storage_filesystem) for Tune: a local absolute path, or the storage layer's
     fsspec filesystem (same endpoint and credentials as everything else) wrapped for pyarrow."""
-    fs, path = storage.open_fs(storage_uri, storage_options)
+    fs, path = storage.open_fs(storage_uri)
     if storage.is_local(storage_uri):
         return os.path.abspath(path), None
     import pyarrow.fs as pafs
@@ -237,7 +237,7 @@ def _trial_id(result) -> str:
 
 def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: int = 4, scheduler: str = "asha",
               storage_path: str = "runs/tune", name: str | None = None, cache_dir: str | None = None,
-              resources: TrialResources | None = None, storage_options: dict | None = None, search_seed: int = 0,
+              resources: TrialResources | None = None, search_seed: int = 0,
               verbose: int = 1, log: Callable[[str], None] = _log) -> SweepResult:
     """Run the sweep on the Ray cluster this process is connected to and write the ranked results.
 
@@ -258,8 +258,8 @@ def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: in
     if scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler '{scheduler}' is unknown; choose one of {', '.join(SCHEDULERS)}")
     resources = resources or default_resources()
-    resources.check(get_spec(base.data.dataset, base.data.data_uri, storage_options).num_classes)
-    storage.listdir(storage_path, storage_options)  # a missing bucket or bad credentials: one line, now
+    resources.check(get_spec(base.data.dataset, base.data.data_uri).num_classes)
+    storage.listdir(storage_path)  # a missing bucket or bad credentials: one line, now
     name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     local = storage.is_local(storage_path)
     storage_uri = os.path.abspath(storage_path) if local else storage_path
@@ -269,20 +269,20 @@ def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: in
     # 2. Work the swept values do not change, done once: the data, and the pool when it is shared.
     shared_pool = pool_shared(space, base)
     pool_in_trials = base.expert.pretrained == AUTO_POOL and not shared_pool
-    data = prepare_data(base, storage_options, with_train=shared_pool or pool_in_trials)
+    data = prepare_data(base, with_train=shared_pool or pool_in_trials)
     if shared_pool:
         path = ray.get(build_pool.options(num_cpus=resources.cpus_per_actor, num_gpus=resources.expert_gpus).remote(
-            base, data.real, cache_dir, space.pool_seeds, storage_options))
+            base, data.real, cache_dir, space.pool_seeds, storage.current()))
         log(f"expert pool shared by every trial: {path}")
         base = apply_overrides(base, {"expert.pretrained": path})
         data = replace(data, real=None)
     setup = TrialSetup(base, storage.join(experiment_uri, ARTIFACTS), resources, space.stages, space.interim_epochs,
-                       cache_dir, space.pool_seeds, storage_options)
+                       cache_dir, space.pool_seeds, storage.current())
 
     stages = len(stage_outers(base.schedule.outer_iters, space.stages))
     asha = ASHAScheduler(time_attr="training_iteration", max_t=stages, grace_period=min(space.grace_period, stages),
                          reduction_factor=space.reduction_factor)
-    tune_path, tune_fs = _tune_storage(storage_uri, storage_options)
+    tune_path, tune_fs = _tune_storage(storage_uri)
     trainable = tune.with_resources(tune.with_parameters(condense_trial, setup=setup, prepared={data.key: data}),
                                     resources.placement())
     tuner = tune.Tuner(
@@ -303,13 +303,13 @@ def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: in
     best = ranked[0] if ranked and ranked[0].completed else None
     files: dict[str, str] = {}
     if best is not None:
-        config_yaml = storage.read_bytes(storage.join(best.metrics["artifact"], "config.yaml"), storage_options).decode()
+        config_yaml = storage.read_bytes(storage.join(best.metrics["artifact"], "config.yaml")).decode()
         files[BEST_CONFIG] = best_config_text(config_yaml, best, sweep=name, metric=space.metric)
     files[RESULTS_MD] = results_markdown(ranked, title=name, space=space, preset=preset, scheduler=scheduler,
                                          storage_uri=experiment_uri, best_config=BEST_CONFIG if best else None)
     copies: list[str] = []
     for file_name, text in files.items():
-        storage.atomic_write_bytes(storage.join(experiment_uri, file_name), text.encode(), storage_options)
+        storage.atomic_write_bytes(storage.join(experiment_uri, file_name), text.encode())
         if not local:  # jobs/condense.py --config reads a local file
             copy = os.path.join("runs", "tune", name, file_name)
             storage.atomic_write_bytes(copy, text.encode())

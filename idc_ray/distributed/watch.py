@@ -27,7 +27,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable
 
 import ray
 from ray.util import metrics
@@ -91,15 +91,13 @@ class CurveWatcher:
     """Turns snapshots into evaluation tasks and finished tasks into curve points."""
 
     def __init__(self, cfg: IDCConfig, spec: DatasetSpec, output: str, options: EvalEvery, *, on_ray: bool,
-                 device: str = "cpu", storage_options: Mapping | None = None,
-                 log: Callable[[str], None] | None = None):
+                 device: str = "cpu", log: Callable[[str], None] | None = None):
         options.check()
         self.cfg, self.spec, self.output, self.options, self.on_ray = cfg, spec, output, options, on_ray
         self.device = device
-        self.storage_options = storage_options
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-        self.points = read_points(output, storage_options)  # a resumed job keeps the points it had
-        data = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options, split="test")
+        self.points = read_points(output)  # a resumed job keeps the points it had
+        data = load_dataset(cfg.data.dataset, cfg.data.data_uri, split="test")
         self.test = (data.test_x, data.test_y)
         self.test_refs = (ray.put(data.test_x), ray.put(data.test_y)) if on_ray else None
         self.gauge = CurveGauge() if on_ray else None
@@ -162,7 +160,7 @@ class CurveWatcher:
         point = curve_point(task.model, outer, seconds, [r.last for r in sorted(runs, key=lambda r: r.repeat)])
         self.points = merge_points(self.points, [point])
         self._export(point)
-        write_curve(self.output, self.points, self.storage_options)
+        write_curve(self.output, self.points)
         init = next((p for p in self.points if p["model"] == task.model and p["iteration"] == 0), None)
         versus = f" (initialisation {100 * init['mean']:.2f}%)" if init and outer else ""
         self.log(f"[curve] outer {outer} {task.model}: {100 * point['mean']:.2f} ± {100 * point['std']:.2f}% "

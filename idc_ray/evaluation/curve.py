@@ -37,23 +37,23 @@ def merge_points(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, An
     return [merged[k] for k in sorted(merged)]
 
 
-def read_points(folder: str, storage_options: Mapping | None = None) -> list[dict[str, Any]]:
+def read_points(folder: str) -> list[dict[str, Any]]:
     """The points a previous run of this output folder recorded (none when there is no curve yet)."""
     uri = storage.join(folder, CURVE_JSON)
-    if not storage.exists(uri, storage_options):
+    if not storage.exists(uri):
         return []
-    doc = json.loads(storage.read_bytes(uri, storage_options))
+    doc = json.loads(storage.read_bytes(uri))
     if doc.get("format") != CURVE_FORMAT or doc.get("version") != CURVE_VERSION:
         raise ValueError(f"{uri} is not an idc-ray evaluation curve of version {CURVE_VERSION}; "
                          "remove it or use another --output")
     return [dict(p) for p in doc["points"]]
 
 
-def write_curve(folder: str, points: Sequence[Mapping[str, Any]], storage_options: Mapping | None = None) -> None:
+def write_curve(folder: str, points: Sequence[Mapping[str, Any]]) -> None:
     """Redraw ``curve.png`` and rewrite ``eval_curve.json`` (each all-or-nothing, the JSON last)."""
-    storage.atomic_write_bytes(storage.join(folder, CURVE_PNG), curve_png(points), storage_options)
+    storage.atomic_write_bytes(storage.join(folder, CURVE_PNG), curve_png(points))
     doc = {"format": CURVE_FORMAT, "version": CURVE_VERSION, "points": list(points)}
-    storage.atomic_write_bytes(storage.join(folder, CURVE_JSON), json.dumps(doc, indent=1).encode(), storage_options)
+    storage.atomic_write_bytes(storage.join(folder, CURVE_JSON), json.dumps(doc, indent=1).encode())
 
 
 def curve_png(points: Sequence[Mapping[str, Any]]) -> bytes:

@@ -181,14 +181,13 @@ def curves_png(results: Sequence[Mapping[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(folder: str, results: Sequence[Mapping[str, Any]], storage_options: Mapping | None = None,
-                 *, index: str = RESULTS_JSON) -> str:
+def write_report(folder: str, results: Sequence[Mapping[str, Any]], *, index: str = RESULTS_JSON) -> str:
     """Write results.md and curves.png, then ``index`` LAST (after deleting the old one): the
     set's results.json for one set, summary.json (an index of per-set reports) for several."""
     target = storage.join(folder, index)
-    storage.remove(target, storage_options)  # from here on, no reader pairs an old index with new files
-    storage.atomic_write_bytes(storage.join(folder, RESULTS_MD), markdown(results).encode(), storage_options)
-    storage.atomic_write_bytes(storage.join(folder, CURVES_PNG), curves_png(results), storage_options)
+    storage.remove(target)  # from here on, no reader pairs an old index with new files
+    storage.atomic_write_bytes(storage.join(folder, RESULTS_MD), markdown(results).encode())
+    storage.atomic_write_bytes(storage.join(folder, CURVES_PNG), curves_png(results))
     if index == RESULTS_JSON:
         (document,) = results
     else:
@@ -197,5 +196,5 @@ def write_report(folder: str, results: Sequence[Mapping[str, Any]], storage_opti
                               "models": {n: {k: m[k] for k in ("mean", "std", "best_mean", "best_std")}
                                          for n, m in r["models"].items()}}
                              for r in results], "metric": METRIC, "code_version": __version__}
-    storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode(), storage_options)
+    storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode())
     return target

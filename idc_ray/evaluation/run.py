@@ -109,7 +109,7 @@ def _data_key(cfg: IDCConfig) -> tuple[str, str | None]:
 
 
 def build_sets(request: SetsRequest, options: EvalOptions, *, device: str = "cpu",
-               storage_options: Mapping | None = None, log: Log = _stderr) -> tuple[list[EvalSet], dict, dict[str, bytes]]:
+               log: Log = _stderr) -> tuple[list[EvalSet], dict, dict[str, bytes]]:
     """The sets of ``request`` (formed, configs resolved), the real data they are tested on,
     keyed by (dataset, data_uri), and extra files to write (the herding feature network).
 
@@ -120,8 +120,7 @@ def build_sets(request: SetsRequest, options: EvalOptions, *, device: str = "cpu
     changes = options.changes()
     if request.data_uri:
         changes["data.data_uri"] = request.data_uri
-    artifacts = {i: artifact_set(uri, models=options.models, changes=changes, overrides=options.overrides,
-                                 storage_options=storage_options)
+    artifacts = {i: artifact_set(uri, models=options.models, changes=changes, overrides=options.overrides)
                  for i, uri in enumerate(request.condensed) if not is_plain_file(uri)}
     fallback = next(iter(artifacts.values())).cfg if artifacts else None
     base = base_config(preset=request.preset, config=request.config, dataset=request.dataset, fallback=fallback)
@@ -130,13 +129,13 @@ def build_sets(request: SetsRequest, options: EvalOptions, *, device: str = "cpu
     data_uri = request.data_uri or (base.data.data_uri if dataset == base.data.dataset else None)
     base_changes = {**changes, "data.dataset": dataset, "data.data_uri": data_uri}
     if request.baselines or len(artifacts) < len(request.condensed):
-        spec = get_spec(dataset, data_uri, storage_options)
+        spec = get_spec(dataset, data_uri)
         # before the config is validated, which would name the expert model first
         check_models(options.models or (), spec.channels, spec.size)
     sets: list[EvalSet] = [
         artifacts[i] if i in artifacts else
         file_set(uri, base, factor=request.factor, normalized=request.normalized, changes=base_changes,
-                 overrides=options.overrides, storage_options=storage_options)
+                 overrides=options.overrides)
         for i, uri in enumerate(request.condensed)]
     base_cfg = None
     if request.baselines:
@@ -145,7 +144,7 @@ def build_sets(request: SetsRequest, options: EvalOptions, *, device: str = "cpu
     data: dict[tuple, RealData] = {}
     for cfg in [s.cfg for s in sets] + ([base_cfg] if base_cfg else []):
         if _data_key(cfg) not in data:
-            data[_data_key(cfg)] = load_dataset(cfg.data.dataset, cfg.data.data_uri, storage_options=storage_options)
+            data[_data_key(cfg)] = load_dataset(cfg.data.dataset, cfg.data.data_uri)
     extra: dict[str, bytes] = {}
     if base_cfg is not None:
         real = data[_data_key(base_cfg)]
@@ -262,25 +261,24 @@ def report_folder(sets: Sequence[EvalSet] | int, output: str | None, condensed: 
                      "(a single artifact's report goes into its own folder)")
 
 
-def write_reports(folder: str, results: Sequence[Mapping[str, Any]], extra: Mapping[str, bytes] | None = None,
-                  storage_options: Mapping | None = None) -> str:
+def write_reports(folder: str, results: Sequence[Mapping[str, Any]], extra: Mapping[str, bytes] | None = None) -> str:
     """One set: results.md, curves.png, results.json in ``folder``. Several: each set's report in
     ``folder/<label>/``, then the combined results.md and curves.png (with accuracy vs ipc) and
     summary.json last. Returns the URI of the index file."""
     for name, payload in (extra or {}).items():
-        storage.atomic_write_bytes(storage.join(folder, name), payload, storage_options)
+        storage.atomic_write_bytes(storage.join(folder, name), payload)
     if len(results) == 1:
-        return write_report(folder, results, storage_options)
-    storage.remove(storage.join(folder, SUMMARY_JSON), storage_options)
+        return write_report(folder, results)
+    storage.remove(storage.join(folder, SUMMARY_JSON))
     for r in results:
-        write_report(storage.join(folder, r["set"]["label"]), [r], storage_options)
-    return write_report(folder, results, storage_options, index=SUMMARY_JSON)
+        write_report(storage.join(folder, r["set"]["label"]), [r])
+    return write_report(folder, results, index=SUMMARY_JSON)
 
 
 def evaluate_artifact(uri: str, *, models: Sequence[str] | None = None, repeat: int | None = None,
                       epochs: int | None = None, fixed_compute: bool = False, output: str | None = None,
                       executor: Executor | None = None, eval_every: int | None = None,
-                      storage_options: Mapping | None = None, log: Log = _stderr) -> dict[str, Any]:
+                      log: Log = _stderr) -> dict[str, Any]:
     """Evaluate one condensed artifact with the protocol of its own config and write its report
     (results.json, results.md, curves.png) into ``output`` or the artifact's folder.
 
@@ -298,9 +296,9 @@ def evaluate_artifact(uri: str, *, models: Sequence[str] | None = None, repeat: 
                           fixed_compute=fixed_compute, eval_every=eval_every)
     request = SetsRequest(condensed=(uri,))
     folder = report_folder(1, output, request.condensed)
-    sets, data, _ = build_sets(request, options, storage_options=storage_options, log=log)
+    sets, data, _ = build_sets(request, options, log=log)
     results = evaluate_sets(sets, data, options, executor=executor, log=log)
-    write_reports(folder, results, storage_options=storage_options)
+    write_reports(folder, results)
     return results[0]
 
 

@@ -102,20 +102,20 @@ def with_overrides(cfg: IDCConfig, changes: Mapping[str, Any], overrides: Sequen
     return apply_overrides(cfg, list(overrides)) if overrides else cfg
 
 
-def spec_of(cfg: IDCConfig, storage_options: Mapping | None = None) -> DatasetSpec:
-    return with_stats(get_spec(cfg.data.dataset, cfg.data.data_uri, storage_options), cfg.data.stats)
+def spec_of(cfg: IDCConfig) -> DatasetSpec:
+    return with_stats(get_spec(cfg.data.dataset, cfg.data.data_uri), cfg.data.stats)
 
 
 # ---------------------------------------------------------------------------------------------
 def artifact_set(uri: str, *, models: Sequence[str] | None, changes: Mapping[str, Any] | None = None,
-                 overrides: Sequence[str] = (), storage_options: Mapping | None = None) -> EvalSet:
+                 overrides: Sequence[str] = ()) -> EvalSet:
     """A condensed artifact (folder or manifest URI), formed with its manifest's formation.
 
     Its own saved config supplies the recipe; ``changes`` (dotted keys such as ``eval.epochs``)
     and ``overrides`` (``--set`` strings) apply on top. ``models`` are checked against the
     data's shape before anything else happens.
     """
-    stored, labels, manifest = load_condensed(uri, storage_options)
+    stored, labels, manifest = load_condensed(uri)
     c, h, _ = manifest["shape"]
     check_models(models or (), c, h)
     formation = manifest["formation"]
@@ -124,14 +124,13 @@ def artifact_set(uri: str, *, models: Sequence[str] | None, changes: Mapping[str
              "synset.ipc": manifest["ipc"], **(changes or {})}
     cfg = with_overrides(from_dict(manifest.get("config") or {"data": {"dataset": manifest["dataset"]}}), facts, overrides)
     check_models(cfg.eval.models, c, h)
-    x, y = form_stored(cfg, spec_of(cfg, storage_options), stored, labels)
+    x, y = form_stored(cfg, spec_of(cfg), stored, labels)
     return EvalSet(_basename(uri), method_name(cfg.synset.factor), "artifact", uri, cfg, x, y, manifest["ipc"],
                    cfg.synset.factor, cfg.synset.formation, len(labels))
 
 
-def file_set(uri: str, base: IDCConfig, *, factor: int | None = None,
-             normalized: bool = False, changes: Mapping[str, Any] | None = None, overrides: Sequence[str] = (),
-             storage_options: Mapping | None = None) -> EvalSet:
+def file_set(uri: str, base: IDCConfig, *, factor: int | None = None, normalized: bool = False,
+             changes: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> EvalSet:
     """A plain torch file of ``base``'s dataset: a dict with ``data`` ((N, C, H, W) or
     (classes, ipc, C, H, W)) and ``labels`` (N integers), e.g. a DSA/DM/KIP set made elsewhere, or
     the published IDC code's ``data.pt``, a list ``[data, labels]``.
@@ -142,9 +141,9 @@ def file_set(uri: str, base: IDCConfig, *, factor: int | None = None,
     normalised with the dataset's mean/std (DC/DSA/DM save them so) need ``normalized``.
     """
     cfg = with_overrides(base, changes or {}, ())
-    spec = spec_of(cfg, storage_options)
+    spec = spec_of(cfg)
     try:
-        payload = torch.load(io.BytesIO(storage.read_bytes(uri, storage_options)), map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
     except storage.StorageError as e:
         if e.kind == "missing":
             raise FileNotFoundError(f"--condensed '{uri}' not found") from None

@@ -16,13 +16,14 @@ from idc_ray.data import DatasetFormatError, DatasetNotFoundError, get_spec, loa
 from idc_ray.data import parquet
 from idc_ray.data.prepare import dataset_info
 from idc_ray.engine.plan import build_plan
+from idc_ray import storage
 from idc_ray.storage import StorageError
 
 
-def _write_tiny(out, options=None, **kw) -> str:
+def _write_tiny(out, **kw) -> str:
     data = load_dataset("tiny")
     splits = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
-    return parquet.write_dataset(out, splits, dataset_info(data.spec, {"dataset": "tiny"}), options, **kw)
+    return parquet.write_dataset(out, splits, dataset_info(data.spec, {"dataset": "tiny"}), **kw)
 
 
 @pytest.mark.parametrize("encoding", ["png", "raw"])
@@ -102,15 +103,16 @@ def test_parquet_spec_drives_the_run_checks(tmp_path):
         get_spec("parquet", None)
 
 
-def test_s3_roundtrip_and_storage_options(s3, monkeypatch):
+def test_s3_roundtrip_and_configured_storage_options(s3, monkeypatch):
     _write_tiny(s3.uri("tiny"), rows_per_shard=100)
     assert s3.keys("tiny/") == ["tiny/dataset.json", "tiny/test-00000.parquet",
                                 "tiny/train-00000.parquet", "tiny/train-00001.parquet"]
     original = load_dataset("tiny")
     data = load_dataset("parquet", s3.uri("tiny"))
     assert torch.equal(data.train_x, original.train_x) and torch.equal(data.test_y, original.test_y)
-    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint can come from storage_options instead
-    again = load_dataset("tiny", s3.uri("tiny"), storage_options={"endpoint_url": s3.endpoint}, classes=[0])
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint can come from the configured options instead
+    with storage.configured({"endpoint_url": s3.endpoint}):
+        again = load_dataset("tiny", s3.uri("tiny"), classes=[0])
     assert torch.equal(again.train_x, original.train_x[original.train_y == 0])
 
 

@@ -106,7 +106,7 @@ def test_results_json_schema_and_write_order(artifact, tmp_path, monkeypatch):
     written: list[str] = []
     real_write = report.storage.atomic_write_bytes
     monkeypatch.setattr(report.storage, "atomic_write_bytes",
-                        lambda uri, data, opts=None: (written.append(uri), real_write(uri, data, opts)))
+                        lambda uri, data: (written.append(uri), real_write(uri, data)))
     index = write_reports(str(tmp_path / "out"), results)
     assert index.endswith("summary.json") and written[-1] == index
     for label in ("run", "random-ipc1"):
