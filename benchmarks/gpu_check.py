@@ -8,7 +8,7 @@
    size (ConvNet-3 width 128, 32 px, ipc 10, factor 2, 10 classes; benchmarks/matching.py's
    measure): class-steps per second, the peak memory a step adds, and the float32 difference of
    the stored data after one step on each path against the loop's.
-3. A short condensation through the Ray job (idc_ray.distributed.driver.condense_job) on the
+3. A short condensation through the Ray job (idc_ray.backends.condense_job) on the
    embedded MNIST at the paper's MNIST settings (ConvNet-3 width 128, ipc 10, factor 2, l1,
    lr_img 1e-4): 1 matcher actor with the job's default GPU split (0.75 matcher, 0.25 expert),
    2 and 4 matchers sharing the matchers' part, the same on the per-class loop path, and the
@@ -48,10 +48,11 @@ from common import results_dir, write  # noqa: E402
 
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import ClassStore, load_dataset  # noqa: E402
-from idc_ray.distributed.driver import RunOptions, condense_job  # noqa: E402
+from idc_ray.backends import condense_job  # noqa: E402
+from idc_ray.run.backend import RunOptions  # noqa: E402
 from idc_ray.distributed.resources import EXPERT_GPU_SHARE, plan_layout  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert, new_model  # noqa: E402
-from idc_ray.engine.loop import Matcher, resolve_path  # noqa: E402
+from idc_ray.engine.matcher import Matcher, resolve_path  # noqa: E402
 from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 
 # The paper's MNIST condensation settings (settings sheet, "Per-dataset settings") on the embedded

@@ -32,7 +32,7 @@ from common import paper_config, use_actor_allocator, write  # noqa: E402
 from idc_ray.config import apply_overrides  # noqa: E402
 from idc_ray.data import ClassStore, RealData, get_spec, load_dataset  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert  # noqa: E402
-from idc_ray.engine.loop import Matcher, resolve_path, stack_stored  # noqa: E402
+from idc_ray.engine.matcher import Matcher, resolve_path, stack_stored  # noqa: E402
 from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 
 PATHS = ("loop", "lean", "vmap")

@@ -24,7 +24,7 @@ from common import paper_config, write  # noqa: E402
 from idc_ray.config import apply_overrides  # noqa: E402
 from idc_ray.data import ClassStore, load_dataset  # noqa: E402
 from idc_ray.engine.expert import init_expert  # noqa: E402
-from idc_ray.engine.loop import Matcher  # noqa: E402
+from idc_ray.engine.matcher import Matcher  # noqa: E402
 from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 
 CLASSES = [0, 1]

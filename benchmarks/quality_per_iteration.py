@@ -31,8 +31,8 @@ from common import write  # noqa: E402
 
 from idc_ray.config import IDCConfig, apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import ClassStore, load_dataset  # noqa: E402
-from idc_ray.distributed.local import condense_local  # noqa: E402
-from idc_ray.engine.loop import stack_stored  # noqa: E402
+from idc_ray.local import condense_local  # noqa: E402
+from idc_ray.engine.matcher import stack_stored  # noqa: E402
 from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 from idc_ray.evaluation.protocol import evaluate_set, form_stored  # noqa: E402
 

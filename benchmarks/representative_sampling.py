@@ -13,7 +13,7 @@ evaluations are not counted). Every kept set is evaluated afterwards with the pr
 curve per mode against wall time. Accuracy at equal wall time: at the shorter run's total time,
 each mode's latest kept set by then. Writes benchmarks/results/<name>.json.
 
-The condensation is the job's one in-process loop (distributed/local.py) with the stored set kept
+The condensation is the job's one in-process loop (idc_ray/local.py condense_local) with the stored set kept
 through its snapshot hook, so the evaluations are outside the timed condensation;
 ``jobs/condense.py --eval-every`` draws the same curves through the job while it runs.
 """
@@ -32,9 +32,9 @@ from quality_per_iteration import git_state  # noqa: E402
 
 from idc_ray.config import IDCConfig, apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import ClassStore, RealData, load_dataset  # noqa: E402
-from idc_ray.distributed.local import run_local  # noqa: E402
-from idc_ray.distributed.schedule import RunOptions, Snapshots  # noqa: E402
-from idc_ray.engine.loop import stack_stored  # noqa: E402
+from idc_ray.local import condense_local  # noqa: E402
+from idc_ray.run.hooks import Snapshots  # noqa: E402
+from idc_ray.engine.matcher import stack_stored  # noqa: E402
 from idc_ray.engine.plan import build_plan  # noqa: E402
 from idc_ray.evaluation.protocol import evaluate_set, form_stored  # noqa: E402
 
@@ -72,8 +72,7 @@ def condense_with_checkpoints(cfg: IDCConfig, data: RealData, every: int, device
                      "stored": stack_stored({c: s["data"] for c, s in states.items()})})
 
     store = ClassStore(data.train_x, data.train_y)
-    run_local(cfg, build_plan(cfg, data.spec), store, device=device, snapshots=Snapshots(every, take),
-              options=RunOptions(backend="local", checkpoint_every=max(1, cfg.schedule.outer_iters)))
+    condense_local(cfg, build_plan(cfg, data.spec), store, device=device, snapshots=Snapshots(every, take))
     start = kept[0]["seconds"]
     return [{**k, "seconds": k["seconds"] - start} for k in kept]
 

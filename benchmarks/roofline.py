@@ -34,9 +34,9 @@ from common import paper_config, use_actor_allocator, write  # noqa: E402
 
 from idc_ray.config import apply_overrides  # noqa: E402
 from idc_ray.data import ClassStore, DatasetSpec, load_dataset  # noqa: E402
-from idc_ray.distributed.schedule import shard_classes  # noqa: E402
+from idc_ray.distributed.resources import shard_classes  # noqa: E402
 from idc_ray.engine.expert import init_expert  # noqa: E402
-from idc_ray.engine.loop import Matcher  # noqa: E402
+from idc_ray.engine.matcher import Matcher  # noqa: E402
 from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
 
 GOAL = 0.4

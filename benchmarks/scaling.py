@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import use_actor_allocator, write  # noqa: E402
 
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
-from idc_ray.distributed.driver import RunOptions, condense_job  # noqa: E402
+from idc_ray.backends import condense_job  # noqa: E402
+from idc_ray.run.backend import RunOptions  # noqa: E402
 
 
 def timed(cfg, options: RunOptions, threads: int | None = None) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +13,12 @@ from idc_ray import storage
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import ClassStore, load_dataset
-from idc_ray.device import resolve_device
-from idc_ray.engine.loop import stack_stored
+from idc_ray.engine.matcher import stack_stored
 from idc_ray.engine.plan import build_plan, initial_synset
-from idc_ray.distributed.driver import RunOptions
-from idc_ray.distributed.job import condense_to
-from idc_ray.distributed.session import ray_session
+from idc_ray.backends import backend_for
+from idc_ray.cli import ProgressPrinter
+from idc_ray.run.backend import Backend, RunOptions
+from idc_ray.run.job import Run, condense_to
 from idc_ray.evaluation.protocol import evaluate_set, form_stored, random_real
 
 
@@ -32,15 +31,16 @@ class Row:
     runs: int
 
 
-def compare(cfg: IDCConfig, out: Path, *, device: str = "auto", repeat: int | None = None,
-            log=print, options: RunOptions | None = None) -> list[Row]:
+def compare(cfg: IDCConfig, out: Path, backend: Backend, options: RunOptions, *, repeat: int | None = None,
+            log=print) -> list[Row]:
     """Condense with ``cfg`` into ``out`` and score the condensed set, its initialisation and
     ``ipc`` random real images per class with the config's evaluation protocol."""
 
     data = load_dataset(cfg.data.dataset, cfg.data.data_uri)
     ipc, model = cfg.synset.ipc, cfg.eval.models[0]
     log(f"[ipc {ipc}] condensing {cfg.data.dataset} ({cfg.schedule.outer_iters} x {cfg.schedule.inner_iters} iterations)")
-    stored, stored_labels, _ = load_condensed(condense_to(cfg, out, device=device, options=options))
+    printer = ProgressPrinter(cfg.schedule.outer_iters, cfg.schedule.inner_iters)
+    stored, stored_labels, _ = load_condensed(condense_to(Run(cfg, str(out), backend, options, on_progress=printer)))
     store = ClassStore(data.train_x, data.train_y)
     init, labels = stack_stored(initial_synset(build_plan(cfg, data.spec).match, store, store.classes))
     random_x, random_y = random_real(data, ipc, cfg.schedule.seed)
@@ -52,7 +52,7 @@ def compare(cfg: IDCConfig, out: Path, *, device: str = "auto", repeat: int | No
     rows = []
     for name, (x, y) in sets.items():
         started = time.perf_counter()
-        score = evaluate_set(cfg, data, x, y, models=(model,), repeat=repeat, device=device)[model]
+        score = evaluate_set(cfg, data, x, y, models=(model,), repeat=repeat, device=backend.device)[model]
         rows.append(Row(ipc, name, score.mean, score.std, len(score.last)))
         log(f"[ipc {ipc}] {name}: {100 * score.mean:.1f}% ({len(x)} training images, {time.perf_counter() - started:.0f}s)")
     return rows
@@ -69,13 +69,13 @@ def run_demo(cfg: IDCConfig, out: str | Path, *, device: str = "auto", ipc10_rep
     """Both comparisons; condensation on Ray (local cluster unless ``address``) by default."""
     out = Path(out)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    device = str(resolve_device(device))
     options = options or RunOptions(backend="ray")
+    backend = backend_for(options, address=address, device=device, log=log)
     cfg10 = apply_overrides(cfg, {"synset.ipc": 10})
-    # one Ray session for both condensations (open the dashboard while the demo runs)
-    with ray_session(address, log) if options.backend == "ray" else nullcontext():
-        rows = compare(cfg, out / "ipc1", device=device, log=log, options=options)
-        rows += compare(cfg10, out / "ipc10", device=device, repeat=ipc10_repeat, log=log, options=options)
+    # one session for both condensations (on Ray: open the dashboard while the demo runs)
+    with backend.session():
+        rows = compare(cfg, out / "ipc1", backend, options, log=log)
+        rows += compare(cfg10, out / "ipc10", backend, options, repeat=ipc10_repeat, log=log)
     text = table(rows, cfg.eval.models[0])
     storage.atomic_write_bytes(out / "results.json", json.dumps([r.__dict__ for r in rows], indent=2).encode())
     storage.atomic_write_bytes(out / "results.md", (text + "\n").encode())

@@ -26,3 +26,7 @@ def first_line(error: BaseException, limit: int = 300, *, typed: bool = False) -
     if not lines:
         return type(error).__name__
     return (f"{type(error).__name__}: {lines[0]}" if typed else lines[0])[:limit]
+
+
+class JobError(RuntimeError):
+    """The job cannot go on; the message says why and what is left in place."""

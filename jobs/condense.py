@@ -21,11 +21,12 @@ import argparse
 import json
 import sys
 
-from idc_ray.cli import (UsageError, add_config_arguments, comma_list, config_from_args, configure_storage, run_main,
-                         setup_logging)
-from idc_ray.distributed.driver import RunOptions
-from idc_ray.distributed.job import FinalEval, PoolOptions, condense_to
-from idc_ray.distributed.watch import EvalEvery
+from idc_ray.backends import backend_for
+from idc_ray.cli import (ProgressPrinter, UsageError, add_config_arguments, comma_list, config_from_args,
+                         configure_storage, run_main, setup_logging)
+from idc_ray.run.backend import RunOptions, stderr_line
+from idc_ray.run.curve import EvalEvery
+from idc_ray.run.job import FinalEval, PoolOptions, Run, condense_to
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     options = run_options(args)
     final = final_eval(args)
-    path = condense_to(cfg, args.output, device=args.device, progress=not args.quiet, options=options,
-                       address=args.address, final_eval=final, pool=pool_options(args), eval_every=eval_every(args, final))
+    backend = backend_for(options, address=args.address, device=args.device, log=None if args.quiet else stderr_line)
+    printer = None if args.quiet else ProgressPrinter(cfg.schedule.outer_iters, cfg.schedule.inner_iters)
+    path = condense_to(Run(cfg, args.output, backend, options, on_progress=printer, final_eval=final,
+                           pool=pool_options(args), eval_every=eval_every(args, final)))
     print(f"condensed set written to {path}")
     return 0
 

@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import comma_list, run_main, setup_logging
-from idc_ray.device import resolve_device
-from idc_ray.distributed.continual import ray_mapper
-from idc_ray.distributed.session import ray_session
+from idc_ray.cli import UsageError, comma_list, run_main, setup_logging
+from idc_ray.backends import backend_for
+from idc_ray.run.backend import RunOptions, stderr_line
 from idc_ray.continual.settings import load_preset, preset_names, with_values
-from idc_ray.continual.job import base_config, local_mapper, run_continual
+from idc_ray.continual.job import base_config, run_continual
 from idc_ray.continual.report import markdown
 
 
@@ -61,6 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ray: stages and learners as parallel Ray tasks (default); local: in this process")
     r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--device", default="auto", help="local backend: cpu, cuda, auto")
+    r.add_argument("--stage-cpus", type=float, default=1.0,
+                   help="ray: CPUs of each of a stage's two actors (its matcher and expert; a GPU each where the "
+                        "cluster has them), reserved when free as the stage starts, else the stage condenses inside "
+                        "its task (default 1)")
     return p.parse_args(argv)
 
 
@@ -73,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
              "lwf_temperature": args.lwf_temperature, "herding_epochs": args.herding_epochs, "width": args.width}
     c = with_values(load_preset(args.preset), flags)
     base = base_config(c, args.set, args.data_uri, args.seed)
-    log = lambda line: print(line, file=sys.stderr, flush=True)
-    if args.backend == "local":
-        doc = run_continual(c, base, args.output, local_mapper(resolve_device(args.device)), log)
-    else:
-        with ray_session(args.address, log):
-            doc = run_continual(c, base, args.output, ray_mapper(log), log)
+    if args.stage_cpus <= 0:
+        raise UsageError(f"--stage-cpus must be > 0, got {args.stage_cpus:g}")
+    options = RunOptions(backend=args.backend, num_actors=1, cpus_per_actor=args.stage_cpus)
+    backend = backend_for(options, address=args.address, device=args.device, log=stderr_line)
+    with backend.session():
+        doc = run_continual(c, base, args.output, backend, stderr_line)
     print(markdown(doc["results"], doc["classes_seen"], c.name))
     print(f"written to {args.output} in {doc['seconds']:.0f}s", file=sys.stderr)
     return 0

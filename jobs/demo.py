@@ -15,7 +15,7 @@ import sys
 
 from idc_ray.cli import add_config_arguments, config_from_args, run_main, setup_logging
 from idc_ray.demo import run_demo
-from idc_ray.distributed.driver import RunOptions
+from idc_ray.run.backend import RunOptions
 
 
 def main(argv: list[str] | None = None) -> int:

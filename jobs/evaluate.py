@@ -20,13 +20,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import nullcontext
 
-from idc_ray.cli import add_debug_argument, comma_list, configure_storage, run_main
-from idc_ray.device import resolve_device
-from idc_ray.evaluation.baselines import BASELINES
-from idc_ray.evaluation.report import table
-from idc_ray.evaluation.run import (EvalOptions, Sequential, SetsRequest, build_sets, evaluate_sets, report_folder,
+# Every progress line of the evaluation tasks matters; Ray would merge lines that differ only in
+# their numbers. Read when Ray is first imported (by idc_ray.backends, just below).
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+from idc_ray.backends import backend_for  # noqa: E402
+from idc_ray.cli import add_debug_argument, comma_list, configure_storage, run_main  # noqa: E402
+from idc_ray.device import resolve_device  # noqa: E402
+from idc_ray.run.backend import RunOptions, stderr_line  # noqa: E402
+from idc_ray.evaluation.baselines import BASELINES  # noqa: E402
+from idc_ray.evaluation.report import table  # noqa: E402
+from idc_ray.evaluation.run import (EvalOptions, SetsRequest, build_sets, evaluate_sets, report_folder,  # noqa: E402
                                     write_reports)
 
 
@@ -84,20 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     request.check()
     configure_storage(args)
     folder = report_folder(request.count, args.output, request.condensed)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    if args.backend == "ray":
-        # Every progress line matters; Ray would merge lines that differ only in their numbers.
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when Ray is first imported, just below
-        from idc_ray.distributed.evaluation import RayExecutor
-        from idc_ray.distributed.session import ray_session
-
-        session = ray_session(args.address, log)
-        executor = RayExecutor(args.num_cpus_per_task, args.num_gpus_per_task, args.max_retries, log=log)
-    else:
-        session, executor = nullcontext(), Sequential(args.device, log=log)
-    sets, data, extra = build_sets(request, options, device=str(resolve_device(args.device)), log=log)
-    with session:
-        results = evaluate_sets(sets, data, options, executor=executor, log=log)
+    backend = backend_for(RunOptions(backend=args.backend), address=args.address, device=args.device, log=stderr_line)
+    executor = backend.executor(args.num_cpus_per_task, args.num_gpus_per_task, args.max_retries)
+    sets, data, extra = build_sets(request, options, device=str(resolve_device(args.device)), log=stderr_line)
+    with backend.session():
+        results = evaluate_sets(sets, data, options, executor=executor, log=stderr_line)
     index = write_reports(folder, results, extra)
     print(table(results))
     print(f"\nreport written to {index}")

@@ -1,6 +1,7 @@
 """The import contracts of pyproject.toml ([tool.importlinter], docs/architecture.md) hold, and
 `lint-imports` really fails when code breaks one: Ray outside idc_ray.distributed, a layer
-importing one above it, pyarrow in the engine, an import cycle."""
+importing one above it, pyarrow in the engine, an import cycle, Ray or a backend in the run
+layer, one backend importing the other."""
 
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 def test_the_contracts_hold():
     done = lint_imports(ROOT)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "Contracts: 4 kept, 0 broken." in done.stdout
+    assert "Contracts: 5 kept, 0 broken." in done.stdout
 
 
 @pytest.mark.parametrize("module,line,contract,message", [
@@ -33,8 +34,16 @@ def test_the_contracts_hold():
      "idc_ray.engine is not allowed to import idc_ray.evaluation"),
     ("engine/formation.py", "import pyarrow.parquet", "The engine imports no pyarrow or fsspec (pure PyTorch) BROKEN",
      "idc_ray.engine.formation -> pyarrow"),
-    ("distributed/session.py", "import idc_ray.distributed.job",
+    ("distributed/session.py", "import idc_ray.distributed.backend",
      "No import cycles between the modules of a package BROKEN", "No cycles are allowed in idc_ray.distributed"),
+    # the run layer: no Ray, even through another module, and no backend
+    ("run/hooks.py", "import idc_ray.distributed.session", "The run layer (Algorithm 1 and its hooks) imports no Ray",
+     "idc_ray.run.hooks -> idc_ray.distributed.session"),
+    ("run/hooks.py", "import idc_ray.local", "Layers: each imports only the layers below it",
+     "idc_ray.run is not allowed to import idc_ray.local"),
+    # the two backends are independent of each other
+    ("local.py", "import idc_ray.distributed.backend", "Layers: each imports only the layers below it",
+     "idc_ray.local is not allowed to import idc_ray.distributed"),
 ])
 def test_a_violation_breaks_its_contract(tmp_path, module, line, contract, message):
     shutil.copytree(ROOT / "idc_ray", tmp_path / "idc_ray", ignore=shutil.ignore_patterns("__pycache__"))

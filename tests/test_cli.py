@@ -6,7 +6,7 @@ import pytest
 
 from idc_ray.cli import run_main
 from idc_ray.config import ConfigError
-from idc_ray.distributed.schedule import JobError
+from idc_ray.errors import JobError
 
 
 def exit_of(main, argv=(), capsys=None) -> tuple[int, str]:

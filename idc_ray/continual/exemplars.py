@@ -21,8 +21,9 @@ import torch
 
 from idc_ray import storage
 from idc_ray.config import IDCConfig, apply_overrides
-from idc_ray.distributed.job import condense_to
-from idc_ray.distributed.schedule import RunOptions
+from idc_ray.local import LocalBackend
+from idc_ray.run.backend import Backend, RunOptions
+from idc_ray.run.job import Run, condense_to
 from idc_ray.engine import rng
 from idc_ray.errors import first_line
 from idc_ray.data import load_dataset
@@ -45,6 +46,7 @@ class ExemplarJob:
     cfg: IDCConfig  # the base preset, data pointed at the stage's Parquet dataset, ipc = memory budget
     folder: str  # the stage's cache folder
     herding_epochs: int = 20
+    backend: Backend | None = None  # the job's: IDC asks it for actors of the stage's own (condense_stage)
 
 
 def stage_config(base: IDCConfig, stage_dir: str, memory_ipc: int) -> IDCConfig:
@@ -54,12 +56,14 @@ def stage_config(base: IDCConfig, stage_dir: str, memory_ipc: int) -> IDCConfig:
                                   "synset.bound": max(base.synset.bound, memory_ipc)})
 
 
-def condense_stage(cfg: IDCConfig, out_dir: str, device: str = "auto") -> str:
+def condense_stage(cfg: IDCConfig, out_dir: str, device: str = "auto", backend: Backend | None = None) -> str:
     """The ONE call into the condensation job: condense ``cfg`` into the artifact folder
-    ``out_dir`` (checkpoints beside it, resumed when present), in this process with the job's
-    local backend, whose bytes equal its Ray backend's (tests/distributed/test_invariance.py);
-    stages run in parallel as Ray tasks instead (idc_ray/distributed/continual.py)."""
-    return condense_to(cfg, out_dir, device=device, progress=False, options=RunOptions(backend="local", resume=True))
+    ``out_dir`` (checkpoints beside it, resumed when present). With actors of its own when the
+    job's ``backend`` has free resources for them now (``Backend.stage_backend``), else in this
+    process (the task's); either way the bytes of the in-process condensation
+    (tests/continual/test_stage_backend.py)."""
+    stage = backend.stage_backend(get_spec(cfg.data.dataset, cfg.data.data_uri).num_classes) if backend else None
+    return condense_to(Run(cfg, out_dir, stage or LocalBackend(device), RunOptions(resume=True)))
 
 
 def cache_path(job: ExemplarJob) -> str:
@@ -77,7 +81,7 @@ def make_exemplars(job: ExemplarJob, device: str | torch.device = "cpu") -> str:
     if is_cached(job):
         return target
     if job.method == IDC:
-        condense_stage(job.cfg, target, device=str(device))
+        condense_stage(job.cfg, target, device=str(device), backend=job.backend)
         return target
     data = load_dataset("parquet", job.cfg.data.data_uri)
     cfg = replace(job.cfg, schedule=replace(job.cfg.schedule,

@@ -38,15 +38,12 @@ from idc_ray.continual.settings import ContinualConfig
 from idc_ray.continual.stages import Scenario, class_incremental, stage_data, task_incremental, write_stage_dataset
 from idc_ray.data import DatasetSpec, parquet
 from idc_ray.engine.plan import resolve
+from idc_ray.run.backend import Backend
 from idc_ray.models import check_model_input
 from idc_ray.models import uses_net_width
 
 Mapper = Callable[[Callable, Sequence[tuple], Sequence[str]], list]
 RESULTS, REPORT, PLOT = "results.json", "results.md", "continual.png"
-
-
-def local_mapper(device: str | torch.device = "cpu") -> Mapper:
-    return lambda fn, items, names: [fn(*item, device=device) for item in items]
 
 
 @dataclass
@@ -92,7 +89,7 @@ def method_names(c: ContinualConfig) -> list[str]:
     return [e.split("=", 1)[0] for e in c.exemplars]
 
 
-def stage_jobs(c: ContinualConfig, base: IDCConfig, p: Plan) -> list[ExemplarJob]:
+def stage_jobs(c: ContinualConfig, base: IDCConfig, p: Plan, backend: Backend | None = None) -> list[ExemplarJob]:
     """Write the stages' Parquet datasets (unless there) and list their exemplar jobs."""
     jobs = []
     for s, classes in enumerate(p.scenario.stages):
@@ -101,7 +98,7 @@ def stage_jobs(c: ContinualConfig, base: IDCConfig, p: Plan) -> list[ExemplarJob
         if not parquet.is_dataset(data_dir):
             write_stage_dataset(stage_data(p.scenario.data, classes, p.scenario.stage_specs[s]), data_dir)
         cfg = stage_config(base, data_dir, c.memory_ipc)
-        jobs += [ExemplarJob(s, m, cfg, folder, c.herding_epochs) for m in c.exemplars if m in BUILTIN]
+        jobs += [ExemplarJob(s, m, cfg, folder, c.herding_epochs, backend) for m in c.exemplars if m in BUILTIN]
     return jobs
 
 
@@ -115,13 +112,15 @@ def stage_recipe(c: ContinualConfig, base: IDCConfig, spec: DatasetSpec) -> Stag
                        lwf_weight=c.lwf_weight, temperature=c.lwf_temperature)
 
 
-def run_continual(c: ContinualConfig, base: IDCConfig, output: str | Path, mapper: Mapper,
+def run_continual(c: ContinualConfig, base: IDCConfig, output: str | Path, backend: Backend,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole job; returns the results document (also written to OUTPUT/results.json)."""
+    """The whole job on ``backend`` (its ``map`` runs the stages and learners, in parallel on Ray);
+    returns the results document (also written to OUTPUT/results.json)."""
+    mapper: Mapper = backend.map
     started = time.perf_counter()
     p = plan(c, base, output)
     scenario, data = p.scenario, p.scenario.data
-    jobs = stage_jobs(c, base, p)
+    jobs = stage_jobs(c, base, p, backend)
     log(f"[continual] {len(scenario.stages)} stages, exemplars cached under {p.cache}; "
         f"{len(jobs)} exemplar jobs (stages in parallel)")
     mapper(make_exemplars, [(j,) for j in jobs], [f"exemplars {j.method} stage {j.stage + 1}" for j in jobs])
@@ -172,5 +171,5 @@ def base_config(c: ContinualConfig, overrides: Sequence[str] = (), data_uri: str
     return cfg
 
 
-__all__ = ["RESULTS", "REPORT", "PLOT", "Mapper", "base_config", "local_mapper", "plan", "run_continual",
+__all__ = ["RESULTS", "REPORT", "PLOT", "Mapper", "base_config", "plan", "run_continual",
            "stage_recipe"]

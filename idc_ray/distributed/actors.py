@@ -97,12 +97,14 @@ class MatcherActor:
         return {"name": self.name, "node": ctx.get_node_id(), "device": str(self.device), "threads": self.threads,
                 "keeps_freed_memory": keeps_freed_memory()}
 
+    def begin_outer(self) -> None:
+        """Clamp the shard's stored data (the start of every outer iteration)."""
+        self.matcher.begin_outer()
+
     def step(self, expert_state: dict, outer: int, inner: int) -> dict:
         if self.fault and (outer, inner) == (self.fault["outer"], self.fault["inner"]):
             raise RuntimeError(f"injected fault in {self.name} at outer {outer} inner {inner}")
         started = time.perf_counter()
-        if inner == 0:
-            self.matcher.begin_outer()
         self.model.load_state_dict(expert_state)
         losses = self.matcher.step(self.model, outer, inner)
         seconds = time.perf_counter() - started

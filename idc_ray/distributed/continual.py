@@ -46,8 +46,3 @@ def ray_map(fn: Callable, items: Sequence[tuple], names: Sequence[str], *, max_r
 
     return gather(pending, failed=lambda i: f"{names[i]} failed", done=done)
 
-
-def ray_mapper(log: Callable[[str], None] = print) -> Callable:
-    """The job's ``mapper`` on the cluster ``ray.init`` joined."""
-    return lambda fn, items, names: ray_map(fn, items, names, log=log)
-

@@ -24,9 +24,9 @@ from idc_ray import storage
 from idc_ray.config import IDCConfig
 from idc_ray.data import RealData, load_dataset
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, configure_worker, use_assigned_cpus
-from idc_ray.distributed.driver import RunOptions
 from idc_ray.engine.expert import pool_checkpoint
 from idc_ray.pretrain import pretrain_seed
+from idc_ray.run.backend import RunOptions
 from idc_ray.tune.cache import ensure_pool
 
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import ray
 
-from idc_ray.distributed.schedule import RunOptions, shard_classes
+from idc_ray.data.store import balanced_blocks
 from idc_ray.distributed.session import ClusterError
+from idc_ray.run.backend import RunOptions
 
 log = logging.getLogger("idc_ray")
 
@@ -22,6 +23,15 @@ EXPERT_GPU_SHARE = 0.25
 def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
     """One placement bundle (no GPU key when none is asked for: Ray treats a 0 as a request)."""
     return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
+def shard_classes(num_classes: int, num_shards: int) -> list[list[int]]:
+    """Contiguous, balanced class shards: 10 classes over 3 shards -> 0-3, 4-6, 7-9."""
+    if num_shards < 1:
+        raise ValueError(f"--num-actors must be at least 1, got {num_shards}")
+    if num_shards > num_classes:
+        raise ValueError(f"--num-actors {num_shards} is more than the {num_classes} classes; use at most {num_classes}")
+    return balanced_blocks(num_classes, num_shards)
 
 
 def job_bundles(num_matchers: int, cpus: float, gpus: float, expert_gpus: float) -> list[dict[str, float]]:
@@ -109,13 +119,13 @@ class TrialResources:
 
     def placement(self):
         """The trial's ``PlacementGroupFactory``: an empty head bundle (the trainable only
-        orchestrates), then the actors' bundles, which ``run_on_ray`` fills exactly."""
+        orchestrates), then the actors' bundles, which the Ray backend (``distributed.backend``) fills exactly."""
         from ray import tune
 
         return tune.PlacementGroupFactory([{}, *self.bundles()], strategy="PACK")
 
     def run_options(self) -> RunOptions:
-        """Options that make ``run_on_ray`` lay the actors out exactly as :meth:`bundles`."""
+        """Options that make the Ray backend lay the actors out exactly as :meth:`bundles`."""
         return RunOptions(backend="ray", num_actors=self.num_actors, cpus_per_actor=self.cpus_per_actor,
                           gpus_per_actor=self.gpus_per_actor, expert_gpus=self.expert_gpus, resume=True)
 

@@ -4,7 +4,7 @@ ASHA can stop weak trials early.
 
 The numbered comments mark the Ray Tune specific lines:
   1. one trial reserves an empty head bundle (the trainable only orchestrates) plus one bundle
-     per matcher and one for the expert; ``run_on_ray`` places the actors into exactly those
+     per matcher and one for the expert; the Ray backend places the actors into exactly those
      bundles (it sees the trial's group with ``get_current_placement_group``), so a trial never
      asks for resources outside its reservation;
   2. work that does not depend on the swept values is done once by the driver and shared: the
@@ -36,11 +36,12 @@ from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import DatasetSpec, get_spec, load_dataset
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, configure_worker, use_assigned_cpus
 from idc_ray.distributed.evaluation import evaluate_task
-from idc_ray.distributed.job import condense_to
+from idc_ray.distributed.backend import RayBackend
 from idc_ray.distributed.resources import TrialResources, default_resources, task_options
 from idc_ray.engine.plan import resolve
 from idc_ray.errors import first_line
 from idc_ray.evaluation.protocol import RunRecord, form_stored, plan_tasks
+from idc_ray.run.job import Run, condense_to
 from idc_ray.tune.cache import AUTO_POOL, data_settings, ensure_pool, pool_shared, settings_key
 from idc_ray.tune.results import TrialRow, best_config_text, rank_trials, results_markdown
 from idc_ray.tune.space import Param, TuneSpace, interim_epochs, stage_outers, trial_config
@@ -176,7 +177,7 @@ def condense_trial(config: dict[str, Any], setup: TrialSetup, prepared: Mapping[
     _to_job_dir()
     trial = tune.get_context().get_trial_id()
     cfg = trial_config(setup.base, config)
-    pg = get_current_placement_group()  # 1. the trial's reservation; run_on_ray places the actors in it
+    pg = get_current_placement_group()  # 1. the trial's reservation; the Ray backend places the actors in it
     data = (prepared or {}).get(settings_key(data_settings(cfg)))
     if data is None:  # a swept dataset: load it here
         data = prepare_data(cfg, with_train=cfg.expert.pretrained == AUTO_POOL)
@@ -190,7 +191,8 @@ def condense_trial(config: dict[str, Any], setup: TrialSetup, prepared: Mapping[
     for stage, outer in enumerate(outers, 1):
         final = stage == len(outers)
         run_cfg = cfg if final else replace(cfg, schedule=replace(cfg.schedule, outer_iters=outer))
-        condense_to(run_cfg, out, device="cpu", progress=False, options=setup.resources.run_options())
+        options = setup.resources.run_options()
+        condense_to(Run(run_cfg, out, RayBackend(options, device="cpu"), options))
         stored, labels, manifest = load_condensed(out)
         epochs = final_epochs if final else interim_epochs(setup.interim_epochs, final_epochs)
         records = evaluate_stored(cfg, data, stored, labels, epochs=epochs, repeat=None if final else 1,

@@ -20,7 +20,7 @@ from idc_ray.data import ClassStore, DatasetSpec, with_stats
 from idc_ray.engine.augment import DiffAugment
 from idc_ray.engine.expert import ExpertSpec
 from idc_ray.engine.formation import FORMATIONS, formed_per_sample
-from idc_ray.engine.loop import Matcher, MatchSpec
+from idc_ray.engine.matcher import Matcher, MatchSpec
 from idc_ray.engine.synset import init_synset
 from idc_ray.models import NORMS, UnknownModelError, available_models, check_model_input
 

@@ -128,7 +128,7 @@ def test_speech_preset_end_to_end_on_generated_wavs(speech_root, tmp_path):
     its artifact forms strips along the time axis with the measured normalisation."""
     from idc_ray.artifacts import formed_dataset, load_condensed, save_condensed
     from idc_ray.config import apply_overrides, load_preset
-    from idc_ray.distributed.local import condense_local
+    from idc_ray.local import condense_local
     from idc_ray.engine.plan import build_plan
 
     cfg = apply_overrides(load_preset("speech"), {

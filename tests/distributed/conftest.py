@@ -8,7 +8,8 @@ import torch
 @pytest.fixture(scope="module")
 def local_reference(cfg, tmp_path_factory):
     """The in-process run of the module's ``cfg`` with 1 torch thread (see ``one_thread``)."""
-    from idc_ray.distributed.driver import RunOptions, condense_job
+    from idc_ray.backends import condense_job
+    from idc_ray.run.backend import RunOptions
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

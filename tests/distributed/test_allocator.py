@@ -18,7 +18,7 @@ def faults_per_step(steps: int) -> tuple[list[int], bool]:
     from idc_ray.data import ClassStore, load_dataset
     from idc_ray.distributed.actors import keeps_freed_memory
     from idc_ray.engine.expert import init_expert
-    from idc_ray.engine.loop import Matcher
+    from idc_ray.engine.matcher import Matcher
     from idc_ray.engine.plan import build_plan, initial_synset
 
     torch.set_num_threads(1)

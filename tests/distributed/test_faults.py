@@ -9,8 +9,9 @@ import torch
 
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.checkpoint import CheckpointStore
-from idc_ray.distributed.driver import condense_job
-from idc_ray.distributed.schedule import JobError, RunOptions
+from idc_ray.backends import condense_job
+from idc_ray.errors import JobError
+from idc_ray.run.backend import RunOptions
 
 SMALL = {"schedule.outer_iters": 3, "schedule.inner_iters": 2}
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from idc_ray.config import apply_overrides, load_preset
-from idc_ray.distributed.driver import condense_job
-from idc_ray.distributed.schedule import RunOptions, shard_classes
+from idc_ray.backends import condense_job
+from idc_ray.distributed.resources import shard_classes
+from idc_ray.run.backend import RunOptions
 
 # 10 real MNIST classes, tiny network and batches so each run takes seconds.
 TINY_MNIST = {

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from idc_ray.distributed.driver import RunOptions
+from idc_ray.run.backend import RunOptions
 from idc_ray.distributed.resources import EXPERT_GPU_SHARE, plan_layout
 from idc_ray.distributed.session import ClusterError
 

@@ -12,7 +12,8 @@ import yaml
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import load_dataset
-from idc_ray.distributed.driver import RunOptions, condense_job
+from idc_ray.backends import condense_job
+from idc_ray.run.backend import RunOptions
 from idc_ray.pretrain import pretrain_pool
 from idc_ray.tune.cache import pool_dir
 

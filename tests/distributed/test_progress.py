@@ -4,8 +4,8 @@ for the whole job; redrawn in place on a terminal."""
 
 import io
 
-from idc_ray.distributed.job import ProgressPrinter, duration
-from idc_ray.engine.loop import Progress
+from idc_ray.cli import ProgressPrinter, duration
+from idc_ray.run.schedule import Progress
 
 
 class Clock:

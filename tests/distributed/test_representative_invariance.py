@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from idc_ray.config import apply_overrides, load_preset
-from idc_ray.distributed.driver import RunOptions, condense_job
+from idc_ray.backends import condense_job
+from idc_ray.run.backend import RunOptions
 
 # 10 real MNIST classes (about 400 images each), tiny network; 3 inner iterations with a refresh
 # every 2 re-cluster at inner 0 and 2 of both outer iterations.

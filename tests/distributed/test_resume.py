@@ -15,7 +15,8 @@ import torch
 
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import apply_overrides, load_preset
-from idc_ray.distributed.driver import RunOptions, condense_job
+from idc_ray.backends import condense_job
+from idc_ray.run.backend import RunOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ["--set", "schedule.outer_iters=12", "--set", "schedule.inner_iters=2"]

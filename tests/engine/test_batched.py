@@ -7,10 +7,10 @@ import torch
 
 from idc_ray.config import ConfigError, apply_overrides, load_preset
 from idc_ray.data import ClassStore, load_dataset
-from idc_ray.engine import loop
+from idc_ray.engine import matcher as matcher_module
 from idc_ray.engine.batched import batched_match_losses
 from idc_ray.engine.expert import init_expert
-from idc_ray.engine.loop import Matcher, resolve_path, stack_stored
+from idc_ray.engine.matcher import Matcher, resolve_path, stack_stored
 from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.engine.matching import gradient_match_loss, matched_parameters
 
@@ -106,7 +106,7 @@ def _refuse_batching(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the batched path ran where it cannot apply")
 
-    monkeypatch.setattr(loop, "batched_match_losses", refuse)
+    monkeypatch.setattr(matcher_module, "batched_match_losses", refuse)
 
 
 @pytest.mark.parametrize("overrides", [

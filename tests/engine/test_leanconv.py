@@ -12,7 +12,7 @@ from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import ClassStore, load_dataset
 from idc_ray.engine.expert import init_expert
 from idc_ray.engine.leanconv import lean_conv_double_backward
-from idc_ray.engine.loop import Matcher, stack_stored
+from idc_ray.engine.matcher import Matcher, stack_stored
 from idc_ray.engine.plan import build_plan, initial_synset
 
 

@@ -7,8 +7,8 @@ from idc_ray.config import ConfigError, apply_overrides, load_preset
 from idc_ray.data import ClassStore, load_dataset
 from idc_ray.engine import rng
 from idc_ray.engine.expert import init_expert
-from idc_ray.distributed.local import condense_local
-from idc_ray.engine.loop import Matcher
+from idc_ray.local import condense_local
+from idc_ray.engine.matcher import Matcher
 from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.engine.representative import embed_images, kmeans, nearest_to_centres, representative_indices
 from idc_ray.models import build_model

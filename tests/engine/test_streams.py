@@ -9,7 +9,7 @@ from idc_ray.config import ConfigError, apply_overrides, load_preset
 from idc_ray.data import ClassStore, load_dataset
 from idc_ray.engine import rng
 from idc_ray.engine.expert import ExpertTrainer, expert_trajectory, init_expert
-from idc_ray.engine.loop import Matcher
+from idc_ray.engine.matcher import Matcher
 from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.engine.streams import ExpertStream, class_stream_indices
 

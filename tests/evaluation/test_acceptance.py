@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from idc_ray.config import apply_overrides, load_preset
-from idc_ray.distributed.driver import RunOptions
+from idc_ray.run.backend import RunOptions
 from idc_ray.evaluation.protocol import Work, plan_tasks, run_task
 from idc_ray.evaluation.run import EvalOptions, Sequential, SetsRequest, build_sets, evaluate_sets
-from idc_ray.distributed.job import condense_to
+from idc_ray.local import LocalBackend
+from idc_ray.run.job import Run, condense_to
 
 OUTER = 3  # the demo preset runs 20; 3 already separates the sets by > 10 points
 EPOCHS = 150  # the demo preset evaluates 300; 150 keeps the ordering and halves the cost
@@ -37,8 +38,7 @@ def condense_and_evaluate(root):
     arms = {"f2": {"synset.factor": 2}, "f1": {"synset.factor": 1},
             "init": {"synset.factor": 2, "schedule.outer_iters": 0}}
     for label, overrides in arms.items():
-        condense_to(apply_overrides(base, overrides), root / label, device="cpu", progress=False,
-                    options=RunOptions(backend="local"))
+        condense_to(Run(apply_overrides(base, overrides), str(root / label), LocalBackend("cpu"), RunOptions(backend="local")))
     options = EvalOptions(repeat=REPEAT, epochs=EPOCHS, eval_every=0)
     request = SetsRequest(condensed=tuple(str(root / label) for label in arms), baselines=("random",), ipcs=(1,))
     sets, data, _ = build_sets(request, options, log=lambda _: None)

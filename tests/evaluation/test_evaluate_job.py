@@ -12,8 +12,9 @@ import torch
 
 from idc_ray.config import load_preset
 from idc_ray.data.parquet import write_dataset
-from idc_ray.distributed.driver import RunOptions
-from idc_ray.distributed.job import condense_to
+from idc_ray.run.backend import RunOptions
+from idc_ray.local import LocalBackend
+from idc_ray.run.job import Run, condense_to
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = {"mean", "std", "best_mean", "best_std", "runs", "epochs", "wall_s", "device"}
@@ -27,7 +28,7 @@ def evaluate(run_job):
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("condensed") / "smoke-ipc1"
-    condense_to(load_preset("smoke"), out, device="cpu", progress=False, options=RunOptions(backend="local"))
+    condense_to(Run(load_preset("smoke"), str(out), LocalBackend("cpu"), RunOptions(backend="local")))
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import load_dataset
-from idc_ray.engine.loop import stack_stored
+from idc_ray.engine.matcher import stack_stored
 from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.distributed.evaluation import RayExecutor
 from idc_ray.distributed.resources import plan_tasks as plan_task_bundle

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from idc_ray.config import load_preset
-from idc_ray.distributed.driver import RunOptions
+from idc_ray.run.backend import RunOptions
 from idc_ray.data import get_spec
 from idc_ray.evaluation import report
 from idc_ray.evaluation.protocol import form_stored
 from idc_ray.evaluation.run import (EvalOptions, Sequential, SetsRequest, build_sets, evaluate_artifact, evaluate_sets,
                                     report_folder, write_reports)
-from idc_ray.distributed.job import condense_to
+from idc_ray.local import LocalBackend
+from idc_ray.run.job import Run, condense_to
 
 SCHEMA = {"mean", "std", "best_mean", "best_std", "runs", "epochs", "wall_s", "device"}
 QUIET = {"log": lambda _: None}
@@ -23,7 +24,7 @@ CPU = Sequential("cpu", log=lambda _: None)
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "run"
-    condense_to(load_preset("smoke"), out, device="cpu", progress=False, options=RunOptions(backend="local"))
+    condense_to(Run(load_preset("smoke"), str(out), LocalBackend("cpu"), RunOptions(backend="local")))
     return str(out)
 
 

@@ -10,7 +10,8 @@ import ray
 import torch
 
 from idc_ray.artifacts import load_condensed
-from idc_ray.distributed.schedule import RunOptions, Snapshots, run_schedule
+from idc_ray.run.hooks import RunHooks, Snapshots
+from idc_ray.run.schedule import Progress, algorithm1
 from idc_ray.evaluation.curve import CURVE_JSON, CURVE_PNG
 
 SMOKE = ("--preset", "smoke", "--quiet", "--set", "expert.width=4")
@@ -26,24 +27,28 @@ def curve(folder) -> list[dict]:
     return json.loads((folder / CURVE_JSON).read_text())["points"]
 
 
-class FakeGroup:
-    """A group whose state is the number of inner steps it ran (enough to see what is handed over)."""
+class FakeMatchers:
+    """Matchers whose state is the number of inner steps they ran (enough to see what is handed over)."""
 
-    def __init__(self, ckpt, first):
-        self.steps = ckpt.classes[0]["data"] if ckpt else 0
+    steps = 0
 
-    def submit(self, outer, inner):
+    def begin_outer(self, outer):
+        pass
+
+    def submit(self, expert, outer, inner):
         self.steps += 1
-        return {0: 0.0}
+        return Progress(outer, inner, {0: 0.0}, 1.0)
 
     def collect(self, handle):
-        return handle, {}
+        return handle
 
     def states(self):
         return {0: {"data": self.steps}}
 
-    def close(self):
-        pass
+
+class NoExpert:
+    def state(self, outer, inner):
+        return None
 
 
 def test_snapshots_are_taken_at_zero_every_kth_and_the_last(tmp_path):
@@ -51,8 +56,10 @@ def test_snapshots_are_taken_at_zero_every_kth_and_the_last(tmp_path):
 
     cfg = apply_overrides(load_preset("smoke"), {"schedule.outer_iters": 7, "schedule.inner_iters": 2})
     taken = []
-    run_schedule(cfg, FakeGroup, ckpts=None, start=None, options=RunOptions(backend="local", checkpoint_every=3),
-                 snapshots=Snapshots(3, lambda outer, states: taken.append((outer, states[0]["data"]))))
+    hooks = RunHooks(cfg, every=3, snapshots=Snapshots(3, lambda outer, states: taken.append((outer, states[0]["data"]))))
+    matchers = FakeMatchers()
+    hooks.begin(matchers)
+    algorithm1(cfg.schedule, matchers, NoExpert(), hooks)
     assert taken == [(0, 0), (3, 6), (6, 12), (7, 14)]  # the state after exactly `outer` outer iterations
 
 

@@ -216,6 +216,6 @@ def test_torchvision_models_smallest_input(name):
 
 def test_engine_import_leaves_torchvision_models_unloaded():
     # Every Ray actor imports the engine; torchvision.models costs about a second to import.
-    code = "import sys, idc_ray.engine.loop, idc_ray.distributed.actors; print('torchvision.models' in sys.modules)"
+    code = "import sys, idc_ray.engine.matcher, idc_ray.distributed.actors; print('torchvision.models' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

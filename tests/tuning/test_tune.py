@@ -13,7 +13,8 @@ import yaml
 from idc_ray.artifacts import load_condensed
 from idc_ray.config import ConfigError, apply_overrides, load_preset
 from idc_ray.data import get_spec, load_dataset
-from idc_ray.distributed.driver import RunOptions, condense_job
+from idc_ray.backends import condense_job
+from idc_ray.run.backend import RunOptions
 from idc_ray.distributed.sweep import search_space
 from idc_ray.tune.cache import data_settings, ensure_pool, pool_dir, pool_settings, pool_shared, settings_key
 from idc_ray.tune.results import TrialRow, results_markdown
@@ -248,7 +249,7 @@ def test_a_job_inside_a_placement_group_uses_its_bundles(ray_local, one_thread, 
         """Run a condensation from a task inside a placement group, as a Tune trial does."""
         from ray.util.placement_group import get_current_placement_group
 
-        from idc_ray.distributed.driver import condense_job
+        from idc_ray.backends import condense_job
 
         return condense_job(cfg, out, options).stored, get_current_placement_group().id.hex()
 

@@ -1,9 +1,9 @@
 """One inner step of Algorithm 1 over a shard of classes.
 
 ``Matcher`` owns a shard of classes (their real images, stored samples and optimiser state)
-and updates them against a given expert. The schedule that drives it (outer and inner loops,
-checkpoints) runs over a group of matchers, in this process or as Ray actors
-(idc_ray.distributed.schedule); engine/plan.py builds matchers for both.
+and updates them against a given expert. Algorithm 1 as a whole (outer and inner loops) is
+``idc_ray.run.schedule``, over a group of matchers in this process or as Ray actors;
+engine/plan.py builds matchers for both.
 
 Three paths compute the per-class gradients of one step: ``loop`` (one autograd call per class,
 as the published code does), ``lean`` (the same loop, its convolutions recorded with a leaner
@@ -14,7 +14,7 @@ picks vmap on CUDA, lean on CPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -225,15 +225,6 @@ class Matcher:
             with torch.no_grad():
                 cls.data.copy_(state[c]["data"].to(self.device))
             cls.optimizer.load_state_dict(state[c]["optimizer"], self.device)
-
-
-@dataclass
-class Progress:
-    outer: int
-    inner: int
-    losses: dict[int, float]  # per class
-    class_steps_per_s: float
-    shards: dict[str, float] = field(default_factory=dict)  # mean loss per shard (Ray backend)
 
 
 def stack_stored(stored: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

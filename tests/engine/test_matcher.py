@@ -4,10 +4,10 @@ import torch.nn.functional as F
 
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import ClassStore, load_dataset
-from idc_ray.distributed.local import condense_local
+from idc_ray.local import condense_local
 from idc_ray.engine import rng
 from idc_ray.engine.expert import expert_trajectory, init_expert
-from idc_ray.engine.loop import Matcher, stack_stored
+from idc_ray.engine.matcher import Matcher, stack_stored
 from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.engine.synset import init_class
 

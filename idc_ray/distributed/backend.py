@@ -1,0 +1,267 @@
+"""The Ray backend: matcher actors over class shards and an expert actor, in one placement group
+(so a Tune trial or a cluster scheduler reserves the whole job at once); the pretrained pool, the
+evaluation and the ``--eval-every`` curve as Ray tasks."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import ray
+from ray.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from idc_ray import storage
+from idc_ray.checkpoint import Checkpoint
+from idc_ray.config import IDCConfig
+from idc_ray.data import DatasetSpec
+from idc_ray.device import resolve_device
+from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_runtime_env
+from idc_ray.distributed.continual import ray_map
+from idc_ray.distributed.evaluation import RayExecutor
+from idc_ray.distributed.pool import ensure_pool_on_ray
+from idc_ray.distributed.resources import Layout, plan_layout
+from idc_ray.distributed.session import ClusterError, ray_session
+from idc_ray.distributed.watch import RayCurveRunner
+from idc_ray.engine.plan import Plan
+from idc_ray.run.backend import RunOptions, stderr_line
+from idc_ray.run.curve import RunnerFactory
+from idc_ray.run.schedule import Progress
+
+log = logging.getLogger("idc_ray")
+PLACEMENT_TIMEOUT_S = 120
+STAGE_RESERVE_S = 2.0  # how long a continual stage waits for actors of its own before running in its task
+Log = Callable[[str], None]
+
+
+def shard_name(index: int, classes: list[int]) -> str:
+    return f"matcher-{index}[classes {classes[0]}-{classes[-1]}]" if len(classes) > 1 else f"matcher-{index}[class {classes[0]}]"
+
+
+class RayExpert:
+    """The expert actor's states as object-store refs, ``lookahead`` requested ahead of the matchers."""
+
+    def __init__(self, actor, steps: int, lookahead: int):
+        self.actor, self.steps, self.lookahead = actor, steps, lookahead
+        self.ahead: deque = deque()
+        self.requested = 0
+        self.consumed = 0  # steps the matchers finished (the queue-depth metric)
+
+    def state(self, outer: int, inner: int):
+        while len(self.ahead) <= self.lookahead and self.requested < self.steps:
+            self.ahead.append(self.actor.produce.remote(self.consumed))
+            self.requested += 1
+        return self.ahead.popleft()  # a ref: the matchers wait for it, the driver does not
+
+
+class RayMatchers:
+    """The matcher actors of one attempt; a step is one call per actor with the expert state's ref."""
+
+    def __init__(self, actors: list, names: list[str], expert: RayExpert):
+        self.actors, self.names, self.expert = actors, names, expert
+
+    def begin_outer(self, outer: int) -> None:
+        for m in self.actors:  # actor calls from one caller run in order: before this outer's steps
+            m.begin_outer.remote()
+
+    def submit(self, expert_state, outer: int, inner: int) -> tuple:
+        return outer, inner, time.perf_counter(), [m.step.remote(expert_state, outer, inner) for m in self.actors]
+
+    def collect(self, handle: tuple) -> Progress:
+        outer, inner, submitted, refs = handle
+        results = ray.get(refs)
+        self.expert.consumed += 1
+        losses: dict[int, float] = {}
+        shards: dict[str, float] = {}
+        for name, r in zip(self.names, results):
+            losses.update(r["losses"])
+            shards[name.split("[")[0]] = sum(r["losses"].values()) / len(r["losses"])
+        rate = len(losses) / max(time.perf_counter() - submitted, 1e-9)
+        return Progress(outer, inner, losses, rate, shards)
+
+    def states(self) -> dict[int, dict]:
+        merged: dict[int, dict] = {}
+        for part in ray.get([m.state_dict.remote() for m in self.actors]):
+            merged.update(part)
+        return merged
+
+
+class RayAttempts:
+    """Matcher and expert actors in the job's placement group, built afresh for every attempt."""
+
+    def __init__(self, cfg: IDCConfig, plan: Plan, layout: Layout, pg, options: RunOptions):
+        self.cfg, self.plan, self.layout, self.pg, self.options = cfg, plan, layout, pg, options
+        self.faults = list(options.faults)
+        self.run_id, self.count = uuid.uuid4().hex[:6], itertools.count()
+        self.placement: list[dict] = []
+        self.actors: list = []
+
+    def open(self, ckpt: Checkpoint | None, first_outer: int) -> tuple[RayMatchers, RayExpert]:
+        tag = f"{self.run_id}.{next(self.count)}"  # readable, unique names: matcher-0[classes 0-4]@<run>.<attempt>
+        names = [shard_name(i, cls) for i, cls in enumerate(self.layout.shards)]
+        matchers = [self._matcher(i, names[i], classes, ckpt, tag) for i, classes in enumerate(self.layout.shards)]
+        expert = self._expert(first_outer, tag)
+        self.actors = [*matchers, expert]
+        self.faults = [f for f in self.faults if f.get("repeat")]  # others fire in the first attempt only
+        self.placement = setup_actors(matchers, expert)
+        for p in self.placement:
+            log.info("%s on node %s (%s, %d threads)", p["name"], p["node"][:12], p["device"], p["threads"])
+        sched = self.cfg.schedule
+        source = RayExpert(expert, (sched.outer_iters - first_outer) * sched.inner_iters, self.options.lookahead)
+        return RayMatchers(matchers, names, source), source
+
+    def _strategy(self, index: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=index)
+
+    def _matcher(self, index: int, name: str, classes: list[int], ckpt: Checkpoint | None, tag: str):
+        state = {c: ckpt.classes[c] for c in classes} if ckpt else None
+        fault = next((f for f in self.faults if f["actor"] == index), None)
+        return MatcherActor.options(
+            name=f"{name}@{tag}", num_cpus=self.layout.cpus, num_gpus=self.layout.gpus,
+            scheduling_strategy=self._strategy(index), runtime_env=actor_runtime_env(self.options.keep_freed_memory),
+        ).remote(name, self.plan, classes, self.cfg.data.dataset, self.cfg.data.data_uri, state, fault, storage.current())
+
+    def _expert(self, first_outer: int, tag: str):
+        sched = self.cfg.schedule
+        return ExpertActor.options(
+            name=f"expert@{tag}", num_cpus=self.layout.cpus, num_gpus=self.layout.expert_gpus,
+            scheduling_strategy=self._strategy(len(self.layout.shards)),
+            runtime_env=actor_runtime_env(self.options.keep_freed_memory),
+        ).remote(self.plan.expert, self.cfg.data.dataset, self.cfg.data.data_uri, sched.inner_iters, first_outer,
+                 sched.outer_iters, storage.current())
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+    def is_failure(self, error: BaseException) -> bool:
+        """Failures worth a restart: lost actors and errors raised in steps. An actor whose
+        constructor raised (missing data, bad input) would fail the same way again."""
+        return isinstance(error, ray.exceptions.RayError) and not getattr(error, "actor_init_failed", False)
+
+
+def setup_actors(matchers: list, expert) -> list[dict]:
+    """Let every actor read its data; returns where each matcher runs. Bad data (a wrong
+    --data-uri, say: the actor's ValueError) is a user error, not a failure to recover from:
+    one line. Any other exception propagates with its cause. Every reply is fetched, so Ray
+    reports no other actor's failure as an unhandled error on stderr."""
+    refs = [*(m.setup.remote() for m in matchers), expert.setup.remote()]
+    replies, failure = [], None
+    for ref in refs:
+        try:
+            replies.append(ray.get(ref))
+        except ray.exceptions.RayError as e:
+            failure = failure or e
+    cause = getattr(failure, "cause", None)
+    if isinstance(cause, ValueError):
+        raise ValueError((str(cause).strip().splitlines() or [type(cause).__name__])[0]) from None
+    if failure is not None:
+        raise failure
+    return replies[:-1]
+
+
+def setup_error(e: BaseException) -> ValueError:
+    """The one-line error an actor's constructor raised, from Ray's formatted traceback."""
+    lines = [ln.strip() for ln in str(getattr(e, "error_msg", e)).splitlines()]
+    raised = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", ln)]
+    return ValueError(raised[-1].split(": ", 1)[1] if raised else lines[0] if lines else type(e).__name__)
+
+
+def check_fits(available: list[dict], needed: list[dict]) -> None:
+    """The current placement group must hold the layout bundle for bundle: one per matcher, then
+    the expert's (a Tune trial reserves them with an empty head bundle, see idc_ray.distributed.sweep)."""
+    fits = len(available) == len(needed) and all(
+        have.get(key, 0.0) + 1e-9 >= amount for have, need in zip(available, needed) for key, amount in need.items())
+    if not fits:
+        raise ClusterError(f"this job runs inside a placement group with bundles {available}, but its actors need "
+                           f"{needed} (one bundle per matcher, then one for the expert); reserve exactly those "
+                           "bundles or set --num-actors/--cpus-per-actor/--gpus-per-actor to match")
+
+
+@contextmanager
+def job_placement_group(bundles: list[dict], spread: bool, reserved=None) -> Iterator:
+    """The job's placement group: ``reserved`` (made for this job, removed at its end), else the
+    current one (a Tune trial's: the actors go into its bundles, since asking for another group
+    outside that reservation could wait forever on a small cluster; its owner removes it), else a
+    new one."""
+    current = reserved or get_current_placement_group()
+    if current is not None:
+        check_fits(current.bundle_specs, bundles)
+        try:
+            yield current
+        finally:
+            if reserved is not None:
+                remove_placement_group(reserved)
+        return
+    pg = reserve(bundles, spread, PLACEMENT_TIMEOUT_S)
+    if pg is None:
+        raise ClusterError(f"the cluster could not reserve {bundles} within {PLACEMENT_TIMEOUT_S}s "
+                           f"(it has {ray.cluster_resources()}); use fewer --num-actors or smaller shares")
+    try:
+        yield pg
+    finally:
+        remove_placement_group(pg)
+
+
+def reserve(bundles: list[dict], spread: bool, timeout_s: float):
+    """A placement group holding ``bundles`` once it is ready within ``timeout_s``, else None."""
+    pg = placement_group(bundles, strategy="SPREAD" if spread else "PACK")
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        return None
+    return pg
+
+
+class RayBackend:
+    """Everything on the Ray cluster this process joins (``address``, else RAY_ADDRESS, else a
+    local Ray started for the job); ``options`` sets the actors' layout."""
+
+    name = "ray"
+
+    def __init__(self, options: RunOptions = RunOptions(), *, address: str | None = None,
+                 device: str = "auto", log: Log | None = None, reserved=None):
+        self.options, self.address, self.log = options, address, log
+        self.device = str(resolve_device(device))  # the driver's (the manifest records it)
+        self.reserved = reserved  # a placement group made for this backend's one job (stage_backend)
+
+    def session(self):
+        return ray_session(self.address, log=self.log)
+
+    @contextmanager
+    def place(self, cfg: IDCConfig, plan: Plan, spec: DatasetSpec) -> Iterator[RayAttempts]:
+        layout = plan_layout(spec.num_classes, self.options)
+        with job_placement_group(layout.bundles(), self.options.spread, self.reserved) as pg:
+            try:
+                yield RayAttempts(cfg, plan, layout, pg, self.options)
+            except ray.exceptions.RayActorError as e:
+                if getattr(e, "actor_init_failed", False):
+                    raise setup_error(e) from None
+                raise
+
+    def stage_backend(self, num_classes: int) -> RayBackend | None:
+        """Actors of its own for one continual stage when the cluster has the resources free now,
+        else None (the stage then condenses in its task's process). The resources are reserved,
+        not just looked at, so stages running side by side never wait on each other."""
+        pg = reserve(plan_layout(num_classes, self.options).bundles(), self.options.spread, STAGE_RESERVE_S)
+        return None if pg is None else RayBackend(self.options, device=self.device, log=self.log, reserved=pg)
+
+    def pretrained_pool(self, cfg: IDCConfig, cache: str, seeds: int, log: Log) -> str:
+        return ensure_pool_on_ray(cfg, cache, seeds, self.options, log=log)
+
+    def executor(self, num_cpus: float | None = None, num_gpus: float | None = None, max_retries: int = 3) -> RayExecutor:
+        return RayExecutor(num_cpus, num_gpus, max_retries, log=self.log or stderr_line)
+
+    def map(self, fn: Callable, items: Sequence[tuple], names: Sequence[str]) -> list:
+        return ray_map(fn, items, names, log=self.log or stderr_line)
+
+    def curve_runner(self) -> RunnerFactory:
+        return RayCurveRunner

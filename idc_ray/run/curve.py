@@ -1,0 +1,148 @@
+"""``jobs/condense.py --eval-every K``: the stored set evaluated while the condensation runs.
+
+The schedule's hooks hand over the stored set at outer iteration 0 (the initialisation) and every
+K outer iterations (``run.hooks.Snapshots``). Each snapshot becomes the evaluation protocol's
+(model, repeat) tasks, which the backend's *curve runner* runs: in this process between two outer
+iterations (their time left out of the curve's wall time), or as Ray tasks beside the matchers
+(``idc_ray.distributed.watch``, where its docstring says why they are 1-thread CPU tasks outside
+the job's placement group).
+
+Every finished (iteration, model) is one point (``idc_ray.evaluation.curve``): a progress line,
+the backend's export (the ``idc_eval_accuracy{model, iteration}`` gauge on Ray),
+``eval_curve.json`` and ``curve.png`` in the output (redrawn, atomically), and at the end
+``metrics.eval_curve`` in the manifest. Points a previous run of the same output recorded are
+kept (``--resume``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from idc_ray.config import IDCConfig
+from idc_ray.data import DatasetSpec, load_dataset
+from idc_ray.engine.matcher import stack_stored
+from idc_ray.evaluation.curve import curve_point, merge_points, read_points, write_curve
+from idc_ray.evaluation.protocol import EvalTask, RunRecord, form_stored, plan_tasks, run_task
+
+Key = tuple[int, float]  # (outer iteration, seconds of condensation when it was taken)
+Finished = list[tuple[Key, EvalTask, RunRecord]]
+
+
+@dataclass(frozen=True)
+class EvalEvery:
+    """What ``--eval-every`` evaluates: every ``every`` outer iterations, these test models."""
+
+    every: int
+    models: tuple[str, ...]
+    repeat: int | None = None
+    epochs: int | None = None
+    cpus: float = 0.01  # per Ray task, outside the job's placement group (distributed/watch.py)
+    in_flight: int = 1  # Ray tasks running at once
+
+    def check(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"--eval-every must be at least 1 outer iteration, got {self.every}")
+        if not self.models:
+            raise ValueError("--eval-every needs test models: pass --eval-models, e.g. --eval-models convnet3")
+        if self.cpus <= 0 or self.in_flight < 1:
+            raise ValueError(f"evaluation tasks need cpus > 0 and in_flight >= 1, got {self.cpus:g}, {self.in_flight}")
+
+
+class CurveRunner(Protocol):
+    """Where a snapshot's evaluation tasks run: a backend's."""
+
+    busy_seconds: float  # time this process spent evaluating, left out of the curve's wall time
+
+    def submit(self, key: Key, tasks: list[EvalTask], x: torch.Tensor, y: torch.Tensor) -> None: ...
+    def ready(self) -> Finished: ...  # tasks finished since the last call; never blocks
+    def drain(self) -> Finished: ...  # waits for every submitted task
+    def export(self, point: dict) -> None: ...
+    def close(self) -> None: ...
+
+
+class LocalCurveRunner:
+    """The tasks in this process, right when a snapshot is taken."""
+
+    def __init__(self, test: tuple[torch.Tensor, torch.Tensor], options: EvalEvery, device: str = "cpu"):
+        self.test, self.device = test, device
+        self.busy_seconds = 0.0
+        self.done: Finished = []
+
+    def submit(self, key: Key, tasks: list[EvalTask], x: torch.Tensor, y: torch.Tensor) -> None:
+        tick = time.perf_counter()
+        self.done += [(key, task, run_task(task, x, y, *self.test, device=self.device)) for task in tasks]
+        self.busy_seconds += time.perf_counter() - tick
+
+    def ready(self) -> Finished:
+        done, self.done = self.done, []
+        return done
+
+    drain = ready
+
+    def export(self, point: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+RunnerFactory = Callable[[tuple[torch.Tensor, torch.Tensor], EvalEvery], CurveRunner]
+
+
+class CurveWatcher:
+    """Turns snapshots into evaluation tasks and finished tasks into curve points."""
+
+    def __init__(self, cfg: IDCConfig, spec: DatasetSpec, output: str, options: EvalEvery,
+                 make_runner: RunnerFactory, log: Callable[[str], None]):
+        options.check()
+        self.cfg, self.spec, self.output, self.options, self.log = cfg, spec, output, options, log
+        self.points = read_points(output)  # a resumed job keeps the points it had
+        data = load_dataset(cfg.data.dataset, cfg.data.data_uri, split="test")
+        self.runner = make_runner((data.test_x, data.test_y), options)
+        for p in self.points:
+            self.runner.export(p)
+        self.started = time.perf_counter()
+        self.records: dict[tuple[int, str], list[RunRecord]] = defaultdict(list)
+
+    def take(self, outer: int, states: dict[int, dict]) -> None:
+        """A snapshot (``Snapshots.take``): its tasks go to the runner."""
+        seconds = time.perf_counter() - self.started - self.runner.busy_seconds
+        stored, labels = stack_stored({c: s["data"] for c, s in states.items()})
+        x, y = form_stored(self.cfg, self.spec, stored, labels)
+        tasks = plan_tasks(self.cfg, self.spec, f"iteration {outer}", models=self.options.models,
+                           repeat=self.options.repeat, epochs=self.options.epochs)
+        self.runner.submit((outer, seconds), tasks, x, y)
+        self.poll()
+
+    def poll(self) -> None:
+        """Record what finished; never blocks."""
+        self._record_all(self.runner.ready())
+
+    def finish(self) -> list[dict]:
+        """Wait for every evaluation; the curve's points."""
+        self._record_all(self.runner.drain())
+        self.runner.close()
+        return self.points
+
+    def _record_all(self, finished: Finished) -> None:
+        for (outer, seconds), task, record in finished:
+            self._record(outer, seconds, task, record)
+
+    def _record(self, outer: int, seconds: float, task: EvalTask, record: RunRecord) -> None:
+        runs = self.records[(outer, task.model)]
+        runs.append(record)
+        if len(runs) < task.repeats:
+            return
+        point = curve_point(task.model, outer, seconds, [r.last for r in sorted(runs, key=lambda r: r.repeat)])
+        self.points = merge_points(self.points, [point])
+        self.runner.export(point)
+        write_curve(self.output, self.points)
+        init = next((p for p in self.points if p["model"] == task.model and p["iteration"] == 0), None)
+        versus = f" (initialisation {100 * init['mean']:.2f}%)" if init and outer else ""
+        self.log(f"[curve] outer {outer} {task.model}: {100 * point['mean']:.2f} ± {100 * point['std']:.2f}% "
+                 f"over {len(runs)} repeats after {point['seconds']:.0f}s of condensation{versus}")
