@@ -11,10 +11,13 @@
 3. A short condensation through the Ray job (idc_ray.backends.condense_job) on the
    embedded MNIST at the paper's MNIST settings (ConvNet-3 width 128, ipc 10, factor 2, l1,
    lr_img 1e-4): 1 matcher actor with the job's default GPU split (0.75 matcher, 0.25 expert),
-   2 and 4 matchers sharing the matchers' part, the same on the per-class loop path, and the
+   2 and 4 matchers sharing the matchers' part, the same on the per-class loop path, 1 matcher
+   with 2 expert actors (0.25 each; two re-initialisation cycles, one per expert actor), and the
    earlier default (matcher 1 GPU, expert on the CPU). Seconds per inner iteration, where each
    actor ran, and the stored data compared across layouts against a repeat of the 1-actor run
    (CUDA is not bit-reproducible run to run; see layouts_to_run).
+   Then benchmarks/expert_share.py's parts at every preset's shapes on the device: matching of
+   all classes, the expert's update, a state's transfer (how much more expert actors can gain).
 4. A short evaluation of the 1-actor result as a Ray task with one GPU (ConvNet-3).
 5. Where the time of one inner iteration goes on the device, in this process with the device
    synchronised around each part: matching (all classes), the expert's real-data update, and
@@ -43,6 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import expert_share  # noqa: E402
 import matching  # noqa: E402
 from common import results_dir, write  # noqa: E402
 
@@ -102,8 +106,8 @@ def matching_paths(device: torch.device, tiny: bool, steps: int) -> dict:
             **r}
 
 
-def job_config(tiny: bool, inner: int):
-    cfg = apply_overrides(load_preset("mnist5k-demo"), {**MNIST_PAPER, "schedule.outer_iters": 1,
+def job_config(tiny: bool, inner: int, outer: int = 1):
+    cfg = apply_overrides(load_preset("mnist5k-demo"), {**MNIST_PAPER, "schedule.outer_iters": outer,
                                                          "schedule.inner_iters": inner})
     return apply_overrides(cfg, TINY) if tiny else cfg
 
@@ -122,10 +126,13 @@ def layouts_to_run(gpu: bool, tiny: bool) -> dict[str, tuple[RunOptions, dict]]:
         return RunOptions(num_actors=n, gpus_per_actor=(1 - shared) / n if gpu else 0.0, expert_gpus=shared,
                           cpus_per_actor=cpus, checkpoint_every=never)
 
+    two_experts = RunOptions(num_actors=1, expert_actors=2, gpus_per_actor=1 - 2 * shared if gpu else 0.0,
+                             expert_gpus=shared, cpus_per_actor=cpus, checkpoint_every=never)
     runs = {"1_actor": (RunOptions(num_actors=1, cpus_per_actor=cpus, checkpoint_every=never), {}),
             "1_actor_repeat": (RunOptions(num_actors=1, cpus_per_actor=cpus, checkpoint_every=never), {}),
             "2_actors": (matchers(2), {}), "4_actors": (matchers(4), {}),
-            "1_actor_loop": (matchers(1), {"match.path": "loop"}), "2_actors_loop": (matchers(2), {"match.path": "loop"})}
+            "1_actor_loop": (matchers(1), {"match.path": "loop"}), "2_actors_loop": (matchers(2), {"match.path": "loop"}),
+            "2_expert_actors": (two_experts, {})}
     if gpu:  # the layout the job chose before the expert shared the GPU
         runs["1_actor_expert_on_cpu"] = (RunOptions(num_actors=1, gpus_per_actor=1.0, expert_gpus=0.0,
                                                     checkpoint_every=never), {})
@@ -135,7 +142,8 @@ def layouts_to_run(gpu: bool, tiny: bool) -> dict[str, tuple[RunOptions, dict]]:
 def ray_runs(device: torch.device, tiny: bool, inner: int, log: Log) -> tuple[dict, dict]:
     """Section 3: the Ray job in several layouts on the device; returns the per-layout results
     and the 1-actor run's stored data (for the evaluation)."""
-    cfg = job_config(tiny, inner)
+    # two re-initialisation cycles, so a second expert actor computes one (inner iterations split between them)
+    cfg = job_config(tiny, max(1, inner // 2), outer=2)
     runs, stored = {}, {}
     for label, (options, overrides) in layouts_to_run(device.type == "cuda", tiny).items():
         run_cfg = apply_overrides(cfg, overrides)
@@ -168,10 +176,10 @@ def ray_runs(device: torch.device, tiny: bool, inner: int, log: Log) -> tuple[di
     comparison["2_actors_loop_vs_1_actor_loop"] = diff("2_actors_loop", "1_actor_loop")
     run_to_run = comparison["1_actor_repeat_vs_1_actor"]["max_abs_diff"]
     across = max(comparison[k]["max_abs_diff"] for k in ("2_actors_vs_1_actor", "4_actors_vs_1_actor",
-                                                          "2_actors_loop_vs_1_actor_loop"))
+                                                          "2_actors_loop_vs_1_actor_loop", "2_expert_actors_vs_1_actor"))
     on_gpu = all(a["device"].startswith("cuda") for r in runs.values() for a in r["actors"])
     result = {"setting": f"mnist5k, ConvNet-3 width {cfg.expert.width}, ipc {cfg.synset.ipc}, factor 2, l1, "
-                         f"lr_img 1e-4, 1 outer x {inner} inner",
+                         f"lr_img 1e-4, 2 outer x {cfg.schedule.inner_iters} inner",
               "layouts": runs, "stored_compared": comparison,
               "actors_on_device": on_gpu if device.type == "cuda" else None,
               "run_to_run_max_abs_diff": run_to_run, "across_actor_counts_max_abs_diff": across,
@@ -323,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             return r
 
         result["ray_job"] = section("ray job", log, job, errors)
+        # one inner iteration's parts at every preset's shapes (benchmarks/expert_share.py), on this device
+        presets, classes = (("mnist",), 1) if args.tiny else (expert_share.PRESETS, 10)
+        result["expert_share"] = section("expert share", log, lambda: [
+            expert_share.measure(p, device, classes, 1 if args.tiny else 3) for p in presets], errors)
         if one_actor:
             result["evaluation"] = section("evaluation", log, lambda: evaluate_on_ray(one_actor, device, args.tiny, log),
                                            errors)

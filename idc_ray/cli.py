@@ -181,9 +181,10 @@ class ProgressPrinter:
         else:
             rate = 1 / elapsed if elapsed > 0 else 0.0
         left = f"~{duration((total - done) / rate)} left" if rate > 0 else "time left unknown"
+        ahead = f" expert +{p.expert_ahead} ahead" if p.expert_ahead is not None else ""
         return (f"[{bar}] outer {p.outer + 1}/{self.outer_iters} inner {p.inner + 1}/{self.inner_iters} "
                 f"loss {sum(self.losses) / len(self.losses):.4g}{' (' + shards.strip() + ')' if shards else ''} "
-                f"{rate:.3g} it/s {p.class_steps_per_s:.1f} class-steps/s {duration(elapsed)} elapsed, {left}")
+                f"{rate:.3g} it/s {p.class_steps_per_s:.1f} class-steps/s{ahead} {duration(elapsed)} elapsed, {left}")
 
     def __call__(self, p: Progress) -> None:
         now = self.clock()

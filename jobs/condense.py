@@ -48,8 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                "share a GPU with a matcher, else 0)")
     ray_args.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (default: an equal share of the cluster)")
     ray_args.add_argument("--expert-gpus", type=float,
-                          help="GPUs for the expert actor (default: 1 if one is left, else a 0.25 share beside a "
-                               "matcher on a GPU cluster; 0 puts it on the CPU)")
+                          help="GPUs per expert actor (default: 1 if one is left for each, else a 0.25 share beside "
+                               "a matcher on a GPU cluster; 0 puts them on the CPU)")
+    ray_args.add_argument("--expert-actors", type=int, default=1, metavar="N",
+                          help="expert actors computing the expert's re-initialisation cycles side by side: cycle c "
+                               "is actor c mod N's (default 1; docs/scaling.md says when more help)")
+    ray_args.add_argument("--expert-memory-mb", type=float, default=256.0, metavar="MB",
+                          help="object-store memory the expert states computed ahead of the matchers may hold "
+                               "(default 256; at least one state ahead)")
     ray_args.add_argument("--spread", action="store_true", help="spread actors over nodes (placement strategy SPREAD)")
     ray_args.add_argument("--system-malloc", action="store_true",
                           help="keep glibc's default allocator settings in the actors (by default they keep freed "
@@ -109,8 +115,11 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         faults = tuple(json.loads(f) for f in args.inject_fault)
     except json.JSONDecodeError as e:
         raise UsageError(f"--inject-fault must be JSON like '{{\"actor\": 0, \"outer\": 1, \"inner\": 0}}' ({e.msg})") from None
+    if args.expert_actors < 1 or args.expert_memory_mb <= 0:
+        raise UsageError("--expert-actors must be >= 1 and --expert-memory-mb > 0")
     return RunOptions(backend=args.backend, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
                       cpus_per_actor=args.cpus_per_actor, expert_gpus=args.expert_gpus,
+                      expert_actors=args.expert_actors, expert_memory_mb=args.expert_memory_mb,
                       checkpoint_every=args.checkpoint_every, resume=args.resume, max_restarts=args.max_restarts,
                       spread=args.spread, keep_freed_memory=not args.system_malloc, faults=faults)
 

@@ -119,27 +119,41 @@ class MatcherActor:
 
 @ray.remote(max_restarts=0)
 class ExpertActor:
-    """Runs the expert's trajectory on real data and returns each state; the return value goes
-    to the object store once and every matcher reads it from there (one copy per node)."""
+    """Computes whole re-initialisation cycles of the expert's trajectory on real data (one of
+    ``--expert-actors``: cycle c is actor c mod N's) and returns each state; the return value goes
+    to the object store once and every matcher reads it from there (one copy per node).
 
-    def __init__(self, expert: ExpertSpec, dataset: str, data_uri: str | None, inner_iters: int,
-                 start_outer: int, end_outer: int, storage_options: dict | None = None):
+    A cycle (``fix_iter`` outer iterations from a re-initialisation) depends only on the seed, its
+    index and the real-data stream position, a function of the step (engine/streams.py), so an
+    actor can start any cycle where the previous actor left off, with the bytes of one trajectory."""
+
+    def __init__(self, name: str, expert: ExpertSpec, dataset: str, data_uri: str | None, inner_iters: int,
+                 end_outer: int, storage_options: dict | None = None):
         configure_worker(storage_options)
         use_assigned_cpus()
         self.device = actor_device()
-        self.source = (expert, dataset, data_uri, inner_iters, start_outer, end_outer)
-        self.produced = 0
-        self.m_depth = metrics.Gauge("idc_expert_queue_depth", "expert states produced but not yet consumed by the matchers")
+        self.name, self.expert, self.inner_iters, self.end_outer = name, expert, inner_iters, end_outer
+        self.source = (dataset, data_uri)
+        self.trajectory = None
+        self.next: tuple[int, int] | None = None  # the (outer, inner) the running trajectory yields next
+        self.m_depth = metrics.Gauge("idc_expert_queue_depth", "expert states computed ahead of the matchers",
+                                     tag_keys=("expert",))
+        self.m_depth.set_default_tags({"expert": name})
 
     def setup(self) -> None:
-        """Read the training split and start the trajectory (as MatcherActor.setup)."""
-        expert, dataset, data_uri, inner_iters, start_outer, end_outer = self.source
-        store = load_dataset(dataset, data_uri).train_store()
-        self.trajectory = expert_trajectory(expert, store, inner_iters, start_outer, end_outer, self.device)
+        """Read the training split (as MatcherActor.setup)."""
+        self.store = load_dataset(*self.source).train_store()
 
-    def produce(self, consumed: int) -> dict:
-        """The next expert state (CPU tensors). ``consumed`` is how many the matchers finished."""
-        _, _, model = next(self.trajectory)
-        self.produced += 1
-        self.m_depth.set(self.produced - consumed)
+    def produce(self, outer: int, inner: int, consumed: int) -> dict:
+        """The expert state for (outer, inner) (CPU tensors). ``consumed``: the global step the
+        matchers work on now, for the queue-depth metric."""
+        starts_cycle = inner == 0 and outer % self.expert.fix_iter == 0
+        if starts_cycle or (outer, inner) != self.next:  # a cycle of its own begins (or resumes mid-cycle)
+            cycle_end = min(outer - outer % self.expert.fix_iter + self.expert.fix_iter, self.end_outer)
+            self.trajectory = expert_trajectory(self.expert, self.store, self.inner_iters, outer, cycle_end,
+                                                self.device)
+        o, i, model = next(self.trajectory)
+        assert (o, i) == (outer, inner), "expert trajectory out of step"
+        self.next = (o, i + 1) if i + 1 < self.inner_iters else (o + 1, 0)
+        self.m_depth.set(o * self.inner_iters + i + 1 - consumed)
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

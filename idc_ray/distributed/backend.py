@@ -29,6 +29,7 @@ from idc_ray.distributed.pool import ensure_pool_on_ray
 from idc_ray.distributed.resources import Layout, plan_layout
 from idc_ray.distributed.session import ClusterError, ray_session
 from idc_ray.distributed.watch import RayCurveRunner
+from idc_ray.engine.expert import new_model
 from idc_ray.engine.plan import Plan
 from idc_ray.run.backend import RunOptions, stderr_line
 from idc_ray.run.curve import RunnerFactory
@@ -44,26 +45,58 @@ def shard_name(index: int, classes: list[int]) -> str:
     return f"matcher-{index}[classes {classes[0]}-{classes[-1]}]" if len(classes) > 1 else f"matcher-{index}[class {classes[0]}]"
 
 
-class RayExpert:
-    """The expert actor's states as object-store refs, ``lookahead`` requested ahead of the matchers."""
+def expert_name(index: int, experts: int) -> str:
+    """``expert-1[cycles 1,3,5,...]``: the re-initialisation cycles an expert actor computes."""
+    if experts == 1:
+        return "expert-0[cycles all]"
+    return f"expert-{index}[cycles {index},{index + experts},{index + 2 * experts},...]"
 
-    def __init__(self, actor, steps: int, lookahead: int):
-        self.actor, self.steps, self.lookahead = actor, steps, lookahead
-        self.ahead: deque = deque()
+
+def state_bytes(plan: Plan) -> int:
+    """The bytes of one expert state in the object store (its state_dict)."""
+    return sum(t.numel() * t.element_size() for t in new_model(plan.expert, 0, 0).state_dict().values())
+
+
+def states_ahead(plan: Plan, memory_mb: float) -> int:
+    """How many expert states may be computed ahead of the matchers: as many as ``memory_mb`` of
+    object store holds, at least one (the look-ahead across cycles, with back-pressure)."""
+    return max(1, int(memory_mb * 2**20 // state_bytes(plan)))
+
+
+class RayExperts:
+    """The expert actors' states as object-store refs, in the schedule's order: cycle c (``fix_iter``
+    outer iterations) is actor c mod N's, and states are asked for up to ``ahead`` beyond the
+    matchers, so the actors of the next cycles compute while the matchers work on this one."""
+
+    def __init__(self, actors: list, names: list[str], first_outer: int, schedule, fix_iter: int, ahead: int):
+        self.actors, self.names, self.fix_iter, self.ahead = actors, names, fix_iter, ahead
+        self.inner_iters = schedule.inner_iters
+        self.steps = [(o, i) for o in range(first_outer, schedule.outer_iters) for i in range(schedule.inner_iters)]
+        self.queue: deque = deque()  # refs asked for, not yet handed to the matchers
         self.requested = 0
-        self.consumed = 0  # steps the matchers finished (the queue-depth metric)
+        self.consumed = 0  # steps the matchers finished
 
     def state(self, outer: int, inner: int):
-        while len(self.ahead) <= self.lookahead and self.requested < self.steps:
-            self.ahead.append(self.actor.produce.remote(self.consumed))
+        while len(self.queue) <= self.ahead and self.requested < len(self.steps):
+            o, i = self.steps[self.requested]
+            actor = self.actors[(o // self.fix_iter) % len(self.actors)]
+            now = self.steps[min(self.consumed, len(self.steps) - 1)]
+            self.queue.append(actor.produce.remote(o, i, now[0] * self.inner_iters + now[1]))
             self.requested += 1
-        return self.ahead.popleft()  # a ref: the matchers wait for it, the driver does not
+        return self.queue.popleft()  # a ref: the matchers wait for it, the driver does not
+
+    def computed_ahead(self) -> int:
+        """States the expert actors have finished beyond those handed to the matchers."""
+        if not self.queue:
+            return 0
+        done, _ = ray.wait(list(self.queue), num_returns=len(self.queue), timeout=0)
+        return len(done)
 
 
 class RayMatchers:
     """The matcher actors of one attempt; a step is one call per actor with the expert state's ref."""
 
-    def __init__(self, actors: list, names: list[str], expert: RayExpert):
+    def __init__(self, actors: list, names: list[str], expert: RayExperts):
         self.actors, self.names, self.expert = actors, names, expert
 
     def begin_outer(self, outer: int) -> None:
@@ -83,7 +116,7 @@ class RayMatchers:
             losses.update(r["losses"])
             shards[name.split("[")[0]] = sum(r["losses"].values()) / len(r["losses"])
         rate = len(losses) / max(time.perf_counter() - submitted, 1e-9)
-        return Progress(outer, inner, losses, rate, shards)
+        return Progress(outer, inner, losses, rate, shards, expert_ahead=self.expert.computed_ahead())
 
     def states(self) -> dict[int, dict]:
         merged: dict[int, dict] = {}
@@ -102,18 +135,19 @@ class RayAttempts:
         self.placement: list[dict] = []
         self.actors: list = []
 
-    def open(self, ckpt: Checkpoint | None, first_outer: int) -> tuple[RayMatchers, RayExpert]:
+    def open(self, ckpt: Checkpoint | None, first_outer: int) -> tuple[RayMatchers, RayExperts]:
         tag = f"{self.run_id}.{next(self.count)}"  # readable, unique names: matcher-0[classes 0-4]@<run>.<attempt>
         names = [shard_name(i, cls) for i, cls in enumerate(self.layout.shards)]
         matchers = [self._matcher(i, names[i], classes, ckpt, tag) for i, classes in enumerate(self.layout.shards)]
-        expert = self._expert(first_outer, tag)
-        self.actors = [*matchers, expert]
+        expert_names = [expert_name(k, self.layout.experts) for k in range(self.layout.experts)]
+        experts = [self._expert(k, expert_names[k], tag) for k in range(self.layout.experts)]
+        self.actors = [*matchers, *experts]
         self.faults = [f for f in self.faults if f.get("repeat")]  # others fire in the first attempt only
-        self.placement = setup_actors(matchers, expert)
+        self.placement = setup_actors(matchers, experts)
         for p in self.placement:
             log.info("%s on node %s (%s, %d threads)", p["name"], p["node"][:12], p["device"], p["threads"])
-        sched = self.cfg.schedule
-        source = RayExpert(expert, (sched.outer_iters - first_outer) * sched.inner_iters, self.options.lookahead)
+        source = RayExperts(experts, expert_names, first_outer, self.cfg.schedule, self.plan.expert.fix_iter,
+                            states_ahead(self.plan, self.options.expert_memory_mb))
         return RayMatchers(matchers, names, source), source
 
     def _strategy(self, index: int) -> PlacementGroupSchedulingStrategy:
@@ -127,13 +161,13 @@ class RayAttempts:
             scheduling_strategy=self._strategy(index), runtime_env=actor_runtime_env(self.options.keep_freed_memory),
         ).remote(name, self.plan, classes, self.cfg.data.dataset, self.cfg.data.data_uri, state, fault, storage.current())
 
-    def _expert(self, first_outer: int, tag: str):
+    def _expert(self, index: int, name: str, tag: str):
         sched = self.cfg.schedule
         return ExpertActor.options(
-            name=f"expert@{tag}", num_cpus=self.layout.cpus, num_gpus=self.layout.expert_gpus,
-            scheduling_strategy=self._strategy(len(self.layout.shards)),
+            name=f"{name}@{tag}", num_cpus=self.layout.cpus, num_gpus=self.layout.expert_gpus,
+            scheduling_strategy=self._strategy(len(self.layout.shards) + index),
             runtime_env=actor_runtime_env(self.options.keep_freed_memory),
-        ).remote(self.plan.expert, self.cfg.data.dataset, self.cfg.data.data_uri, sched.inner_iters, first_outer,
+        ).remote(name, self.plan.expert, self.cfg.data.dataset, self.cfg.data.data_uri, sched.inner_iters,
                  sched.outer_iters, storage.current())
 
     def close(self) -> None:
@@ -147,12 +181,12 @@ class RayAttempts:
         return isinstance(error, ray.exceptions.RayError) and not getattr(error, "actor_init_failed", False)
 
 
-def setup_actors(matchers: list, expert) -> list[dict]:
+def setup_actors(matchers: list, experts: list) -> list[dict]:
     """Let every actor read its data; returns where each matcher runs. Bad data (a wrong
     --data-uri, say: the actor's ValueError) is a user error, not a failure to recover from:
     one line. Any other exception propagates with its cause. Every reply is fetched, so Ray
     reports no other actor's failure as an unhandled error on stderr."""
-    refs = [*(m.setup.remote() for m in matchers), expert.setup.remote()]
+    refs = [*(m.setup.remote() for m in matchers), *(e.setup.remote() for e in experts)]
     replies, failure = [], None
     for ref in refs:
         try:
@@ -164,7 +198,7 @@ def setup_actors(matchers: list, expert) -> list[dict]:
         raise ValueError((str(cause).strip().splitlines() or [type(cause).__name__])[0]) from None
     if failure is not None:
         raise failure
-    return replies[:-1]
+    return replies[:len(matchers)]
 
 
 def setup_error(e: BaseException) -> ValueError:
@@ -176,12 +210,12 @@ def setup_error(e: BaseException) -> ValueError:
 
 def check_fits(available: list[dict], needed: list[dict]) -> None:
     """The current placement group must hold the layout bundle for bundle: one per matcher, then
-    the expert's (a Tune trial reserves them with an empty head bundle, see idc_ray.distributed.sweep)."""
+    the expert actors' (a Tune trial reserves them with an empty head bundle, see idc_ray.distributed.sweep)."""
     fits = len(available) == len(needed) and all(
         have.get(key, 0.0) + 1e-9 >= amount for have, need in zip(available, needed) for key, amount in need.items())
     if not fits:
         raise ClusterError(f"this job runs inside a placement group with bundles {available}, but its actors need "
-                           f"{needed} (one bundle per matcher, then one for the expert); reserve exactly those "
+                           f"{needed} (one bundle per matcher, then one per expert actor); reserve exactly those "
                            "bundles or set --num-actors/--cpus-per-actor/--gpus-per-actor to match")
 
 

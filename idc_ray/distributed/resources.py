@@ -34,9 +34,10 @@ def shard_classes(num_classes: int, num_shards: int) -> list[list[int]]:
     return balanced_blocks(num_classes, num_shards)
 
 
-def job_bundles(num_matchers: int, cpus: float, gpus: float, expert_gpus: float) -> list[dict[str, float]]:
-    """A condensation's bundles: one per matcher actor, then the expert actor's."""
-    return [bundle(cpus, gpus) for _ in range(num_matchers)] + [bundle(cpus, expert_gpus)]
+def job_bundles(num_matchers: int, cpus: float, gpus: float, expert_gpus: float,
+                experts: int = 1) -> list[dict[str, float]]:
+    """A condensation's bundles: one per matcher actor, then one per expert actor."""
+    return [bundle(cpus, gpus) for _ in range(num_matchers)] + [bundle(cpus, expert_gpus) for _ in range(experts)]
 
 
 def task_options(spec: dict[str, float]) -> dict[str, float]:
@@ -59,10 +60,11 @@ class Layout:
     shards: list[list[int]]
     cpus: float
     gpus: float
-    expert_gpus: float
+    expert_gpus: float  # per expert actor
+    experts: int = 1
 
     def bundles(self) -> list[dict[str, float]]:
-        return job_bundles(len(self.shards), self.cpus, self.gpus, self.expert_gpus)
+        return job_bundles(len(self.shards), self.cpus, self.gpus, self.expert_gpus, self.experts)
 
 
 def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, float] | None = None) -> Layout:
@@ -91,18 +93,23 @@ def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, floa
         raise ClusterError(f"{n} matcher actors x {gpus:g} GPU requested but the cluster has {cluster_gpus:g} GPUs; "
                            "use --gpus-per-actor 0 or fewer --num-actors")
     spare = cluster_gpus - n * gpus
+    experts = options.expert_actors
+    if experts < 1:
+        raise ValueError(f"--expert-actors must be at least 1, got {experts}")
     if options.expert_gpus is not None:
         expert_gpus = options.expert_gpus
     else:
-        expert_gpus = EXPERT_GPU_SHARE if share_gpu else (1.0 if spare >= 1 - 1e-9 else 0.0)
-    if expert_gpus > spare + 1e-9:
-        raise ClusterError(f"--expert-gpus {expert_gpus:g} does not fit: {spare:g} GPUs left after the matchers")
+        expert_gpus = EXPERT_GPU_SHARE if share_gpu else (1.0 if spare >= experts - 1e-9 else 0.0)
+    if experts * expert_gpus > spare + 1e-9:
+        raise ClusterError(f"--expert-gpus {expert_gpus:g} does not fit: {spare:g} GPUs left after the matchers, "
+                           f"{experts * expert_gpus:g} needed by {experts} expert actor(s); lower --expert-gpus or "
+                           "--expert-actors")
     if cluster_gpus >= 1 and expert_gpus == 0 and options.expert_gpus is None:
         log.warning("the expert actor runs on the CPU: the matchers' --gpus-per-actor %g leaves no GPU share for it; "
                     "for an expert on a GPU, lower --gpus-per-actor and pass --expert-gpus (e.g. %g)",
                     gpus, EXPERT_GPU_SHARE)
-    cpus = options.cpus_per_actor if options.cpus_per_actor is not None else cpu_share(cluster_cpus, n + 1)
-    return Layout(shards, cpus, gpus, expert_gpus)
+    cpus = options.cpus_per_actor if options.cpus_per_actor is not None else cpu_share(cluster_cpus, n + experts)
+    return Layout(shards, cpus, gpus, expert_gpus, experts)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,10 @@ class RunOptions:
     gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None  # None: an equal share of the cluster's CPUs
     expert_gpus: float | None = None
-    lookahead: int = 4  # expert states computed ahead of the matchers
+    expert_actors: int = 1  # expert actors computing re-initialisation cycles side by side
+    # expert states computed ahead of the matchers, across cycles, bounded by the object-store
+    # memory they may hold (back-pressure: no state is asked for beyond it; at least one ahead)
+    expert_memory_mb: float = 256.0
     spread: bool = False  # placement strategy SPREAD instead of PACK
     keep_freed_memory: bool = True  # actors keep freed memory for reuse (distributed.actors.ALLOCATOR_ENV)
     faults: tuple[dict, ...] = ()  # testing aid: {"actor": i, "outer": o, "inner": n} raises once

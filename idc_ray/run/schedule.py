@@ -31,6 +31,7 @@ class Progress:
     losses: dict[int, float]
     class_steps_per_s: float
     shards: dict[str, float] = field(default_factory=dict)
+    expert_ahead: int | None = None  # expert states computed beyond those handed out (Ray backend)
 
 
 class Matchers(Protocol):

@@ -43,9 +43,9 @@ def _killer(prefix: str, at: tuple[int, int]):
 def test_killed_actor_is_restarted_and_the_job_ends_with_the_same_bytes(ray_cluster, cfg, uninterrupted,
                                                                         tmp_path, caplog, victim):
     on_progress, fired = _killer(victim, (1, 0))
-    # lookahead 1: the expert has states left to compute when it is killed (with a deeper
-    # lookahead it may have finished them all, and their results are safe in the object store).
-    options = RunOptions(num_actors=2, checkpoint_every=1, lookahead=1)
+    # one state ahead (a tiny memory budget): the expert has states left to compute when it is
+    # killed (further ahead it may have finished them all, and they are safe in the object store).
+    options = RunOptions(num_actors=2, checkpoint_every=1, expert_memory_mb=1e-6)
     with caplog.at_level(logging.WARNING, logger="idc_ray"):
         result = condense_job(cfg, str(tmp_path), options, on_progress=on_progress)
     assert fired and fired[0].startswith(victim)

@@ -47,3 +47,23 @@ def test_explicit_expert_share_beside_fractional_matchers():
 def test_expert_share_that_does_not_fit_is_one_line():
     with pytest.raises(ClusterError, match="--expert-gpus 0.5 does not fit: 0 GPUs left"):
         plan_layout(10, RunOptions(num_actors=1, gpus_per_actor=1.0, expert_gpus=0.5), {"CPU": 16, "GPU": 1})
+
+
+def test_expert_actors_get_a_bundle_each_and_a_share_of_the_cpus():
+    layout = plan_layout(10, RunOptions(num_actors=1, expert_actors=3), {"CPU": 2})
+    assert layout.experts == 3 and layout.cpus == 0.5  # 4 actors share 2 CPUs
+    assert layout.bundles() == [{"CPU": 0.5}] * 4
+
+
+def test_expert_actors_on_gpus_one_each_when_there_are_enough():
+    layout = plan_layout(10, RunOptions(num_actors=2, expert_actors=2), {"CPU": 16, "GPU": 4})
+    assert (layout.gpus, layout.expert_gpus) == (1.0, 1.0)
+    assert [b.get("GPU") for b in layout.bundles()] == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_expert_actors_that_do_not_fit_the_gpus_are_one_line():
+    with pytest.raises(ClusterError, match="1 needed by 4 expert actor"):
+        plan_layout(10, RunOptions(num_actors=1, gpus_per_actor=0.5, expert_actors=4, expert_gpus=0.25),
+                    {"CPU": 16, "GPU": 1})
+    with pytest.raises(ValueError, match="--expert-actors must be at least 1, got 0"):
+        plan_layout(10, RunOptions(expert_actors=0), {"CPU": 2})

@@ -69,6 +69,8 @@ def test_outer_iters_zero_writes_the_initialisation(condense, tmp_path):
         (["--dataset", "cifar10", "--data-uri", "/nonexistent/data", "--backend", "local"], "/nonexistent/data"),
         (["--num-actors", "5"], "--num-actors 5 is more than the 4 classes"),
         (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
+        (["--expert-actors", "0"], "--expert-actors must be >= 1"),
+        (["--expert-memory-mb", "0"], "--expert-memory-mb > 0"),
         (["--inject-fault", "{actor: 1"], "--inject-fault must be JSON"),
         (["--eval-models", "lenet"], "unknown model"),
         (["--eval-models", "convnet3", "--eval-repeat", "0"], "--eval-repeat must be at least 1"),
