@@ -101,7 +101,8 @@ def test_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     m = r["matching"]
     assert set(m["class_steps_per_s"]) == {"loop", "lean", "vmap"} and m["max_abs_diff_vs_loop"]["loop"] == 0
     job = r["ray_job"]
-    assert {"1_actor", "1_actor_repeat", "2_actors", "4_actors", "1_actor_loop", "2_actors_loop"} <= set(job["layouts"])
+    assert {"1_actor", "1_actor_repeat", "2_actors", "4_actors", "1_actor_loop", "2_actors_loop",
+            "2_expert_actors"} <= set(job["layouts"])
     for layout in job["layouts"].values():
         assert layout["inner_iterations"] == 2 and layout["seconds_per_inner_iteration"] > 0
         assert all(a["device"] == "cpu" for a in layout["actors"])
@@ -112,7 +113,10 @@ def test_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     assert set(shares) == {"matching", "expert", "transfer"} and abs(sum(shares.values()) - 1) < 1e-9
     assert set(r["networks"]) == {"cifar10/convnet3", "imagenet10/resnetap10", "speech/convnet4"}
     assert all(n["device"] == "cpu" and n["tests"] >= 4 for n in r["networks"].values())
-    assert (tmp_path / "gpu_tiny.log").read_text().count("== ") == 6
+    (share,) = r["expert_share"]  # benchmarks/expert_share.py's parts, at mnist's shapes
+    assert share["preset"] == "mnist" and share["classes_timed"] == 1
+    assert share["matching_all_classes_s"] > 0 and share["expert_update_s"] > 0 and 0 < share["expert_share"] < 1
+    assert (tmp_path / "gpu_tiny.log").read_text().count("== ") == 7
 
 
 def test_quality_per_iteration_runs_at_tiny_sizes(tmp_path):

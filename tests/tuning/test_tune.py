@@ -269,7 +269,7 @@ def test_a_job_inside_a_placement_group_uses_its_bundles(ray_local, one_thread, 
         assert torch.equal(stored, reference.stored)
 
         wrong = RunOptions(backend="ray", num_actors=3, cpus_per_actor=0.5, gpus_per_actor=0, expert_gpus=0)
-        with pytest.raises(ray.exceptions.RayTaskError, match=r"its actors need .*\(one bundle per matcher, then one for the expert\)"):
+        with pytest.raises(ray.exceptions.RayTaskError, match=r"its actors need .*\(one bundle per matcher, then one per expert actor\)"):
             ray.get(in_group.remote(cfg, str(tmp_path / "wrong"), wrong), timeout=120)
     finally:
         remove_placement_group(pg)
