@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,3 +75,20 @@ def write(name: str, payload: dict, device: str | torch.device = "cpu") -> Path:
                                **payload}, indent=2))
     tmp.replace(path)
     return path
+
+
+def timed_job(cfg, options) -> tuple[Any, dict]:
+    """A condensation through the job (``idc_ray.backends.condense_job``, in the Ray session this
+    process has) and its timing: the median gap between two finished inner iterations (the first
+    carries the actors' start-up), the wall time with start-up, and the first step's delay."""
+    from idc_ray.backends import condense_job
+
+    marks: list[float] = []
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        job = condense_job(cfg, out, options, on_progress=lambda p: marks.append(time.perf_counter()))
+        wall = time.perf_counter() - started
+    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    return job, {"seconds_per_inner_iteration": statistics.median(gaps) if gaps else float("nan"),
+                 "inner_iterations": len(marks), "gaps_s": gaps, "wall_s_with_startup": wall,
+                 "first_inner_s_after_start": marks[0] - started if marks else None}

@@ -18,18 +18,15 @@ lower bound of what separate GPUs (or cores) give. docs/scaling.md reads it.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
+from common import timed_job, write  # noqa: E402
 
-from idc_ray.backends import condense_job  # noqa: E402
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import get_spec  # noqa: E402
 from idc_ray.data.parquet import write_dataset  # noqa: E402
@@ -59,14 +56,9 @@ def cifar_shaped_parquet(folder: Path, per_class: int) -> str:
 
 
 def run(cfg, options: RunOptions) -> dict:
-    marks: list[float] = []
-    with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-        job = condense_job(cfg, out, options, on_progress=lambda p: marks.append(time.perf_counter()))
-        wall = time.perf_counter() - started
-    gaps = [b - a for a, b in zip(marks, marks[1:])]
-    return {"seconds_per_inner_iteration": statistics.median(gaps), "gaps_s": gaps, "wall_s_with_startup": wall,
-            "actors": [{k: p.get(k) for k in ("name", "threads")} for p in job.placement], "stored": job.stored}
+    job, timing = timed_job(cfg, options)
+    return {**timing, "actors": [{k: p.get(k) for k in ("name", "threads")} for p in job.placement],
+            "stored": job.stored}
 
 
 def main(argv: list[str] | None = None) -> int:

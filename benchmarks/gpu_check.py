@@ -48,11 +48,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expert_share  # noqa: E402
 import matching  # noqa: E402
-from common import results_dir, write  # noqa: E402
+from common import results_dir, timed_job, write  # noqa: E402
 
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import ClassStore, load_dataset  # noqa: E402
-from idc_ray.backends import condense_job  # noqa: E402
 from idc_ray.run.backend import RunOptions  # noqa: E402
 from idc_ray.distributed.resources import EXPERT_GPU_SHARE, plan_layout  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert, new_model  # noqa: E402
@@ -148,22 +147,16 @@ def ray_runs(device: torch.device, tiny: bool, inner: int, log: Log) -> tuple[di
     for label, (options, overrides) in layouts_to_run(device.type == "cuda", tiny).items():
         run_cfg = apply_overrides(cfg, overrides)
         planned = plan_layout(10, options)
-        marks: list[float] = []
-        with tempfile.TemporaryDirectory() as out:
-            started = time.perf_counter()
-            job = condense_job(run_cfg, out, options, on_progress=lambda p: marks.append(time.perf_counter()))
-            wall = time.perf_counter() - started
-        gaps = [b - a for a, b in zip(marks, marks[1:])]
-        per_inner = statistics.median(gaps) if gaps else float("nan")
+        job, timing = timed_job(run_cfg, options)
         stored[label] = job.stored
         runs[label] = {
             "gpus_per_actor": planned.gpus, "expert_gpus": planned.expert_gpus, "overrides": overrides,
-            "seconds_per_inner_iteration": per_inner, "inner_iterations": len(marks),
-            "wall_s_with_startup": wall, "first_inner_s_after_start": marks[0] - started if marks else None,
+            **{k: v for k, v in timing.items() if k != "gaps_s"},
             "actors": [{k: p.get(k) for k in ("name", "device", "threads")} for p in job.placement],
         }
         log(f"[ray] {label} ({planned.gpus:g} GPU per matcher, expert {planned.expert_gpus:g}): "
-            f"{per_inner:.3f} s per inner iteration, {wall:.1f} s with start-up; "
+            f"{timing['seconds_per_inner_iteration']:.3f} s per inner iteration, "
+            f"{timing['wall_s_with_startup']:.1f} s with start-up; "
             f"devices {sorted({p['device'] for p in job.placement})}")
     base = stored["1_actor"]
 
