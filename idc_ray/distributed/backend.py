@@ -37,7 +37,7 @@ from idc_ray.run.schedule import Progress
 
 log = logging.getLogger("idc_ray")
 PLACEMENT_TIMEOUT_S = 120
-STAGE_RESERVE_S = 2.0  # how long a continual stage waits for actors of its own before running in its task
+STAGE_RESERVE_S = 1.0  # how long a continual stage waits for actors of its own before running in its task
 Log = Callable[[str], None]
 
 

@@ -1,8 +1,7 @@
 """Several expert actors compute the expert's re-initialisation cycles side by side (cycle c is
 actor c mod N's); the stored set is the same, bit for bit, for any number of expert actors and
-matchers, equal to the in-process run, and a killed expert actor is replaced."""
-
-import logging
+matchers, equal to the in-process run. A killed expert actor (mid-cycle), a killed matcher and a
+killed driver with two expert actors: tests/distributed/test_faults.py and test_resume.py."""
 
 import pytest
 import ray
@@ -40,24 +39,6 @@ def test_any_number_of_expert_actors_gives_the_in_process_bytes(ray_cluster, cfg
     assert result.loss_history == local_reference.loss_history
     assert names == {expert_name(k, experts) for k in range(experts)}
     assert all(isinstance(a, int) and a >= 0 for a in ahead)
-
-
-def test_a_killed_expert_actor_mid_cycle_is_replaced_and_the_bytes_stay(ray_cluster, cfg, local_reference, tmp_path,
-                                                                        caplog):
-    fired = []
-
-    def kill_expert_1(p):  # when step (0, 1) is done, expert-1 is computing cycle 1, one state ahead
-        if (p.outer, p.inner) == (0, 1) and not fired:
-            name = next(n for n in ray.util.list_named_actors() if n.startswith("expert-1["))
-            ray.kill(ray.get_actor(name), no_restart=True)
-            fired.append(name)
-
-    options = RunOptions(num_actors=2, expert_actors=2, checkpoint_every=1, expert_memory_mb=1e-6)
-    with caplog.at_level(logging.WARNING, logger="idc_ray"):
-        result = condense_job(cfg, str(tmp_path), options, on_progress=kill_expert_1)
-    assert fired and result.restarts == 1
-    assert torch.equal(result.stored, local_reference.stored)
-    assert "restarting the actors from the last checkpoint (outer 1)" in caplog.text
 
 
 def test_the_memory_budget_bounds_the_look_ahead(cfg):

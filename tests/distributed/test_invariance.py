@@ -37,7 +37,7 @@ def test_shards_are_contiguous_and_balanced():
 
 
 @pytest.mark.forced_isa
-@pytest.mark.parametrize("actors", [1, 2, 3])
+@pytest.mark.parametrize("actors", [3])  # 1 and 2 matchers: tests/distributed/test_expert_actors.py
 def test_ray_backend_equals_local_bit_for_bit(ray_cluster, cfg, reference, actors, tmp_path):
     result = condense_job(cfg, str(tmp_path), RunOptions(backend="ray", num_actors=actors))
     assert result.stored.shape == (10, 1, 1, 28, 28)
