@@ -89,6 +89,7 @@ def test_killed_stage_resumes_from_the_cache_with_the_same_bytes(first_run, tmp_
     (["--memory-ipc", "0"], "--memory-ipc must be at least 1"),
     (["--stages", "5"], "--stages 5 is more than the 4 classes"),
     (["--exemplars", "dsa=BAD"], "samples are (3, 32, 32)"),
+    (["--stage-cpus", "0"], "--stage-cpus must be > 0, got 0"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path, capsys, ray_cluster):
     if args[1] == "dsa=BAD":
