@@ -18,20 +18,15 @@ under OUTPUT/<label>/ plus summary.json when several sets are given).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-# Every progress line of the evaluation tasks matters; Ray would merge lines that differ only in
-# their numbers. Read when Ray is first imported (by idc_ray.backends, just below).
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-
-from idc_ray.backends import backend_for  # noqa: E402
-from idc_ray.cli import add_debug_argument, comma_list, configure_storage, run_main  # noqa: E402
-from idc_ray.device import resolve_device  # noqa: E402
-from idc_ray.run.backend import RunOptions, stderr_line  # noqa: E402
-from idc_ray.evaluation.baselines import BASELINES  # noqa: E402
-from idc_ray.evaluation.report import table  # noqa: E402
-from idc_ray.evaluation.run import (EvalOptions, SetsRequest, build_sets, evaluate_sets, report_folder,  # noqa: E402
+from idc_ray.backends import backend_for
+from idc_ray.cli import add_debug_argument, comma_list, configure_storage, run_main
+from idc_ray.device import resolve_device
+from idc_ray.run.backend import RunOptions, stderr_line
+from idc_ray.evaluation.baselines import BASELINES
+from idc_ray.evaluation.report import table
+from idc_ray.evaluation.run import (EvalOptions, SetsRequest, build_sets, evaluate_sets, report_folder,
                                     write_reports)
 
 

@@ -10,7 +10,6 @@ order). Training sets and test splits are ``ray.put`` once and passed by referen
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
@@ -18,6 +17,7 @@ from typing import Callable, ClassVar, Sequence
 import ray
 import torch
 from ray.util import metrics
+from ray.util.queue import Queue
 
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
 from idc_ray.distributed.resources import plan_tasks, task_options
@@ -61,10 +61,11 @@ class LiveGauge:
 @ray.remote(runtime_env=actor_runtime_env(True))  # freed activations reused, as in the matcher actors
 def evaluate_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                   test_y: torch.Tensor, crash_marker: str | None = None, val_x: torch.Tensor | None = None,
-                  val_y: torch.Tensor | None = None) -> RunRecord:
-    """Run one (model, repeat) on the GPU Ray assigned (else the CPU), printing progress to the
-    job log and reporting the current test accuracy as the ``idc_eval_accuracy`` gauge. It gets
-    tensors and touches no storage, so it takes no storage options (``actors.configure_worker``)."""
+                  val_y: torch.Tensor | None = None, *, lines: Queue | None = None) -> RunRecord:
+    """Run one (model, repeat) on the GPU Ray assigned (else the CPU), reporting the current test
+    accuracy as the ``idc_eval_accuracy`` gauge and, given ``lines``, putting a progress line per
+    test evaluation there for the driver to print (:func:`progress_queue`). It gets tensors and
+    touches no storage, so it takes no storage options (``actors.configure_worker``)."""
     use_assigned_cpus()  # before any torch work: results depend on the thread count
     if crash_marker and not os.path.exists(crash_marker):  # testing aid: die once, like a lost node
         open(crash_marker, "w").close()
@@ -72,8 +73,8 @@ def evaluate_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, 
     gauge = LiveGauge(task.model, task.set_label)
 
     def progress(epoch: int, acc: float) -> None:
-        # Ray forwards a worker's stderr to the driver's stderr: the job log, beside the driver's lines
-        print(progress_line(task, epoch, acc), file=sys.stderr, flush=True)
+        if lines is not None:
+            lines.put(progress_line(task, epoch, acc))  # acknowledged before the task can return
         gauge.set(acc)
 
     try:
@@ -102,6 +103,7 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
     """
     res = task_options(plan_tasks(len(work), num_cpus, num_gpus))
     put = PutOnce()  # 1. each distinct tensor enters the object store once
+    lines = progress_queue()
     pending = {}
     for i, w in enumerate(work):  # 2. submit everything, then gather
         t = w.task
@@ -109,7 +111,7 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
             **res, max_retries=max_retries,
             name=f"eval {t.set_label} {t.model} repeat {t.repeat + 1}/{t.repeats}",
         ).remote(t, put(w.train_x), put(w.train_y), put(w.test_x), put(w.test_y), (crash_once or {}).get(i),
-                 *((put(w.val_x), put(w.val_y)) if w.val_x is not None else ()))
+                 *((put(w.val_x), put(w.val_y)) if w.val_x is not None else ()), lines=lines)
         pending[ref] = i
     log(f"[eval] {len(work)} tasks submitted ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU each, "
         f"retried up to {max_retries} times on worker failure)")
@@ -118,10 +120,34 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
         t = work[i].task
         return f"evaluation of {t.model} repeat {t.repeat + 1} on {t.set_label} failed"
 
+    def print_progress() -> None:
+        for line in drain(lines):
+            log(line)
+
     def done(i: int, record: RunRecord, finished: int, seconds: float) -> None:  # 3. report each as it ends
+        print_progress()  # the task's own lines first: it put them before it returned
         log(f"{done_line(record, work[i].task.repeats)}; {finished}/{len(work)} after {seconds:.0f}s")
 
-    return gather(pending, failed=failed, done=done)
+    try:
+        return gather(pending, failed=failed, done=done, poll=print_progress)
+    finally:
+        lines.shutdown(force=True)
+
+
+def progress_queue() -> Queue:
+    """The channel of the tasks' progress lines to the driver, which prints them to the job log.
+
+    Not the worker's stderr: Ray forwards worker output asynchronously, so a task's last lines
+    can arrive after its result, or never when the job exits first. A put on this queue is
+    acknowledged before the task returns, so every line is printed, each task's before its
+    result. The queue's actor takes no CPU, so it never waits behind the tasks it serves."""
+    return Queue(actor_options={"num_cpus": 0})
+
+
+def drain(queue: Queue) -> list:
+    """Everything on ``queue`` now, without waiting."""
+    size = queue.size()
+    return queue.get_nowait_batch(size) if size else []
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,14 @@ class PutOnce:
 
 
 def gather(pending: Mapping[ray.ObjectRef, int], *, failed: Callable[[int], str],
-           done: Callable[[int, Any, int, float], None] | None = None) -> list:
+           done: Callable[[int, Any, int, float], None] | None = None,
+           poll: Callable[[], None] | None = None, poll_every_s: float = 1.0) -> list:
     """The results of the submitted tasks ``pending`` (reference -> index 0..n-1), in index order.
 
     Args:
         failed: the message prefix of task ``i``'s failure (``"evaluation of ... failed"``).
         done: called as each task finishes, with (index, result, tasks finished, seconds since start).
+        poll: called every ``poll_every_s`` seconds while no task finishes (to print live progress).
     Raises:
         RuntimeError: ``"<failed(i)>: <first line of the error>"`` for the first task that fails
             for good; the tasks still pending are cancelled.
@@ -46,7 +48,11 @@ def gather(pending: Mapping[ray.ObjectRef, int], *, failed: Callable[[int], str]
     started = time.perf_counter()
     try:
         while waiting:
-            ready, _ = ray.wait(list(waiting), num_returns=1)
+            ready, _ = ray.wait(list(waiting), num_returns=1, timeout=None if poll is None else poll_every_s)
+            if not ready:  # only with a poll: without one the wait has no timeout
+                if poll is not None:
+                    poll()
+                continue
             i = waiting.pop(ready[0])
             try:
                 results[i] = ray.get(ready[0])

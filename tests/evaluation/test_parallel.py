@@ -16,7 +16,7 @@ from idc_ray.engine.matcher import stack_stored
 from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.distributed.evaluation import RayExecutor
 from idc_ray.distributed.resources import plan_tasks as plan_task_bundle
-from idc_ray.evaluation.protocol import Work, form_stored, plan_tasks
+from idc_ray.evaluation.protocol import Work, form_stored, plan_tasks, progress_line
 from idc_ray.evaluation.run import Sequential
 
 
@@ -90,6 +90,19 @@ def test_parallel_equals_sequential_even_when_a_worker_dies(check):
     assert len({p["last"] for p in out["parallel"]}) > 1  # repeats and models really differ
     assert out["lines"][0].startswith("[eval] 4 tasks submitted (1 CPU, 0 GPU each")
     assert sum("[eval] done mix-init" in ln for ln in out["lines"]) == 4
+
+
+def test_every_progress_line_of_a_task_reaches_the_driver_before_its_result(check):
+    """The tasks' lines come through the driver's log, all of them (the retried task's first
+    worker died before training), each task's before the line that reports it done."""
+    lines = check[0]["lines"]
+    for item, record in zip(work(), check[0]["parallel"], strict=True):
+        t = item.task
+        name = f"mix-init {t.model} repeat {t.repeat + 1}/2"
+        progress = [i for i, ln in enumerate(lines) if ln.startswith(f"[eval] {name} ")]
+        done = [i for i, ln in enumerate(lines) if ln.startswith(f"[eval] done {name}:")]
+        assert [lines[i] for i in progress] == [progress_line(t, e, a) for e, a in record["history"]]
+        assert len(done) == 1 and max(progress) < done[0]
 
 
 def test_the_accuracy_gauge_is_exported_per_model(check):
