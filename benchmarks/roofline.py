@@ -34,7 +34,7 @@ from common import paper_config, use_actor_allocator, write  # noqa: E402
 
 from idc_ray.config import apply_overrides  # noqa: E402
 from idc_ray.data import ClassStore, DatasetSpec, load_dataset  # noqa: E402
-from idc_ray.distributed.resources import shard_classes  # noqa: E402
+from idc_ray.data.store import class_blocks  # noqa: E402
 from idc_ray.engine.expert import init_expert  # noqa: E402
 from idc_ray.engine.matcher import Matcher  # noqa: E402
 from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
@@ -75,7 +75,7 @@ def ray_actors_step_s(cfg, spec: DatasetSpec, expert_state: dict, actors: int, s
     try:
         actor = MatcherActor.options(num_cpus=1, runtime_env=actor_runtime_env(True))
         group = [actor.remote(f"shard{i}", plan, classes, cfg.data.dataset, None, None)
-                 for i, classes in enumerate(shard_classes(spec.num_classes, actors))]
+                 for i, classes in enumerate(class_blocks(spec.num_classes, actors, "--actors"))]
         infos = ray.get([a.setup.remote() for a in group])
         assert all(i["threads"] == 1 and i["keeps_freed_memory"] for i in infos), infos
         state = ray.put(expert_state)

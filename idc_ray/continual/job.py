@@ -153,7 +153,7 @@ def run_continual(c: ContinualConfig, base: IDCConfig, output: str | Path, backe
         "seconds": time.perf_counter() - started, "code_version": __version__,
     }
     out = Path(output)
-    storage.atomic_write_bytes(str(out / PLOT), report.plot(summary, seen, title))
+    report.write_plot(str(out / PLOT), summary, seen, title)
     storage.atomic_write_bytes(str(out / REPORT), report.markdown(summary, seen, title).encode())
     storage.atomic_write_bytes(str(out / RESULTS), report.to_json(document))
     return document

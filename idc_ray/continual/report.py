@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 from typing import Any, Mapping, Sequence
 
 from idc_ray.continual.learner import LearnerResult
+from idc_ray.figures import png_figure
 
 
 def summarize(results: Sequence[LearnerResult], stages: int) -> dict[str, dict[str, dict[str, Any]]]:
@@ -37,16 +37,15 @@ def markdown(summary: Mapping[str, Any], seen: Sequence[int], title: str) -> str
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: Mapping[str, Any], seen: Sequence[int], title: str) -> bytes:
+def write_plot(uri: str, summary: Mapping[str, Any], seen: Sequence[int], title: str) -> None:
     """Accuracy against classes seen, one panel per model, one line per method with error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = sorted({m for ms in summary.values() for m in ms})
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    with png_figure(uri, len(models), figsize=(5 * len(models), 3.8)) as (_, axes):
+        _draw(axes[0], models, summary, seen, title)
+
+
+def _draw(axes: Sequence[Any], models: list[str], summary: Mapping[str, Any], seen: Sequence[int], title: str) -> None:
+    for ax, model in zip(axes, models):
         for method, ms in summary.items():
             if model in ms:
                 ax.errorbar(list(seen), ms[model]["mean"], yerr=ms[model]["std"], marker="o", capsize=3, label=method)
@@ -56,11 +55,6 @@ def plot(summary: Mapping[str, Any], seen: Sequence[int], title: str) -> bytes:
         ax.set_xticks(list(seen))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def to_json(document: Mapping[str, Any]) -> bytes:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from idc_ray.data import DatasetSpec, RealData, channel_stats, load_dataset
 from idc_ray.data.parquet import write_dataset
-from idc_ray.data.store import balanced_blocks
+from idc_ray.data.store import class_blocks
 from idc_ray.data.prepare import dataset_info
 
 
@@ -32,18 +32,9 @@ class Scenario:
     stage_specs: list[DatasetSpec]  # the spec each stage's dataset is condensed as (its rules)
 
 
-def stage_classes(num_classes: int, stages: int) -> list[list[int]]:
-    """Contiguous, balanced class blocks, every class exactly once: 10 in 3 -> 0-3, 4-6, 7-9."""
-    if stages < 1:
-        raise ValueError(f"--stages must be at least 1, got {stages}")
-    if stages > num_classes:
-        raise ValueError(f"--stages {stages} is more than the {num_classes} classes; use at most {num_classes}")
-    return balanced_blocks(num_classes, stages)
-
-
 def class_incremental(dataset: str, data_uri: str | None, stages: int) -> Scenario:
     data = load_dataset(dataset, data_uri)
-    blocks = stage_classes(data.spec.num_classes, stages)
+    blocks = class_blocks(data.spec.num_classes, stages, "--stages")
     return Scenario(data, blocks, None, [data.spec] * len(blocks))
 
 

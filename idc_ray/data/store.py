@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -118,14 +119,12 @@ class ClassStore:
         return ClassStore(x, y, classes=classes)
 
 
-def balanced_blocks(count: int, parts: int) -> list[list[int]]:
-    """``range(count)`` in ``parts`` contiguous blocks whose sizes differ by at most one, the larger
-    first: 10 in 3 -> 0-3, 4-6, 7-9 (class shards of the matchers, stages of a continual run).
-    The caller checks 1 <= parts <= count, naming its own flag."""
-    base, extra = divmod(count, parts)
-    blocks, start = [], 0
-    for i in range(parts):
-        size = base + (1 if i < extra else 0)
-        blocks.append(list(range(start, start + size)))
-        start += size
-    return blocks
+def class_blocks(num_classes: int, parts: int, flag: str) -> list[list[int]]:
+    """``range(num_classes)`` in ``parts`` contiguous blocks whose sizes differ by at most one, the
+    larger first: 10 in 3 -> 0-3, 4-6, 7-9 (the matchers' class shards, the stages of a continual
+    run). ``flag`` names the option that asked for ``parts``, for the error line."""
+    if parts < 1:
+        raise ValueError(f"{flag} must be at least 1, got {parts}")
+    if parts > num_classes:
+        raise ValueError(f"{flag} {parts} is more than the {num_classes} classes; use at most {num_classes}")
+    return [block.tolist() for block in np.array_split(np.arange(num_classes), parts)]

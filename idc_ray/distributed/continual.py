@@ -13,7 +13,7 @@ import ray
 
 from idc_ray import storage
 from idc_ray.distributed.actors import actor_device, configure_worker, use_assigned_cpus
-from idc_ray.distributed.resources import plan_tasks, task_options
+from idc_ray.distributed.resources import task_bundle, task_options
 from idc_ray.distributed.tasks import PutOnce, gather
 
 
@@ -29,7 +29,7 @@ def ray_map(fn: Callable, items: Sequence[tuple], names: Sequence[str], *, max_r
     """``[fn(*item, device=...) for item in items]`` as parallel Ray tasks, results in order.
     A task whose worker dies is retried ``max_retries`` times; an exception raised by ``fn``
     itself fails the job with one line naming the task (the others are cancelled)."""
-    res = task_options(plan_tasks(len(items), num_cpus=1))  # one CPU, one GPU each where there are GPUs
+    res = task_options(task_bundle(len(items), num_cpus=1))  # one CPU, one GPU each where there are GPUs
     put_once = PutOnce()
 
     def put(value):  # arrays and containers enter the object store once; scalars and names go inline

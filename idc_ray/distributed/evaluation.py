@@ -20,7 +20,7 @@ from ray.util import metrics
 from ray.util.queue import Queue
 
 from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assigned_cpus
-from idc_ray.distributed.resources import plan_tasks, task_options
+from idc_ray.distributed.resources import task_bundle, task_options
 from idc_ray.distributed.tasks import PutOnce, gather
 from idc_ray.evaluation.protocol import EvalTask, RunRecord, Work, done_line, progress_line, run_task
 
@@ -93,7 +93,7 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
     in the order of ``work``.
 
     Args:
-        num_cpus, num_gpus: per task; see :func:`~idc_ray.distributed.resources.plan_tasks` for the defaults.
+        num_cpus, num_gpus: per task; see :func:`~idc_ray.distributed.resources.task_bundle` for the defaults.
         max_retries: re-runs of a task whose worker died (node lost, OOM kill); an exception
             raised by the evaluation itself is not retried (it would fail the same way).
         crash_once: testing aid, {work index: marker path}: that task's first attempt kills its
@@ -101,7 +101,7 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
     Raises:
         RuntimeError naming the task when one fails for good (the others are cancelled).
     """
-    res = task_options(plan_tasks(len(work), num_cpus, num_gpus))
+    res = task_options(task_bundle(len(work), num_cpus, num_gpus))
     put = PutOnce()  # 1. each distinct tensor enters the object store once
     lines = progress_queue()
     pending = {}

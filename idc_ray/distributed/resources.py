@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import ray
 
-from idc_ray.data.store import balanced_blocks
+from idc_ray.data.store import class_blocks
 from idc_ray.distributed.session import ClusterError
 from idc_ray.run.backend import RunOptions
 
@@ -23,15 +23,6 @@ EXPERT_GPU_SHARE = 0.25
 def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
     """One placement bundle (no GPU key when none is asked for: Ray treats a 0 as a request)."""
     return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-
-
-def shard_classes(num_classes: int, num_shards: int) -> list[list[int]]:
-    """Contiguous, balanced class shards: 10 classes over 3 shards -> 0-3, 4-6, 7-9."""
-    if num_shards < 1:
-        raise ValueError(f"--num-actors must be at least 1, got {num_shards}")
-    if num_shards > num_classes:
-        raise ValueError(f"--num-actors {num_shards} is more than the {num_classes} classes; use at most {num_classes}")
-    return balanced_blocks(num_classes, num_shards)
 
 
 def job_bundles(num_matchers: int, cpus: float, gpus: float, expert_gpus: float,
@@ -82,7 +73,7 @@ def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, floa
     cluster_cpus = float(total.get("CPU", 1))
     n = options.num_actors or (int(cluster_gpus) if cluster_gpus >= 1 else 2)
     n = min(n, num_classes) if options.num_actors is None else n
-    shards = shard_classes(num_classes, n)
+    shards = class_blocks(num_classes, n, "--num-actors")
     share_gpu = (cluster_gpus >= 1 and options.gpus_per_actor is None and options.expert_gpus is None
                  and n <= cluster_gpus < n + 1)
     if options.gpus_per_actor is not None:
@@ -163,7 +154,7 @@ def default_resources(num_actors: int = 2, cpus_per_actor: float | None = None, 
     return TrialResources(num_actors, cpus_per_actor, gpus, expert_gpus if expert_gpus is not None else gpus)
 
 
-def plan_tasks(num_tasks: int, num_cpus: float | None = None, num_gpus: float | None = None) -> dict[str, float]:
+def task_bundle(num_tasks: int, num_cpus: float | None = None, num_gpus: float | None = None) -> dict[str, float]:
     """The bundle of each of ``num_tasks`` evaluation tasks: one GPU per task when the cluster has
     GPUs, else an equal whole-CPU share (at least 1, at most one node's CPUs: torch runs one
     thread per CPU, and the numbers depend on the thread count), unless given. A request no node

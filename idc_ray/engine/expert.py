@@ -16,16 +16,16 @@ import torch.nn as nn
 
 from idc_ray.engine import rng
 from idc_ray.engine.augment import DiffAugment, cutmix, mixed_cross_entropy
+from idc_ray.engine.spec import SharedSpec
 from idc_ray.engine.streams import ExpertStream
 from idc_ray.models import build_model
 
 
 @dataclass(frozen=True)
-class ExpertSpec:
+class ExpertSpec(SharedSpec):
     """Everything the expert's trajectory depends on besides the real data."""
 
     model: str
-    num_classes: int
     channels: int
     size: int
     width: int | None
@@ -40,9 +40,6 @@ class ExpertSpec:
     cutmix_beta: float
     early: int
     fix_iter: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    seed: int
     pretrained: str | None = None
     pt_from: int = 0
     pt_num: int = 1

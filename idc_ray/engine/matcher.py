@@ -27,12 +27,13 @@ from idc_ray.engine.batched import Batch, batched_match_losses, has_running_stat
 from idc_ray.engine.formation import get_former
 from idc_ray.engine.matching import feature_match_loss, gradient_match_loss, matched_parameters
 from idc_ray.engine.representative import RepresentativeBatches
+from idc_ray.engine.spec import SharedSpec
 from idc_ray.engine.streams import class_stream_indices, global_step
 from idc_ray.engine.synset import ClassOptimizer, SyntheticClass, sample_formed
 
 
 @dataclass(frozen=True)
-class MatchSpec:
+class MatchSpec(SharedSpec):
     """Everything a matcher needs besides its classes' data and the expert."""
 
     objective: str
@@ -49,10 +50,6 @@ class MatchSpec:
     lr_img: float
     mom_img: float
     momentum_mode: str
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    seed: int
     ipc: int  # stored samples per class, with init: the matcher's starting point (plan.initial_synset)
     init: str  # "auto" resolved: mix, random or noise
     path: str = "auto"  # "auto" | "loop" | "lean" | "vmap"; auto is resolved per device by the Matcher

@@ -21,6 +21,7 @@ from idc_ray.engine.augment import DiffAugment
 from idc_ray.engine.expert import ExpertSpec
 from idc_ray.engine.formation import FORMATIONS, formed_per_sample
 from idc_ray.engine.matcher import Matcher, MatchSpec
+from idc_ray.engine.spec import SharedSpec
 from idc_ray.engine.synset import init_synset
 from idc_ray.models import NORMS, UnknownModelError, available_models, check_model_input
 
@@ -223,22 +224,22 @@ def build_plan(cfg: IDCConfig, spec: DatasetSpec) -> Plan:
     r = resolve(cfg, spec)
     spec = with_stats(spec, cfg.data.stats)  # the normalisation data.stats selects
     s, m, x = cfg.synset, cfg.match, cfg.expert
+    shared = SharedSpec(num_classes=spec.num_classes, mean=tuple(spec.mean), std=tuple(spec.std),
+                        seed=cfg.schedule.seed).shared()
     match = MatchSpec(
-        objective=m.objective, metric=m.metric, bias=m.bias, fc=m.fc, aug=r.match_aug,
+        **shared, objective=m.objective, metric=m.metric, bias=m.bias, fc=m.fc, aug=r.match_aug,
         batch_real=m.batch_real, batch_syn_max=s.batch_syn_max, formation=r.formation,
         factor=s.factor, formation_axis=s.formation_axis, bound=s.bound, lr_img=r.lr_img_scaled,
-        mom_img=m.mom_img, momentum_mode=m.momentum_mode, num_classes=spec.num_classes,
-        mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed, ipc=s.ipc, init=r.init, path=m.path,
+        mom_img=m.mom_img, momentum_mode=m.momentum_mode, ipc=s.ipc, init=r.init, path=m.path,
         init_select=s.init_select, real_sampling=m.real_sampling, inner_iters=cfg.schedule.inner_iters,
         sampling=m.sampling, sampling_refresh=m.sampling_refresh,
     )
     expert = ExpertSpec(
-        model=x.model, num_classes=spec.num_classes, channels=spec.channels, size=spec.size,
+        **shared, model=x.model, channels=spec.channels, size=spec.size,
         width=x.width, norm=x.norm, lr=x.lr, momentum=x.momentum, weight_decay=x.weight_decay,
         batch_size=x.batch_size, n_data=x.n_data, aug=r.expert_aug,
         cutmix_prob=r.expert_cutmix_prob, cutmix_beta=x.cutmix_beta, early=x.early,
-        fix_iter=x.fix_iter, mean=tuple(spec.mean), std=tuple(spec.std), seed=cfg.schedule.seed,
-        pretrained=x.pretrained, pt_from=x.pt_from, pt_num=x.pt_num, dataset=spec.name,
+        fix_iter=x.fix_iter, pretrained=x.pretrained, pt_from=x.pt_from, pt_num=x.pt_num, dataset=spec.name,
         real_sampling=x.real_sampling,
     )
     return Plan(match, expert, r)

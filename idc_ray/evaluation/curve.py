@@ -10,12 +10,12 @@ error bars over repeats) and end in the manifest as ``metrics.eval_curve``.
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
 from idc_ray import storage
+from idc_ray.figures import png_figure
 
 CURVE_JSON, CURVE_PNG = "eval_curve.json", "curve.png"
 CURVE_FORMAT = "idc-ray/eval-curve"
@@ -51,20 +51,20 @@ def read_points(folder: str) -> list[dict[str, Any]]:
 
 def write_curve(folder: str, points: Sequence[Mapping[str, Any]]) -> None:
     """Redraw ``curve.png`` and rewrite ``eval_curve.json`` (each all-or-nothing, the JSON last)."""
-    storage.atomic_write_bytes(storage.join(folder, CURVE_PNG), curve_png(points))
+    write_curve_png(storage.join(folder, CURVE_PNG), points)
     doc = {"format": CURVE_FORMAT, "version": CURVE_VERSION, "points": list(points)}
     storage.atomic_write_bytes(storage.join(folder, CURVE_JSON), json.dumps(doc, indent=1).encode())
 
 
-def curve_png(points: Sequence[Mapping[str, Any]]) -> bytes:
+def write_curve_png(uri: str, points: Sequence[Mapping[str, Any]]) -> None:
     """Accuracy against wall time (left) and outer iterations (right), one line per test model,
     error bars = std over repeats, the initialisation's (iteration 0) accuracy dashed."""
-    import matplotlib
+    with png_figure(uri, 2, figsize=(10, 3.8), sharey=True) as (fig, panels):
+        _draw_curve(panels[0], points)
+        fig.suptitle("stored set evaluated during condensation (mean ± std over repeats)")
 
-    matplotlib.use("Agg")  # no display on workers and CI
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+def _draw_curve(axes: Sequence[Any], points: Sequence[Mapping[str, Any]]) -> None:
     for i, model in enumerate(sorted({p["model"] for p in points})):
         mine = sorted((p for p in points if p["model"] == model), key=lambda p: p["iteration"])
         colour = f"C{i}"
@@ -81,9 +81,3 @@ def curve_png(points: Sequence[Mapping[str, Any]]) -> bytes:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle("stored set evaluated during condensation (mean ± std over repeats)")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()

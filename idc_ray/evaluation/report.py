@@ -7,7 +7,6 @@ it also finds the rest of the report.
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 import time
@@ -16,6 +15,7 @@ from dataclasses import asdict
 from typing import Any, Mapping, Sequence
 
 from idc_ray import __version__, storage
+from idc_ray.figures import png_figure
 from idc_ray.evaluation.protocol import RunRecord, TrainRecipe
 from idc_ray.evaluation.sets import EvalSet
 
@@ -137,19 +137,18 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def curves_png(results: Sequence[Mapping[str, Any]]) -> bytes:
+def write_curves_png(uri: str, results: Sequence[Mapping[str, Any]]) -> None:
     """Test accuracy over epochs (mean over repeats) per model, one line per set; with sets at
     several ipc, a last panel of accuracy vs ipc per (training set method, model)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on workers and CI
-    import matplotlib.pyplot as plt
-
     models = list(dict.fromkeys(m for r in results for m in r["models"]))
     ipcs = sorted({r["set"]["ipc"] for r in results})
     panels = len(models) + (1 if len(ipcs) > 1 else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
-    for ax, name in zip(axes[0], models):
+    with png_figure(uri, panels, figsize=(5 * panels, 4)) as (_, axes):
+        _draw_curves(axes[0], models, ipcs, results)
+
+
+def _draw_curves(axes: Sequence[Any], models: list[str], ipcs: list[int], results: Sequence[Mapping[str, Any]]) -> None:
+    for ax, name in zip(axes, models):
         for r in results:
             runs = r["curves"].get(name)
             if not runs or not runs[0]:
@@ -161,7 +160,7 @@ def curves_png(results: Sequence[Mapping[str, Any]]) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     if len(ipcs) > 1:
-        ax = axes[0][-1]
+        ax = axes[-1]
         lines: dict[tuple[str, str], list[tuple[int, float, float]]] = defaultdict(list)
         for r in results:
             for name, m in r["models"].items():
@@ -174,11 +173,6 @@ def curves_png(results: Sequence[Mapping[str, Any]]) -> bytes:
         ax.set_xticks(ipcs, [str(i) for i in ipcs])
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def write_report(folder: str, results: Sequence[Mapping[str, Any]], *, index: str = RESULTS_JSON) -> str:
@@ -187,7 +181,7 @@ def write_report(folder: str, results: Sequence[Mapping[str, Any]], *, index: st
     target = storage.join(folder, index)
     storage.remove(target)  # from here on, no reader pairs an old index with new files
     storage.atomic_write_bytes(storage.join(folder, RESULTS_MD), markdown(results).encode())
-    storage.atomic_write_bytes(storage.join(folder, CURVES_PNG), curves_png(results))
+    write_curves_png(storage.join(folder, CURVES_PNG), results)
     if index == RESULTS_JSON:
         (document,) = results
     else:

@@ -5,13 +5,14 @@ import bz2
 import pytest
 import torch
 
-from idc_ray.continual.stages import stage_classes, stage_data, task_incremental, to_shape
+from idc_ray.continual.stages import stage_data, task_incremental, to_shape
 from idc_ray.data import DatasetFormatError, DatasetNotFoundError, load_dataset
+from idc_ray.data.store import class_blocks
 
 
 @pytest.mark.parametrize("n,s", [(10, 5), (10, 3), (100, 5), (7, 7), (4, 1)])
 def test_stage_class_lists_cover_every_class_once(n, s):
-    stages = stage_classes(n, s)
+    stages = class_blocks(n, s, "--stages")
     flat = [c for st in stages for c in st]
     assert len(stages) == s and sorted(flat) == list(range(n)) and len(flat) == n
     assert max(map(len, stages)) - min(map(len, stages)) <= 1
@@ -19,8 +20,10 @@ def test_stage_class_lists_cover_every_class_once(n, s):
 
 
 def test_more_stages_than_classes_is_refused():
-    with pytest.raises(ValueError, match="more than the 4 classes"):
-        stage_classes(4, 5)
+    with pytest.raises(ValueError, match="--stages 5 is more than the 4 classes; use at most 4"):
+        class_blocks(4, 5, "--stages")
+    with pytest.raises(ValueError, match="--stages must be at least 1, got 0"):
+        class_blocks(4, 0, "--stages")
 
 
 def test_stage_data_holds_only_its_classes_renumbered():

@@ -5,7 +5,7 @@ import torch
 
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.backends import condense_job
-from idc_ray.distributed.resources import shard_classes
+from idc_ray.data.store import class_blocks
 from idc_ray.run.backend import RunOptions
 
 # 10 real MNIST classes, tiny network and batches so each run takes seconds.
@@ -30,10 +30,10 @@ def reference(local_reference):
 
 
 def test_shards_are_contiguous_and_balanced():
-    assert shard_classes(10, 3) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    assert shard_classes(10, 1) == [list(range(10))]
-    with pytest.raises(ValueError, match="more than the 10 classes"):
-        shard_classes(10, 11)
+    assert class_blocks(10, 3, "--num-actors") == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert class_blocks(10, 1, "--num-actors") == [list(range(10))]
+    with pytest.raises(ValueError, match="--num-actors 11 is more than the 10 classes"):
+        class_blocks(10, 11, "--num-actors")
 
 
 @pytest.mark.forced_isa

@@ -15,7 +15,7 @@ from idc_ray.data import load_dataset
 from idc_ray.engine.matcher import stack_stored
 from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.distributed.evaluation import RayExecutor
-from idc_ray.distributed.resources import plan_tasks as plan_task_bundle
+from idc_ray.distributed.resources import task_bundle
 from idc_ray.evaluation.protocol import Work, form_stored, plan_tasks, progress_line
 from idc_ray.evaluation.run import Sequential
 
@@ -64,10 +64,10 @@ def check(ray_cluster, tmp_path_factory):
     errors = []
     for kwargs in ({"num_cpus": 64}, {"num_gpus": 1}):
         try:
-            plan_task_bundle(4, **kwargs)
+            task_bundle(4, **kwargs)
         except ValueError as e:
             errors.append(str(e))
-    shares = [plan_task_bundle(1)["CPU"], plan_task_bundle(8)["CPU"]]
+    shares = [task_bundle(1)["CPU"], task_bundle(8)["CPU"]]
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # what each 1-CPU task ran with
     try:
