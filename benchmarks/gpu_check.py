@@ -33,7 +33,6 @@ leaves the other measurements. Exit code 1 when a section failed or a check did 
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import statistics
 import subprocess
@@ -304,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     inner = args.inner or (3 if args.tiny else 12)
     log, errors = Log(), {}
     result: dict = {"tiny": args.tiny, "errors": errors}
-    import ray
+    from idc_ray.distributed.session import ray_session
 
     result["cuda"] = section("cuda facts", log, cuda_facts, errors)
     log(str(result["cuda"]))
@@ -313,9 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         m = result["matching"]
         log(f"class-steps/s {m['class_steps_per_s']}; max |path - loop| {m['max_abs_diff_vs_loop']}; "
             f"peak step bytes {({p: r['peak_step_bytes'] for p, r in m['paths'].items()})}; auto: {m['chosen_path']}")
-    ray.init(address="local", num_cpus=2 if args.tiny else None, num_gpus=1 if device.type == "cuda" else 0,
-             include_dashboard=False, logging_level=logging.ERROR)
-    try:
+    with ray_session("local", num_cpus=2 if args.tiny else None, num_gpus=1 if device.type == "cuda" else 0,
+                     dashboard=False):
         one_actor: dict = {}
 
         def job():
@@ -331,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         if one_actor:
             result["evaluation"] = section("evaluation", log, lambda: evaluate_on_ray(one_actor, device, args.tiny, log),
                                            errors)
-    finally:
-        ray.shutdown()
     result["breakdown"] = section("time breakdown", log, lambda: time_breakdown(device, args.tiny, steps), errors)
     log(f"breakdown: {result['breakdown']}")
     result["networks"] = section("test networks", log, lambda: test_networks(device, args.tiny, log), errors)

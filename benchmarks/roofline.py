@@ -20,7 +20,6 @@ the benchmark issue is >= 40%. Writes benchmarks/results/roofline.json.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -68,11 +67,10 @@ def ray_actors_step_s(cfg, spec: DatasetSpec, expert_state: dict, actors: int, s
     import ray
 
     from idc_ray.distributed.actors import MatcherActor, actor_runtime_env
+    from idc_ray.distributed.session import ray_session
 
     plan = build_plan(cfg, spec)
-    ray.init(address="local", num_cpus=actors, include_dashboard=False, logging_level=logging.ERROR,
-             log_to_driver=False)
-    try:
+    with ray_session("local", num_cpus=actors, dashboard=False):
         actor = MatcherActor.options(num_cpus=1, runtime_env=actor_runtime_env(True))
         group = [actor.remote(f"shard{i}", plan, classes, cfg.data.dataset, None, None)
                  for i, classes in enumerate(class_blocks(spec.num_classes, actors, "--actors"))]
@@ -84,8 +82,6 @@ def ray_actors_step_s(cfg, spec: DatasetSpec, expert_state: dict, actors: int, s
         for i in range(steps):
             ray.get([a.step.remote(state, 0, 2 + i) for a in group])
         return (time.perf_counter() - started) / steps
-    finally:
-        ray.shutdown()
 
 
 def main() -> None:

@@ -15,14 +15,12 @@ benchmarks/results/scaling.json.
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import ray
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +28,7 @@ from common import use_actor_allocator, write  # noqa: E402
 
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
 from idc_ray.backends import condense_job  # noqa: E402
+from idc_ray.distributed.session import ray_session  # noqa: E402
 from idc_ray.run.backend import RunOptions  # noqa: E402
 
 
@@ -68,11 +67,10 @@ def main() -> None:
     # A shared VM's speed drifts by tens of percent over minutes: the runs take turns, in reversed
     # order every other round, and each reports its mean.
     samples: dict[str, list[float]] = {name: [] for name in runs}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
-    for r in range(args.rounds):
-        for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
-            samples[name].append(runs[name]())
-    ray.shutdown()
+    with ray_session("local", num_cpus=2, dashboard=False):
+        for r in range(args.rounds):
+            for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+                samples[name].append(runs[name]())
     seconds = {name: statistics.fmean(v) for name, v in samples.items()}
     a, b, c, d = (seconds[k] for k in ("a_inprocess_2threads", "b_ray_2actors_1thread", "c_ray_1actor_1thread",
                                        "d_inprocess_1thread"))

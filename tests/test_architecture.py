@@ -53,3 +53,11 @@ def test_a_violation_breaks_its_contract(tmp_path, module, line, contract, messa
     done = lint_imports(tmp_path)
     assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-2000:]
     assert contract in done.stdout and message in done.stdout, done.stdout[-4000:]
+
+
+def test_benchmarks_open_ray_through_the_session_helper():
+    """One way to start or join Ray (idc_ray.distributed.session.ray_session): the benchmarks'
+    fixed-size local clusters too, so they shut down the same way and log the same way."""
+    own = [f"{p.name}:{n}" for p in sorted((ROOT / "benchmarks").glob("*.py"))
+           for n, line in enumerate(p.read_text().splitlines(), 1) if "ray.init(" in line or "ray.shutdown(" in line]
+    assert own == [], own

@@ -9,7 +9,7 @@ import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import ray
 
@@ -32,12 +32,13 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
                            "start one with `ray start --head` or omit --address to run locally") from None
 
 
-def _connect(address: str | None) -> str | None:
+def _connect(address: str | None, local: Mapping[str, Any]) -> str | None:
     """Join the cluster at ``address`` (or RAY_ADDRESS, as under `ray job submit`), else start a
-    local one; returns the dashboard URL. A bad address is one clear line, not a traceback."""
+    local one with the ``ray.init`` options ``local``; returns the dashboard URL. A bad address
+    is one clear line, not a traceback."""
     _check_reachable(address)
     try:
-        context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
+        context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, **local)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(f"no Ray cluster at --address {address} ({str(e).splitlines()[0][:120]}); "
                            "start one with `ray start --head` or omit --address to run locally") from None
@@ -56,10 +57,15 @@ def dashboard_lines(url: str) -> list[str]:
 
 
 @contextmanager
-def ray_session(address: str | None = None, log: Log | None = None) -> Iterator[str | None]:
+def ray_session(address: str | None = None, log: Log | None = None, *, num_cpus: int | None = None,
+                num_gpus: int | None = None, dashboard: bool = True) -> Iterator[str | None]:
     """Use the Ray session this process already has, else join ``address`` (or RAY_ADDRESS),
     else start a local Ray; yields the dashboard URL (None when the session was already open).
     Shuts down only a Ray this call started: a joined cluster, or the caller's session, stays up.
+
+    ``num_cpus``, ``num_gpus`` and ``dashboard=False`` shape a local Ray this call starts
+    (``address="local"`` always starts one: the benchmarks' fixed-size clusters); a cluster
+    being joined has its own resources, and Ray refuses them there.
 
     Raises:
         ClusterError: nothing listens at ``address``, or Ray refused to connect.
@@ -67,7 +73,8 @@ def ray_session(address: str | None = None, log: Log | None = None) -> Iterator[
     if ray.is_initialized():
         yield None
         return
-    url = _connect(address)
+    local = {k: v for k, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)) if v is not None}
+    url = _connect(address, local if dashboard else {**local, "include_dashboard": False})
     if url and log is not None:
         for line in dashboard_lines(url):
             log(line)
