@@ -58,9 +58,16 @@ def compare(cfg: IDCConfig, out: Path, backend: Backend, options: RunOptions, *,
     return rows
 
 
+def accuracy_cell(row: Row) -> str:
+    """``mean ± std (N runs)``; one run has no spread to show: ``mean (1 run)``."""
+    if row.runs == 1:
+        return f"{100 * row.mean:.1f} (1 run)"
+    return f"{100 * row.mean:.1f} ± {100 * row.std:.1f} ({row.runs} runs)"
+
+
 def table(rows: list[Row], model: str) -> str:
     lines = [f"| ipc | training set | {model} test accuracy (mean ± std over runs) |", "|---|---|---|"]
-    lines += [f"| {r.ipc} | {r.name} | {100 * r.mean:.1f} ± {100 * r.std:.1f} ({r.runs} runs) |" for r in rows]
+    lines += [f"| {r.ipc} | {r.name} | {accuracy_cell(r)} |" for r in rows]
     return "\n".join(lines)
 
 
