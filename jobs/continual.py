@@ -6,7 +6,7 @@ and cached under OUTPUT so a rerun resumes. A learner then trains stage after st
 the memory so far, from the previous stage's weights (head grown for the new classes, LwF
 distillation on the old classes' logits); after each stage it is tested on every class seen.
 
-CPU proof (embedded MNIST, 5 stages of 2 classes, about 5 minutes on 2 idle cores; README "Continual learning"):
+CPU proof (embedded MNIST, 5 stages of 2 classes, about 5 minutes on 2 idle cores; docs/continual.md):
     python jobs/continual.py --preset mnist5k-continual --output runs/continual
 The paper's CIFAR-100 setting on a GPU cluster:
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/continual.py \\

@@ -1,4 +1,4 @@
-"""Screenshot a page of a running Ray dashboard, as a user's browser shows it (README, "Watching a job").
+"""Screenshot a page of a running Ray dashboard, as a user's browser shows it (docs/watching.md).
 
     python docs/tools/dashboard_screenshot.py --page actors --wait-for matcher- --out docs/dashboard_actors.png
 

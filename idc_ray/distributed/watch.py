@@ -6,7 +6,7 @@ shrink the matchers' share and with it their torch thread count, and a different
 adds floats in another order, i.e. other bytes. Each task runs with ONE torch thread and at most
 ``in_flight`` (default 1) run at a time, so the evaluation takes at most that many cores of the
 node: on a GPU cluster the matchers wait on their GPUs, not on those cores; on a CPU-only machine
-the slowdown is bounded by in_flight / (cores) (2 cores: +35% measured, README). Every point is
+the slowdown is bounded by in_flight / (cores) (2 cores: +35% measured, docs/watching.md). Every point is
 also the ``idc_eval_accuracy{model, iteration}`` gauge.
 """
 
