@@ -10,14 +10,14 @@ Random pixels of each preset's shape (speed does not depend on content). Presets
 matching scaled linearly to all of them (it is one independent update per class); the expert's
 update does not depend on the class count and is timed as it is (its classifier has every class).
 The pretrained pool of ImageNet-100 is replaced by a fresh network (same shapes, same time).
-Each part: one warm-up, then the median of ``--repeat`` timings. Writes
+Each part: one warm-up, then the median of ``--repeat`` timings (idc_ray/engine/probe.py, the
+layout planner's probe). Writes
 benchmarks/results/expert_share[_<device>].json with the machine it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -30,10 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
-from idc_ray.data import RealData, get_spec  # noqa: E402
+from idc_ray.data import get_spec  # noqa: E402
 from idc_ray.distributed.session import ray_session  # noqa: E402
-from idc_ray.engine.expert import ExpertTrainer, init_expert, new_model  # noqa: E402
-from idc_ray.engine.plan import build_matcher, build_plan  # noqa: E402
+from idc_ray.engine.expert import new_model  # noqa: E402
+from idc_ray.engine.matcher import resolve_path  # noqa: E402
+from idc_ray.engine.plan import build_plan  # noqa: E402
+from idc_ray.engine.probe import probe_parts  # noqa: E402
 
 PRESETS = ("mnist", "fashion", "svhn", "cifar10", "cifar100", "imagenet10", "imagenet100", "speech")
 
@@ -46,32 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="timings per part after a warm-up (the median is kept)")
     p.add_argument("--name", help="results/<name>.json (default expert_share, expert_share_cuda on a GPU)")
     return p.parse_args(argv)
-
-
-def random_data(spec, classes: int, per_class: int) -> RealData:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (classes * per_class, spec.channels, spec.size, spec.size), generator=g,
-                      dtype=torch.uint8)
-    y = torch.arange(classes).repeat_interleave(per_class)
-    return RealData(spec, x, y, x[:1], y[:1])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(step, repeat: int, device: torch.device) -> float:
-    """One warm-up call, then the median of ``repeat`` timed calls (``step(k)``, k = 1..repeat)."""
-    step(0)
-    times = []
-    for k in range(1, repeat + 1):
-        _sync(device)
-        started = time.perf_counter()
-        step(k)
-        _sync(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 @ray.remote(num_cpus=0)
@@ -106,19 +82,14 @@ def measure(preset: str, device: torch.device, max_classes: int, repeat: int) ->
     cfg = apply_overrides(cfg, {"expert.pretrained": None}) if cfg.expert.pretrained else cfg
     spec = get_spec(cfg.data.dataset, cfg.data.data_uri)
     plan = build_plan(cfg, spec)
-    timed = min(spec.num_classes, max_classes)
-    per_class = max(plan.match.batch_real, cfg.synset.ipc, math.ceil(plan.expert.n_data / timed) + 1)
-    store = random_data(spec, timed, per_class).train_store()
-    matcher = build_matcher(plan, store, store.classes, None, device)
-    expert = init_expert(plan.expert, 0).to(device)
-    matching = median_seconds(lambda k: matcher.step(expert, 0, k), repeat, device) * spec.num_classes / timed
-    trainer = ExpertTrainer(plan.expert, init_expert(plan.expert, 0), device)
-    update = median_seconds(lambda k: trainer.train_inner(store, 0, k), repeat, device)
+    probed = probe_parts(plan, spec, device, max_classes=max_classes, repeat=repeat)
+    matching, update, timed = probed.matching_s, probed.expert_s, probed.classes_timed
+    expert = new_model(plan.expert, 0, 0)
     transfer = transfer_seconds(plan, repeat)
     print(f"{preset}: matching {matching:.3f}s, expert {update:.3f}s, transfer {transfer * 1000:.1f}ms", flush=True)
     return {"preset": preset, "classes": spec.num_classes, "classes_timed": timed, "shape": [spec.channels, spec.size],
             "model": plan.expert.model, "ipc": cfg.synset.ipc, "factor": cfg.synset.factor,
-            "batch_real": plan.match.batch_real, "n_data": plan.expert.n_data, "path": matcher.path,
+            "batch_real": plan.match.batch_real, "n_data": plan.expert.n_data, "path": resolve_path(plan.match.path, device),
             "matching_all_classes_s": matching, "expert_update_s": update, "state_transfer_s": transfer,
             "expert_share": update / (matching + update),
             "state_mb": sum(t.numel() * t.element_size() for t in expert.state_dict().values()) / 2**20}

@@ -42,17 +42,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ray_args.add_argument("--backend", choices=("ray", "local"), default="ray",
                           help="ray: class-sharded matcher actors + expert actor (default); local: one process")
     ray_args.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
-    ray_args.add_argument("--num-actors", type=int, help="matcher actors (default: the cluster's GPU count, else 2)")
+    ray_args.add_argument("--num-actors", type=int,
+                          help="matcher actors (default: the layout planner's choice, docs/scaling.md)")
     ray_args.add_argument("--gpus-per-actor", type=float,
-                          help="GPUs per matcher (default: 1 when the cluster has GPUs, 0.75 when the expert must "
-                               "share a GPU with a matcher, else 0)")
+                          help="GPUs per matcher (default: 1 when the cluster has GPUs, 0.75 when an expert actor "
+                               "shares its GPU, else 0)")
     ray_args.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (default: an equal share of the cluster)")
     ray_args.add_argument("--expert-gpus", type=float,
                           help="GPUs per expert actor (default: 1 if one is left for each, else a 0.25 share beside "
                                "a matcher on a GPU cluster; 0 puts them on the CPU)")
-    ray_args.add_argument("--expert-actors", type=int, default=1, metavar="N",
+    ray_args.add_argument("--expert-actors", type=int, metavar="N",
                           help="expert actors computing the expert's re-initialisation cycles side by side: cycle c "
-                               "is actor c mod N's (default 1; docs/scaling.md says when more help)")
+                               "is actor c mod N's (default: the layout planner's choice, docs/scaling.md)")
     ray_args.add_argument("--expert-memory-mb", type=float, default=256.0, metavar="MB",
                           help="object-store memory the expert states computed ahead of the matchers may hold "
                                "(default 256; at least one state ahead)")
@@ -115,7 +116,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         faults = tuple(json.loads(f) for f in args.inject_fault)
     except json.JSONDecodeError as e:
         raise UsageError(f"--inject-fault must be JSON like '{{\"actor\": 0, \"outer\": 1, \"inner\": 0}}' ({e.msg})") from None
-    if args.expert_actors < 1 or args.expert_memory_mb <= 0:
+    if (args.expert_actors is not None and args.expert_actors < 1) or args.expert_memory_mb <= 0:
         raise UsageError("--expert-actors must be >= 1 and --expert-memory-mb > 0")
     return RunOptions(backend=args.backend, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
                       cpus_per_actor=args.cpus_per_actor, expert_gpus=args.expert_gpus,

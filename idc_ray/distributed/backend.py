@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import ray
+import torch
 from ray.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -22,15 +23,17 @@ from idc_ray.checkpoint import Checkpoint
 from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec
 from idc_ray.device import resolve_device
-from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_runtime_env
+from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_device, actor_runtime_env, use_assigned_cpus
 from idc_ray.distributed.continual import ray_map
 from idc_ray.distributed.evaluation import RayExecutor
 from idc_ray.distributed.pool import ensure_pool_on_ray
+from idc_ray.distributed.planner import PartTimes
 from idc_ray.distributed.resources import Layout, plan_layout
 from idc_ray.distributed.session import ClusterError, ray_session
 from idc_ray.distributed.watch import RayCurveRunner
 from idc_ray.engine.expert import new_model
 from idc_ray.engine.plan import Plan
+from idc_ray.engine.probe import Probed, probe_parts
 from idc_ray.run.backend import RunOptions, stderr_line
 from idc_ray.run.curve import RunnerFactory
 from idc_ray.run.schedule import Progress
@@ -61,6 +64,36 @@ def states_ahead(plan: Plan, memory_mb: float) -> int:
     """How many expert states may be computed ahead of the matchers: as many as ``memory_mb`` of
     object store holds, at least one (the look-ahead across cycles, with back-pressure)."""
     return max(1, int(memory_mb * 2**20 // state_bytes(plan)))
+
+
+def busy_experts(cfg: IDCConfig, plan: Plan, memory_mb: float) -> int:
+    """How many expert actors can work at once: one per re-initialisation cycle the states
+    computed ahead reach into (:func:`states_ahead`), and no more than the run has cycles."""
+    cycles = -(-cfg.schedule.outer_iters // plan.expert.fix_iter)
+    return max(1, min(cycles, 1 + states_ahead(plan, memory_mb) // cfg.schedule.inner_iters))
+
+
+@ray.remote(max_retries=0)
+def _probe_task(plan: Plan, spec: DatasetSpec) -> Probed:
+    use_assigned_cpus()
+    return probe_parts(plan, spec, actor_device())
+
+
+def probe_times(plan: Plan, spec: DatasetSpec, log: Log) -> PartTimes:
+    """The planner's part times, measured where the actors will run: on one GPU by a Ray task
+    when the cluster has GPUs, else here at one thread (one CPU slot)."""
+    if float(ray.cluster_resources().get("GPU", 0)) >= 1:
+        probed = ray.get(_probe_task.options(num_cpus=1, num_gpus=1, runtime_env=actor_runtime_env(True)).remote(
+            plan, spec))
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            probed = probe_parts(plan, spec, "cpu")
+        finally:
+            torch.set_num_threads(threads)
+    log(f"[idc-ray] layout probe: {probed.probe_s:.1f} s ({probed.classes_timed} classes timed)")
+    return PartTimes(probed.matching_s, probed.expert_s)
 
 
 class RayExperts:
@@ -272,7 +305,12 @@ class RayBackend:
 
     @contextmanager
     def place(self, cfg: IDCConfig, plan: Plan, spec: DatasetSpec) -> Iterator[RayAttempts]:
-        layout = plan_layout(spec.num_classes, self.options)
+        say = self.log or stderr_line
+        # a reserved group (a continual stage) was sized by the default counts: no probe, same layout
+        probe = None if self.reserved is not None else (lambda: probe_times(plan, spec, say))
+        layout = plan_layout(spec.num_classes, self.options, probe=probe,
+                             max_experts=busy_experts(cfg, plan, self.options.expert_memory_mb))
+        say(f"[idc-ray] layout: {layout.reason}")
         with job_placement_group(layout.bundles(), self.options.spread, self.reserved) as pg:
             try:
                 yield RayAttempts(cfg, plan, layout, pg, self.options)

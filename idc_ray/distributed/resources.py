@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import ray
 
 from idc_ray.data.store import class_blocks
+from idc_ray.distributed import planner
+from idc_ray.distributed.planner import PartTimes
 from idc_ray.distributed.session import ClusterError
 from idc_ray.run.backend import RunOptions
 
 log = logging.getLogger("idc_ray")
 
-# What the expert actor asks of a GPU it shares with a matcher. Ray's GPU fractions only place
+# What an expert actor asks of a GPU it shares with a matcher. Ray's GPU fractions only place
 # work (CUDA time-slices the device), so the number just has to fit beside a matcher's share.
-EXPERT_GPU_SHARE = 0.25
+EXPERT_GPU_SHARE = planner.EXPERT_SHARE
 
 
 def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
@@ -53,44 +56,78 @@ class Layout:
     gpus: float
     expert_gpus: float  # per expert actor
     experts: int = 1
+    reason: str = ""  # why these counts (the planner's line)
 
     def bundles(self) -> list[dict[str, float]]:
         return job_bundles(len(self.shards), self.cpus, self.gpus, self.expert_gpus, self.experts)
 
 
-def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, float] | None = None) -> Layout:
-    """Actor count and resources from the options and the cluster's resources (default: Ray's).
+def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, float] | None = None, *,
+                probe: Callable[[], PartTimes] | None = None, max_experts: int = 1) -> Layout:
+    """Actor counts and resources from the options and the cluster's resources (default: Ray's).
 
-    On a GPU cluster the matchers take one GPU each by default. When that leaves no whole GPU for
-    the expert, matchers and expert share: each matcher asks for 1 - EXPERT_GPU_SHARE and the
-    expert for EXPERT_GPU_SHARE, so it lands beside one of them. An expert on the CPU instead made
-    every inner iteration wait for it: measured on one H200 (benchmarks/results/gpu.json of
-    2026-11-30), 0.136 s per inner iteration with the expert on the CPU against 0.072 s with the
-    GPU split between matcher and expert (MNIST, ConvNet-3 width 128, ipc 10).
+    Counts the user gave are kept; the rest come from the planner (``distributed/planner.py``),
+    which calls ``probe`` for the part times of an inner iteration when they can change its
+    choice. Without a probe (Tune trials, continual stages, which reserve before they plan) the
+    counts are the fixed defaults: one matcher per GPU, else 2, and one expert actor. Given GPU
+    fractions are kept too (:func:`_given_fractions`); otherwise an expert actor gets a GPU of its
+    own or sits beside a matcher with ``EXPERT_GPU_SHARE`` of its GPU.
     """
     total = resources if resources is not None else _cluster()
-    cluster_gpus = float(total.get("GPU", 0))
-    cluster_cpus = float(total.get("CPU", 1))
-    n = options.num_actors or (int(cluster_gpus) if cluster_gpus >= 1 else 2)
-    n = min(n, num_classes) if options.num_actors is None else n
+    cluster_gpus, cluster_cpus = float(total.get("GPU", 0)), float(total.get("CPU", 1))
+    if options.expert_actors is not None and options.expert_actors < 1:
+        raise ValueError(f"--expert-actors must be at least 1, got {options.expert_actors}")
+    on_gpus = cluster_gpus >= 1 and options.gpus_per_actor != 0
+    devices = int(cluster_gpus) if on_gpus else max(1, int(cluster_cpus))
+    fractions_given = options.gpus_per_actor is not None or options.expert_gpus is not None
+    n, k, beside, why = _counts(num_classes, options, devices, on_gpus, None if fractions_given else probe,
+                                max_experts)
     shards = class_blocks(num_classes, n, "--num-actors")
-    share_gpu = (cluster_gpus >= 1 and options.gpus_per_actor is None and options.expert_gpus is None
-                 and n <= cluster_gpus < n + 1)
-    if options.gpus_per_actor is not None:
-        gpus = options.gpus_per_actor
+    if fractions_given:
+        gpus, expert_gpus = _given_fractions(options, n, k, cluster_gpus)
+    elif on_gpus:
+        gpus, expert_gpus = (1.0 - EXPERT_GPU_SHARE, EXPERT_GPU_SHARE) if beside else (1.0, 1.0)
     else:
-        gpus = (1.0 - EXPERT_GPU_SHARE if share_gpu else 1.0) if cluster_gpus >= 1 else 0.0
+        gpus = expert_gpus = 0.0
+    cpus = options.cpus_per_actor if options.cpus_per_actor is not None else cpu_share(cluster_cpus, n + k)
+    return Layout(shards, cpus, gpus, expert_gpus, k, why)
+
+
+def _counts(classes: int, options: RunOptions, devices: int, on_gpus: bool, probe: Callable[[], PartTimes] | None,
+            max_experts: int) -> tuple[int, int, bool, str]:
+    """(matchers, experts, expert beside a matcher, the reason) from the planner, or the fixed
+    defaults when there is nothing to probe with."""
+    n, k = options.num_actors, options.expert_actors
+    if probe is None:
+        n = n or (min(devices, classes) if on_gpus else min(2, classes))
+        k = k or 1
+        return (n, k, on_gpus and n + k > devices,
+                f"{planner.plural(n, 'matcher actor')} + {planner.plural(k, 'expert actor')}: the defaults")
+    max_k = max(max_experts, k or 1)
+    times = probe() if planner.needs_times(classes, devices, on_gpus, max_k, n, k) else None
+    flat = times or planner.PartTimes(1.0, 1.0)  # any times: a single candidate is chosen whatever they are
+    choice = planner.choose(classes, devices, on_gpus, flat, max_experts=max_k, matchers=n, experts=k)
+    return (choice.matchers, choice.experts, choice.beside,
+            planner.reason(choice, times, classes=classes, devices=devices, gpus=on_gpus, max_experts=max_k))
+
+
+def _given_fractions(options: RunOptions, n: int, experts: int, cluster_gpus: float) -> tuple[float, float]:
+    """GPU fractions when the user gave ``--gpus-per-actor`` or ``--expert-gpus``: kept, the
+    other one filled in, and refused in one line when they do not fit the cluster.
+
+    An expert on the CPU made every inner iteration wait for it: measured on one H200
+    (benchmarks/results/gpu.json of 2026-11-30), 0.136 s per inner iteration with the expert on
+    the CPU against 0.072 s with the GPU split between matcher and expert (MNIST, ConvNet-3 width
+    128, ipc 10); hence the warning when the given fractions leave it there."""
+    gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if cluster_gpus >= 1 else 0.0)
     if gpus > 0 and n * gpus > cluster_gpus + 1e-9:
         raise ClusterError(f"{n} matcher actors x {gpus:g} GPU requested but the cluster has {cluster_gpus:g} GPUs; "
                            "use --gpus-per-actor 0 or fewer --num-actors")
     spare = cluster_gpus - n * gpus
-    experts = options.expert_actors
-    if experts < 1:
-        raise ValueError(f"--expert-actors must be at least 1, got {experts}")
     if options.expert_gpus is not None:
         expert_gpus = options.expert_gpus
     else:
-        expert_gpus = EXPERT_GPU_SHARE if share_gpu else (1.0 if spare >= experts - 1e-9 else 0.0)
+        expert_gpus = 1.0 if spare >= experts - 1e-9 else 0.0
     if experts * expert_gpus > spare + 1e-9:
         raise ClusterError(f"--expert-gpus {expert_gpus:g} does not fit: {spare:g} GPUs left after the matchers, "
                            f"{experts * expert_gpus:g} needed by {experts} expert actor(s); lower --expert-gpus or "
@@ -99,8 +136,7 @@ def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, floa
         log.warning("the expert actor runs on the CPU: the matchers' --gpus-per-actor %g leaves no GPU share for it; "
                     "for an expert on a GPU, lower --gpus-per-actor and pass --expert-gpus (e.g. %g)",
                     gpus, EXPERT_GPU_SHARE)
-    cpus = options.cpus_per_actor if options.cpus_per_actor is not None else cpu_share(cluster_cpus, n + experts)
-    return Layout(shards, cpus, gpus, expert_gpus, experts)
+    return gpus, expert_gpus
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,13 @@ class RunOptions:
     resume: bool = False
     max_restarts: int = 3
     window: int = 2  # inner steps in flight before the driver waits for results
-    num_actors: int | None = None  # None: the cluster's GPU count, else 2
+    num_actors: int | None = None  # None: the layout planner's (distributed/planner.py)
     # None for both: one GPU per matcher and one for the expert when a whole GPU is left; else the
     # expert shares a GPU with a matcher (resources.plan_layout); 0 on a CPU cluster.
     gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None  # None: an equal share of the cluster's CPUs
     expert_gpus: float | None = None
-    expert_actors: int = 1  # expert actors computing re-initialisation cycles side by side
+    expert_actors: int | None = None  # expert actors computing cycles side by side; None: the planner's
     # expert states computed ahead of the matchers, across cycles, bounded by the object-store
     # memory they may hold (back-pressure: no state is asked for beyond it; at least one ahead)
     expert_memory_mb: float = 256.0

@@ -1,0 +1,86 @@
+"""The layout planner (idc_ray/distributed/planner.py): literal layouts for a table of clusters,
+class counts and part times, the model's arithmetic, and how the Ray job's resource plan uses it
+(probe only when the times can matter, given counts always win). No cluster needed."""
+
+import pytest
+
+from idc_ray.distributed.planner import PartTimes, choose, in_process_seconds, needs_times, predict
+from idc_ray.distributed.resources import plan_layout
+from idc_ray.run.backend import RunOptions
+
+# Part times per device measured on 2 CPU cores at the presets' shapes (docs/scaling.md): one
+# matcher step over all classes, one expert update.
+MNIST = PartTimes(4.45, 1.12)
+CIFAR10 = PartTimes(4.07, 4.02)
+CIFAR100 = PartTimes(46.1, 5.0)
+SMALL_EXPERT = PartTimes(46.1, 0.5)
+
+
+@pytest.mark.parametrize("devices,classes,gpus,times,max_experts,layout", [
+    (1, 10, True, MNIST, 8, (1, 1, True)),  # one GPU: the expert beside the matcher
+    (2, 10, True, MNIST, 8, (2, 2, True)),  # an expert beside each matcher beats a GPU each
+    (8, 10, True, MNIST, 8, (5, 2, False)),  # shards of 2 classes; 2 experts keep up with them
+    (8, 10, True, CIFAR10, 8, (4, 4, False)),  # expert as slow as the matching: half the GPUs
+    (8, 10, True, CIFAR10, 2, (2, 2, False)),  # the object-store budget lets only 2 experts work
+    (16, 100, True, SMALL_EXPERT, 8, (15, 1, False)),  # one expert is enough
+    (8, 100, True, CIFAR100, 8, (8, 7, True)),  # within 2% of 8 experts, with one fewer actor
+    (64, 10, True, CIFAR10, 100, (10, 10, False)),  # a matcher per class, as many experts
+    (2, 10, False, MNIST, 8, (2, 1, False)),  # 2 cores: the defaults of before, now by the model
+    (2, 10, False, PartTimes(0.1, 0.3), 8, (1, 2, False)),  # an expert slower than the matching
+    (16, 10, False, MNIST, 8, (10, 3, False)),
+])
+def test_planned_layouts(devices, classes, gpus, times, max_experts, layout):
+    c = choose(classes, devices, gpus, times, max_experts=max_experts)
+    assert (c.matchers, c.experts, c.beside) == layout
+
+
+def test_the_model_by_hand():
+    # 8 GPUs, 4 matchers (shards of 3 classes) and 4 experts on GPUs of their own
+    assert predict(4, 4, classes=10, devices=8, gpus=True, times=CIFAR10, max_experts=8) == pytest.approx(4.07 * 3 / 10)
+    # beside: the matcher's GPU also does its expert's share of the updates
+    assert predict(2, 2, classes=10, devices=2, gpus=True, times=MNIST, max_experts=8, beside=True) == \
+        pytest.approx(4.45 / 2 + 1.12 / 2)
+    # CPU slots: never faster than the total work over the cores; experts capped by max_experts
+    slow_expert = PartTimes(1.0, 3.0)
+    assert predict(2, 2, classes=10, devices=2, gpus=False, times=slow_expert, max_experts=8) == pytest.approx(2.0)
+    assert predict(2, 2, classes=10, devices=2, gpus=False, times=slow_expert, max_experts=1) == pytest.approx(3.0)
+    assert predict(2, 1, classes=10, devices=2, gpus=False, times=MNIST, max_experts=8) == pytest.approx(5.57 / 2)
+    assert predict(1, 1, classes=10, devices=1, gpus=True, times=PartTimes(1, 1, 0.25), max_experts=1,
+                   beside=True) == 2.25
+    assert in_process_seconds(MNIST) == pytest.approx(5.57)
+
+
+def test_design_target_cifar10_on_8_gpus_is_6x_one_gpu():
+    one = choose(10, 1, True, CIFAR10, max_experts=8).seconds
+    eight = choose(10, 8, True, CIFAR10, max_experts=8).seconds
+    assert one / eight >= 6 and one / choose(10, 8, True, CIFAR10, max_experts=8, experts=1).seconds < 2
+
+
+def test_given_counts_win_and_the_planner_fills_the_rest():
+    c = choose(10, 8, True, MNIST, max_experts=8, matchers=4)
+    assert (c.matchers, c.experts) == (4, 1)  # shards of 3 take 1.34 s; one expert's 1.12 s keeps up
+    c = choose(10, 8, True, CIFAR10, max_experts=8, experts=1)
+    # one expert (4.02 s) is the bottleneck: 2 matchers give 4.02 s, 1 gives 4.07 s, within 2% with one actor fewer
+    assert (c.matchers, c.experts, c.seconds) == (1, 1, 4.07)
+    assert not needs_times(10, 8, True, 8, 4, 2) and not needs_times(10, 1, True, 8, None, None)
+    with pytest.raises(ValueError, match="no layout of 1 matcher and 2 expert actors fits 1 GPUs"):
+        choose(10, 1, True, MNIST, max_experts=8, matchers=1, experts=2)
+
+
+def test_the_job_plan_probes_only_when_the_times_matter():
+    probed = []
+
+    def probe():
+        probed.append(1)
+        return MNIST
+
+    layout = plan_layout(10, RunOptions(), {"CPU": 2}, probe=probe, max_experts=8)
+    assert probed == [1] and (len(layout.shards), layout.experts, layout.cpus) == (2, 1, 0.66)
+    assert "predicted 2.79 s per inner iteration against 4.45 s" in layout.reason
+    layout = plan_layout(10, RunOptions(num_actors=1, expert_actors=2), {"CPU": 2}, probe=probe, max_experts=8)
+    assert probed == [1] and (len(layout.shards), layout.experts) == (1, 2)  # given: no probe
+    layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 8}, probe=lambda: CIFAR10, max_experts=8)
+    assert [len(s) for s in layout.shards] == [3, 3, 2, 2] and layout.experts == 4
+    assert layout.bundles() == [{"CPU": 2.0, "GPU": 1.0}] * 8
+    layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 2}, probe=lambda: MNIST, max_experts=8)
+    assert (layout.gpus, layout.expert_gpus, layout.experts) == (0.75, 0.25, 2)
