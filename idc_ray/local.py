@@ -18,7 +18,7 @@ from idc_ray.device import resolve_device
 from idc_ray.engine.expert import expert_trajectory
 from idc_ray.engine.matcher import stack_stored
 from idc_ray.engine.plan import Plan, build_matcher
-from idc_ray.evaluation.run import Sequential
+from idc_ray.evaluation.executor import Sequential
 from idc_ray.run.backend import stderr_line
 from idc_ray.run.curve import LocalCurveRunner, RunnerFactory
 from idc_ray.run.hooks import RunHooks, Snapshots

@@ -25,9 +25,9 @@ from idc_ray.cli import add_debug_argument, comma_list, configure_storage, run_m
 from idc_ray.device import resolve_device
 from idc_ray.run.backend import RunOptions, stderr_line
 from idc_ray.evaluation.baselines import BASELINES
-from idc_ray.evaluation.report import table
-from idc_ray.evaluation.run import (EvalOptions, SetsRequest, build_sets, evaluate_sets, report_folder,
-                                    write_reports)
+from idc_ray.evaluation.assembly import EvalOptions, SetsRequest, build_sets
+from idc_ray.evaluation.report import report_folder, table, write_reports
+from idc_ray.evaluation.run import evaluate_sets
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,8 +1,10 @@
 """The import contracts of pyproject.toml ([tool.importlinter], docs/architecture.md) hold, and
 `lint-imports` really fails when code breaks one: Ray outside idc_ray.distributed, a layer
 importing one above it, pyarrow in the engine, an import cycle, Ray or a backend in the run
-layer, one backend importing the other."""
+layer, one backend importing the other. And no function in idc_ray/ is longer than
+MAX_FUNCTION_LINES."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+MAX_FUNCTION_LINES = 60  # def line through last line, docstring included (decorators not counted)
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
@@ -61,3 +64,31 @@ def test_benchmarks_open_ray_through_the_session_helper():
     own = [f"{p.name}:{n}" for p in sorted((ROOT / "benchmarks").glob("*.py"))
            for n, line in enumerate(p.read_text().splitlines(), 1) if "ray.init(" in line or "ray.shutdown(" in line]
     assert own == [], own
+
+
+def long_functions(package: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:line name (N lines)`` of every function or method under ``package`` longer than ``limit``."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_is_longer_than_the_limit():
+    offenders = long_functions(ROOT / "idc_ray")
+    assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines: " + "; ".join(offenders)
+
+
+def test_a_long_function_is_reported(tmp_path):
+    """A function of exactly the limit passes; a method one line longer is named with its place."""
+    lines = [f"x{i} = {i}" for i in range(MAX_FUNCTION_LINES - 1)]  # the def line makes the limit
+    source = ["def fits():", *("    " + x for x in lines), "", "", "class C:", "    def too_long(self):",
+              *("        " + x for x in lines), "        return 1", ""]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("\n".join(source))
+    line = MAX_FUNCTION_LINES + 4
+    assert long_functions(tmp_path / "pkg") == [f"pkg/m.py:{line} too_long ({MAX_FUNCTION_LINES + 1} lines)"]

@@ -243,7 +243,7 @@ def setup_error(e: BaseException) -> ValueError:
 
 def check_fits(available: list[dict], needed: list[dict]) -> None:
     """The current placement group must hold the layout bundle for bundle: one per matcher, then
-    the expert actors' (a Tune trial reserves them with an empty head bundle, see idc_ray.distributed.sweep)."""
+    the expert actors' (a Tune trial reserves them with an empty head bundle, see idc_ray.distributed.trial)."""
     fits = len(available) == len(needed) and all(
         have.get(key, 0.0) + 1e-9 >= amount for have, need in zip(available, needed) for key, amount in need.items())
     if not fits:

@@ -1,5 +1,6 @@
 """Evaluation on Ray: every (set, model, repeat) is one task; :class:`RayExecutor` is the
-executor ``idc_ray.evaluation.run`` is handed to run its work here instead of in its own process.
+executor ``idc_ray.evaluation.run`` is handed to run its work here instead of in its own process
+(the in-process one is ``idc_ray.evaluation.executor.Sequential``).
 
 Each task calls the same :func:`~idc_ray.evaluation.protocol.run_task` as the sequential loop,
 with torch threads set to the CPUs Ray assigned, so its numbers equal a sequential run at that
@@ -154,7 +155,7 @@ def drain(queue: Queue) -> list:
 class RayExecutor:
     """Runs evaluation work as Ray tasks on the session this process has open
     (``idc_ray.distributed.session.ray_session``); the Ray counterpart of
-    ``idc_ray.evaluation.run.Sequential``, with the same numbers."""
+    ``idc_ray.evaluation.executor.Sequential``, with the same numbers."""
 
     num_cpus: float | None = None  # per task (default: an equal share, or 1 with GPUs)
     num_gpus: float | None = None  # per task (default: 1 when the cluster has GPUs)

@@ -5,6 +5,7 @@ scratch with the dataset's recipe (settings sheet, "Evaluation protocol"), repor
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Sequence
@@ -159,6 +160,14 @@ def plan_tasks(cfg: IDCConfig, spec: DatasetSpec, set_label: str, *, models: Seq
                      cfg.eval.width if uses_net_width(name) else None, spec.num_classes,
                      spec.channels, spec.size, tuple(spec.mean), tuple(spec.std), spec.name)
             for name in models for k in range(repeats)]
+
+
+Log = Callable[[str], None]
+
+
+def log_stderr(message: str) -> None:
+    """The default ``log`` of an evaluation: one line on stderr (the job log)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def progress_line(task: EvalTask, epoch: int, acc: float) -> str:

@@ -1,8 +1,9 @@
 """Evaluation reports: ``results.json`` (machine-readable), ``results.md`` (a table like the
 paper's) and ``curves.png`` (test accuracy over epochs per model; accuracy vs ipc when several
-sets are compared). Files are written under temporary names and renamed, ``results.json`` (or
-``summary.json`` for several sets) last and after deleting the old one, so a reader that finds
-it also finds the rest of the report.
+sets are compared), and where they go: :func:`report_folder`, and :func:`write_reports` (each
+set's report, then the combined one). Files are written under temporary names and renamed,
+``results.json`` (or ``summary.json`` for several sets) last and after deleting the old one, so
+a reader that finds it also finds the rest of the report.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from idc_ray import __version__, storage
 from idc_ray.figures import png_figure
 from idc_ray.evaluation.protocol import RunRecord, TrainRecipe
-from idc_ray.evaluation.sets import EvalSet
+from idc_ray.evaluation.sets import EvalSet, is_plain_file
 
 RESULTS_JSON, RESULTS_MD, CURVES_PNG, SUMMARY_JSON = "results.json", "results.md", "curves.png", "summary.json"
 METRIC = ("top-1 test accuracy in [0, 1], tested where the published train.py tests: every epochs // 4 epochs "
@@ -192,3 +193,30 @@ def write_report(folder: str, results: Sequence[Mapping[str, Any]], *, index: st
                              for r in results], "metric": METRIC, "code_version": __version__}
     storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode())
     return target
+
+
+def report_folder(sets: Sequence[EvalSet] | int, output: str | None, condensed: Sequence[str] = ()) -> str:
+    """Where the report goes: ``output``, else the folder of a single artifact. Several sets, a
+    baseline or a plain file need ``output`` (raises ValueError before any work)."""
+    count = sets if isinstance(sets, int) else len(sets)
+    if output:
+        return output
+    if count == 1 and len(condensed) == 1 and not is_plain_file(condensed[0]):
+        uri = condensed[0].rstrip("/")
+        return uri[: -len("/manifest.json")] if uri.endswith("/manifest.json") else uri
+    raise ValueError("--output DIR is required for baselines, plain tensor files and several sets "
+                     "(a single artifact's report goes into its own folder)")
+
+
+def write_reports(folder: str, results: Sequence[Mapping[str, Any]], extra: Mapping[str, bytes] | None = None) -> str:
+    """One set: results.md, curves.png, results.json in ``folder``. Several: each set's report in
+    ``folder/<label>/``, then the combined results.md and curves.png (with accuracy vs ipc) and
+    summary.json last. Returns the URI of the index file."""
+    for name, payload in (extra or {}).items():
+        storage.atomic_write_bytes(storage.join(folder, name), payload)
+    if len(results) == 1:
+        return write_report(folder, results)
+    storage.remove(storage.join(folder, SUMMARY_JSON))
+    for r in results:
+        write_report(storage.join(folder, r["set"]["label"]), [r])
+    return write_report(folder, results, index=SUMMARY_JSON)

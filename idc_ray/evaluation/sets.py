@@ -2,9 +2,10 @@
 KIP-style sets made elsewhere) and the random/herding baselines, each turned into its FORMED
 training samples plus the config whose evaluation recipe applies to it.
 
-Every set goes through the same code afterwards (:mod:`idc_ray.evaluation.run`), so a baseline
-and a condensed set of the same dataset are trained with the same networks, seeds and
-augmentation rules (paper Section 4, "fair comparison").
+Every set goes through the same code afterwards (:mod:`idc_ray.evaluation.run`; the sets of a
+request are assembled in :mod:`idc_ray.evaluation.assembly`), so a baseline and a condensed set
+of the same dataset are trained with the same networks, seeds and augmentation rules (paper
+Section 4, "fair comparison").
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def with_overrides(cfg: IDCConfig, changes: Mapping[str, Any], overrides: Sequen
     """``cfg`` with dotted-key ``changes`` (the set's facts) then the user's ``--set`` strings."""
     cfg = apply_overrides(cfg, dict(changes)) if changes else cfg
     return apply_overrides(cfg, list(overrides)) if overrides else cfg
+
+
+def data_key(cfg: IDCConfig) -> tuple[str, str | None]:
+    """Which real data a set with config ``cfg`` is tested on: (dataset, data_uri)."""
+    return cfg.data.dataset, cfg.data.data_uri
 
 
 def spec_of(cfg: IDCConfig) -> DatasetSpec:

@@ -11,7 +11,7 @@ from typing import Callable, ContextManager, Protocol, Sequence
 from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec
 from idc_ray.engine.plan import Plan
-from idc_ray.evaluation.run import Executor
+from idc_ray.evaluation.executor import Executor
 from idc_ray.run.curve import RunnerFactory
 from idc_ray.run.recovery import Attempts
 

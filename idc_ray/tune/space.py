@@ -5,7 +5,7 @@ The format is documented in tune_spaces/README.md and validated here on load, so
 a bad range is one :class:`~idc_ray.config.ConfigError` line before any trial starts. Every value
 goes through the config's own coercion (:func:`idc_ray.config.coerce`), the one place that knows
 what a field takes. The ``ray.tune`` samplers are built from a :class:`Param` in
-:mod:`idc_ray.distributed.sweep`.
+:mod:`idc_ray.distributed.sweep_space`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ import torch
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.run.backend import RunOptions
 from idc_ray.evaluation.protocol import Work, plan_tasks, run_task
-from idc_ray.evaluation.run import EvalOptions, Sequential, SetsRequest, build_sets, evaluate_sets
+from idc_ray.evaluation.assembly import EvalOptions, SetsRequest, build_sets
+from idc_ray.evaluation.executor import Sequential
+from idc_ray.evaluation.run import evaluate_sets
 from idc_ray.local import LocalBackend
 from idc_ray.run.job import Run, condense_to
 

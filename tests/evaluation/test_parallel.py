@@ -17,7 +17,7 @@ from idc_ray.engine.plan import build_plan, initial_synset
 from idc_ray.distributed.evaluation import RayExecutor
 from idc_ray.distributed.resources import task_bundle
 from idc_ray.evaluation.protocol import Work, form_stored, plan_tasks, progress_line
-from idc_ray.evaluation.run import Sequential
+from idc_ray.evaluation.executor import Sequential
 
 
 def work() -> list[Work]:

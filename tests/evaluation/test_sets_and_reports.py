@@ -11,8 +11,10 @@ from idc_ray.run.backend import RunOptions
 from idc_ray.data import get_spec
 from idc_ray.evaluation import report
 from idc_ray.evaluation.protocol import form_stored
-from idc_ray.evaluation.run import (EvalOptions, Sequential, SetsRequest, build_sets, evaluate_artifact, evaluate_sets,
-                                    report_folder, write_reports)
+from idc_ray.evaluation.assembly import EvalOptions, SetsRequest, build_sets
+from idc_ray.evaluation.executor import Sequential
+from idc_ray.evaluation.report import report_folder, write_reports
+from idc_ray.evaluation.run import evaluate_artifact, evaluate_sets
 from idc_ray.local import LocalBackend
 from idc_ray.run.job import Run, condense_to
 

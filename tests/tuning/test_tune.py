@@ -15,7 +15,7 @@ from idc_ray.config import ConfigError, apply_overrides, load_preset
 from idc_ray.data import get_spec, load_dataset
 from idc_ray.backends import condense_job
 from idc_ray.run.backend import RunOptions
-from idc_ray.distributed.sweep import search_space
+from idc_ray.distributed.sweep_space import search_space
 from idc_ray.tune.cache import data_settings, ensure_pool, pool_dir, pool_settings, pool_shared, settings_key
 from idc_ray.tune.results import TrialRow, results_markdown
 from idc_ray.tune.space import config_keys, load_space, space_from_dict, stage_outers, trial_config
