@@ -11,8 +11,9 @@ matchers get one every ``E / k`` (E: one expert update on one device; k is cappe
 the object-store budget lets them run ahead, ``max_experts``). What runs on one device adds up:
 
 - GPUs: each matcher has a device of its own; expert actors take free devices (``dedicated``) or
-  sit beside a matcher, one per device (``beside``: matcher 1 - s, expert s of it), and that
-  device's matcher then also does the expert's ``E / k`` per iteration.
+  sit beside a matcher, one per device (``beside``: matcher 1 - s, expert s of it). Side by side
+  on one GPU the two overlap: the device takes the longer part plus ``interference`` of the
+  shorter one (``BESIDE_INTERFERENCE`` unless given).
 - CPU slots: the operating system spreads every actor's threads over all the cores, so an
   iteration also takes at least the total work ``(n * shard + E) / D`` on ``D`` cores.
 
@@ -28,6 +29,12 @@ from dataclasses import dataclass
 
 TIE = 0.02  # layouts this close (relative) to the fastest count as equally fast
 EXPERT_SHARE = 0.25  # of a GPU, for an expert actor beside a matcher (CUDA time-slices the device)
+# What of the shorter part a matcher and an expert beside it on one GPU do not overlap: one H200,
+# MNIST at the paper's settings (benchmarks/results/gpu.json, 2026-11-30): matching 0.0669 s,
+# expert 0.0567 s, transfer 0.0016 s apart; 0.0720 s per inner iteration side by side, so
+# (0.0720 - 0.0016 - 0.0669) / 0.0567 = 0.06. Small ConvNet kernels leave the GPU mostly idle;
+# a network that fills it would be nearer 1 (fully additive). docs/scaling.md.
+BESIDE_INTERFERENCE = 0.06
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class PartTimes:
     matching_s: float  # one matcher step over all classes
     expert_s: float  # one expert update
     overhead_s: float = 0.0  # per iteration: the state through the object store, the actor calls
+    interference: float = BESIDE_INTERFERENCE  # of the shorter part, for a matcher and expert on one GPU
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ def predict(matchers: int, experts: int, *, classes: int, devices: int, gpus: bo
     shard = shard_seconds(classes, matchers, times)
     per_state = times.expert_s / min(experts, max_experts)
     if gpus:
-        busiest = shard + per_state if beside else max(shard, per_state)
+        busiest = max(shard, per_state) + (times.interference * min(shard, per_state) if beside else 0.0)
     else:
         busiest = max(shard, per_state, (matchers * shard + times.expert_s) / devices)
     return busiest + times.overhead_s
@@ -85,8 +93,8 @@ def candidates(classes: int, devices: int, gpus: bool, max_experts: int,
     found = []
     for n in ns:
         for k in ks:
-            if not gpus:
-                if (n <= devices and k <= devices) or (matchers and experts):
+            if not gpus:  # a given count may oversubscribe the cores; a chosen one does not
+                if (n <= devices or matchers) and (k <= devices or experts):
                     found.append((n, k, False))
                 continue
             if n + k <= devices:
@@ -137,5 +145,5 @@ def reason(choice: Choice, times: PartTimes | None, *, classes: int, devices: in
             f"against {one:.3g} s with one actor of each kind")
 
 
-__all__ = ["Choice", "EXPERT_SHARE", "PartTimes", "candidates", "choose", "in_process_seconds", "needs_times",
+__all__ = ["BESIDE_INTERFERENCE", "Choice", "EXPERT_SHARE", "PartTimes", "candidates", "choose", "in_process_seconds", "needs_times",
            "predict", "reason", "shard_seconds"]

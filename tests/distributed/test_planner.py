@@ -18,12 +18,12 @@ SMALL_EXPERT = PartTimes(46.1, 0.5)
 
 @pytest.mark.parametrize("devices,classes,gpus,times,max_experts,layout", [
     (1, 10, True, MNIST, 8, (1, 1, True)),  # one GPU: the expert beside the matcher
-    (2, 10, True, MNIST, 8, (2, 2, True)),  # an expert beside each matcher beats a GPU each
+    (2, 10, True, MNIST, 8, (2, 1, True)),  # within 2% of an expert beside each, one actor fewer
     (8, 10, True, MNIST, 8, (5, 2, False)),  # shards of 2 classes; 2 experts keep up with them
-    (8, 10, True, CIFAR10, 8, (4, 4, False)),  # expert as slow as the matching: half the GPUs
+    (8, 10, True, CIFAR10, 8, (8, 6, True)),  # expert as slow as the matching: beside most matchers
     (8, 10, True, CIFAR10, 2, (2, 2, False)),  # the object-store budget lets only 2 experts work
     (16, 100, True, SMALL_EXPERT, 8, (15, 1, False)),  # one expert is enough
-    (8, 100, True, CIFAR100, 8, (8, 7, True)),  # within 2% of 8 experts, with one fewer actor
+    (8, 100, True, CIFAR100, 8, (8, 2, True)),
     (64, 10, True, CIFAR10, 100, (10, 10, False)),  # a matcher per class, as many experts
     (2, 10, False, MNIST, 8, (2, 1, False)),  # 2 cores: the defaults of before, now by the model
     (2, 10, False, PartTimes(0.1, 0.3), 8, (1, 2, False)),  # an expert slower than the matching
@@ -37,23 +37,31 @@ def test_planned_layouts(devices, classes, gpus, times, max_experts, layout):
 def test_the_model_by_hand():
     # 8 GPUs, 4 matchers (shards of 3 classes) and 4 experts on GPUs of their own
     assert predict(4, 4, classes=10, devices=8, gpus=True, times=CIFAR10, max_experts=8) == pytest.approx(4.07 * 3 / 10)
-    # beside: the matcher's GPU also does its expert's share of the updates
+    # beside: the longer part plus the interference's fraction of the shorter one
     assert predict(2, 2, classes=10, devices=2, gpus=True, times=MNIST, max_experts=8, beside=True) == \
+        pytest.approx(4.45 / 2 + 0.06 * 1.12 / 2)
+    additive = PartTimes(4.45, 1.12, interference=1.0)
+    assert predict(2, 2, classes=10, devices=2, gpus=True, times=additive, max_experts=8, beside=True) == \
         pytest.approx(4.45 / 2 + 1.12 / 2)
     # CPU slots: never faster than the total work over the cores; experts capped by max_experts
     slow_expert = PartTimes(1.0, 3.0)
     assert predict(2, 2, classes=10, devices=2, gpus=False, times=slow_expert, max_experts=8) == pytest.approx(2.0)
     assert predict(2, 2, classes=10, devices=2, gpus=False, times=slow_expert, max_experts=1) == pytest.approx(3.0)
     assert predict(2, 1, classes=10, devices=2, gpus=False, times=MNIST, max_experts=8) == pytest.approx(5.57 / 2)
-    assert predict(1, 1, classes=10, devices=1, gpus=True, times=PartTimes(1, 1, 0.25), max_experts=1,
+    assert predict(1, 1, classes=10, devices=1, gpus=True, times=PartTimes(1, 1, 0.25, 1.0), max_experts=1,
                    beside=True) == 2.25
     assert in_process_seconds(MNIST) == pytest.approx(5.57)
 
 
-def test_design_target_cifar10_on_8_gpus_is_6x_one_gpu():
-    one = choose(10, 1, True, CIFAR10, max_experts=8).seconds
-    eight = choose(10, 8, True, CIFAR10, max_experts=8).seconds
-    assert one / eight >= 6 and one / choose(10, 8, True, CIFAR10, max_experts=8, experts=1).seconds < 2
+@pytest.mark.parametrize("interference,at_least", [(1.0, 6.0), (0.06, 5.0)])
+def test_design_target_cifar10_on_8_gpus_against_one(interference, at_least):
+    """The issue's target, 6x on 8 GPUs, holds where a matcher and an expert beside it on one GPU
+    add up; with the overlap measured on the H200 one GPU already hides most of the expert, and
+    ten classes on eight matchers (shards of 2) cap the matching at 5x. One expert actor: < 2x."""
+    times = PartTimes(4.07, 4.02, interference=interference)
+    one = choose(10, 1, True, times, max_experts=8).seconds
+    assert one / choose(10, 8, True, times, max_experts=8).seconds >= at_least
+    assert one / choose(10, 8, True, times, max_experts=8, experts=1).seconds < 2
 
 
 def test_given_counts_win_and_the_planner_fills_the_rest():
@@ -79,8 +87,8 @@ def test_the_job_plan_probes_only_when_the_times_matter():
     assert "predicted 2.79 s per inner iteration against 4.45 s" in layout.reason
     layout = plan_layout(10, RunOptions(num_actors=1, expert_actors=2), {"CPU": 2}, probe=probe, max_experts=8)
     assert probed == [1] and (len(layout.shards), layout.experts) == (1, 2)  # given: no probe
+    layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 8}, probe=lambda: MNIST, max_experts=8)
+    assert [len(s) for s in layout.shards] == [2] * 5 and layout.experts == 2
+    assert layout.bundles() == [{"CPU": 2.28, "GPU": 1.0}] * 7  # 16 CPUs over 7 actors, in hundredths
     layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 8}, probe=lambda: CIFAR10, max_experts=8)
-    assert [len(s) for s in layout.shards] == [3, 3, 2, 2] and layout.experts == 4
-    assert layout.bundles() == [{"CPU": 2.0, "GPU": 1.0}] * 8
-    layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 2}, probe=lambda: MNIST, max_experts=8)
-    assert (layout.gpus, layout.expert_gpus, layout.experts) == (0.75, 0.25, 2)
+    assert (len(layout.shards), layout.experts, layout.gpus, layout.expert_gpus) == (8, 6, 0.75, 0.25)
