@@ -39,7 +39,7 @@ def step_update(data, path: str, dtype: torch.dtype, metric: str, tiny: bool = F
     store = ClassStore(data.train_x, data.train_y)
     matcher = Matcher(match, store, initial_synset(match, store, CLASSES))
     # The engine keeps float32; this measurement casts its state (real batches come from uint8).
-    matcher._mean, matcher._std = matcher._mean.to(dtype), matcher._std.to(dtype)
+    matcher.normalize.mean, matcher.normalize.std = matcher.normalize.mean.to(dtype), matcher.normalize.std.to(dtype)
     for cls in matcher.classes.values():
         cls.data = cls.data.detach().to(dtype).requires_grad_(True)
     sample = store.sample

@@ -35,6 +35,7 @@ from idc_ray.config import from_dict
 from idc_ray.data import DatasetSpec, get_spec
 from idc_ray.engine.formation import form_classes, get_former
 from idc_ray.engine.plan import resolve
+from idc_ray.engine.training import Normalize
 
 FORMAT = "idc-ray/condensed"
 FORMAT_VERSION = 2  # 1 was the condensed.pt of the first release
@@ -220,8 +221,6 @@ def formed_dataset(uri: str | os.PathLike, *, normalize: bool = True) -> torch.u
     stored, labels, manifest = load_condensed(uri)
     x, y = _formed(stored, labels, manifest["formation"])
     if normalize:
-        mean = torch.tensor(manifest["mean"], dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(manifest["std"], dtype=x.dtype).view(1, -1, 1, 1)
-        x = (x - mean) / std
+        x = Normalize(manifest["mean"], manifest["std"])(x)
     return torch.utils.data.TensorDataset(x, y)
 

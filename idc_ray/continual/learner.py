@@ -24,14 +24,15 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from idc_ray.engine import rng
-from idc_ray.engine.augment import DiffAugment, cutmix
-from idc_ray.evaluation.train import EVAL_BATCH, TrainRecipe
+from idc_ray.engine.training import LogitMask, LossTerm, Normalize, SGDTrainer, accuracy
+from idc_ray.evaluation.train import TrainRecipe
 from idc_ray.models import build_model
 
 
@@ -103,68 +104,45 @@ def mask_to_task(logits: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | N
     return logits.masked_fill(~allowed, float("-inf"))
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize, device: torch.device,
-             groups: torch.Tensor | None = None) -> float:
-    """Top-1 over ``x`` (with task identity when ``groups`` is given), eval mode."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(x), EVAL_BATCH):
-        yb = y[start : start + EVAL_BATCH].to(device)
-        logits = mask_to_task(model(normalize(x[start : start + EVAL_BATCH])), yb, groups)
-        correct += int((logits.argmax(1) == yb).sum())
-    return correct / max(len(x), 1)
+def task_mask(groups: torch.Tensor | None) -> LogitMask | None:
+    """:func:`mask_to_task` for ``groups`` as the training component's logit mask; None when
+    there are no tasks (class-incremental)."""
+    return None if groups is None else partial(mask_to_task, groups=groups)
 
 
-def normalizer(mean, std, device: torch.device):
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return lambda x: ((x.float() / 255 if x.dtype == torch.uint8 else x).to(device, torch.float32) - m) / s
+def lwf_term(old: nn.Module, weight: float, temperature: float, groups: torch.Tensor | None) -> LossTerm:
+    """LwF as a loss term of the training step: ``weight *`` :func:`distillation_loss` of the
+    new logits against the frozen ``old`` network's on the same augmented batch."""
+    old.eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+
+    def term(xb: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            old_logits = old(xb)
+        return weight * distillation_loss(logits, old_logits, temperature, groups)
+
+    return term
 
 
 def train_stage(model: nn.Module, old: nn.Module | None, x: torch.Tensor, y: torch.Tensor, recipe: StageRecipe,
-                normalize, *, seed: int, keys: tuple[int, ...], device: torch.device,
+                normalize: Normalize, *, seed: int, keys: tuple[int, ...], device: torch.device,
                 groups: torch.Tensor | None = None) -> list[float]:
     """Train ``model`` on the memory (x in [0, 1], global labels y) for one stage, with LwF
     against ``old`` (None at the first stage). Returns the mean loss per epoch."""
     model.to(device)
-    if old is not None:
-        old.to(device).eval()
-        for p in old.parameters():
-            p.requires_grad_(False)
+    lwf = None
+    if old is not None and recipe.lwf_weight > 0:
+        old_groups = None if groups is None else groups[: old.classifier.out_features].to(device)
+        lwf = lwf_term(old.to(device), recipe.lwf_weight, recipe.temperature, old_groups)
+    trainer = SGDTrainer(model, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                         augment=recipe.augment, aug_single=recipe.aug_single, cutmix_prob=recipe.cutmix_prob,
+                         cutmix_beta=recipe.cutmix_beta, milestones=stage_milestones(recipe.epochs),
+                         logit_mask=task_mask(groups), loss_term=lwf)
     x_train, y_train = normalize(x), y.to(device, torch.long)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, stage_milestones(recipe.epochs), gamma=0.2)
-    augment = DiffAugment(recipe.augment, mode="sample", single=recipe.aug_single)
     shuffle_gen = rng.generator(seed, "continual-shuffle", *keys)
     aug_gen = rng.generator(seed, "continual-augment", *keys)
-    old_groups = None if groups is None or old is None else groups[: old.classifier.out_features].to(device)
-    losses = []
-    for _ in range(recipe.epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=shuffle_gen).to(device)
-        total = 0.0
-        for start in range(0, len(order), recipe.batch_size):
-            idx = order[start : start + recipe.batch_size]
-            xb = augment(x_train[idx], aug_gen)
-            xb, ya, yb, lam = cutmix(xb, y_train[idx], aug_gen, beta=recipe.cutmix_beta, prob=recipe.cutmix_prob)
-            logits = model(xb)
-            masked = mask_to_task(logits, ya, groups)
-            loss = lam * F.cross_entropy(masked, ya)
-            if lam != 1.0:
-                loss = loss + (1 - lam) * F.cross_entropy(mask_to_task(logits, yb, groups), yb)
-            if old is not None and recipe.lwf_weight > 0:
-                with torch.no_grad():
-                    old_logits = old(xb)
-                loss = loss + recipe.lwf_weight * distillation_loss(logits, old_logits, recipe.temperature, old_groups)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        scheduler.step()
-        losses.append(total / len(x_train))
-    return losses
+    return [trainer.epoch(x_train, y_train, recipe.batch_size, shuffle_gen, aug_gen) for _ in range(recipe.epochs)]
 
 
 @dataclass(frozen=True)
@@ -202,7 +180,7 @@ def run_learner(run: LearnerRun, memories: list[tuple[torch.Tensor, torch.Tensor
     Stage s trains on memories[0..s] and is tested on tests[0..s]."""
     started = time.perf_counter()
     device = torch.device(device)
-    normalize = normalizer(run.mean, run.std, device)
+    normalize = Normalize(run.mean, run.std, device)
     result = LearnerResult(run.method, run.model, run.repeat)
     model, old, seen = None, None, 0
     for s, _ in enumerate(memories):
@@ -220,7 +198,7 @@ def run_learner(run: LearnerRun, memories: list[tuple[torch.Tensor, torch.Tensor
                              groups=groups)
         tx = torch.cat([t[0] for t in tests[: s + 1]])
         ty = torch.cat([t[1] for t in tests[: s + 1]])
-        result.accuracy.append(accuracy(model, tx, ty, normalize, device, groups))
+        result.accuracy.append(accuracy(model, tx, ty, normalize, task_mask(groups)))
         result.final_loss.append(losses[-1])
     result.seconds = time.perf_counter() - started
     return result

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -249,9 +250,12 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, *, beta
     return mixed, y, y[perm], lam
 
 
-def mixed_cross_entropy(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
-    """lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b) (mean over the batch)."""
-    loss = F.cross_entropy(logits, y_a)
+def mixed_cross_entropy(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float,
+                        mask: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b) (mean over the batch). ``mask(logits,
+    labels)``: the logits each term sees for its labels (task-incremental heads), if given."""
+    seen = (lambda z, _: z) if mask is None else mask
+    loss = F.cross_entropy(seen(logits, y_a), y_a)
     if lam == 1.0:
         return loss
-    return lam * loss + (1.0 - lam) * F.cross_entropy(logits, y_b)
+    return lam * loss + (1.0 - lam) * F.cross_entropy(seen(logits, y_b), y_b)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
 
 from idc_ray.engine import rng
-from idc_ray.engine.augment import DiffAugment, cutmix, mixed_cross_entropy
 from idc_ray.engine.spec import SharedSpec
 from idc_ray.engine.streams import ExpertStream
+from idc_ray.engine.training import Normalize, SGDTrainer
 from idc_ray.models import build_model
 
 
@@ -97,33 +97,20 @@ class ExpertTrainer:
         self.spec = spec
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
-                                         weight_decay=spec.weight_decay)
-        self.augment = DiffAugment(spec.aug, mode="sample")
-        self._mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+        self.sgd = SGDTrainer(model, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                              augment=spec.aug, cutmix_prob=spec.cutmix_prob, cutmix_beta=spec.cutmix_beta)
+        self.normalize = Normalize(spec.mean, spec.std, self.device)
         self.stream = stream
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.to(self.device) - self._mean) / self._std
-
-    def _sgd_step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
-        """One SGD step on the batch (x, y) after DSA and CutMix; returns its loss."""
-        xb = self.augment(self.normalize(x), generator)
-        xb, ya, yb2, lam = cutmix(xb, y.to(self.device), generator, beta=self.spec.cutmix_beta,
-                                  prob=self.spec.cutmix_prob)
-        loss = mixed_cross_entropy(self.model(xb), ya, yb2, lam)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+    def _steps(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], generator: torch.Generator) -> float:
+        """One SGD step (DSA, CutMix) per real batch (x, y), normalised here; the mean loss."""
+        losses = self.sgd.steps(((self.normalize(x), y.to(self.device)) for x, y in batches), generator)
+        return sum(losses) / max(len(losses), 1)
 
     def train_batches(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
         """One SGD step per ``batch_size`` slice of (x, y); returns the mean loss."""
-        self.model.train()
         size = self.spec.batch_size
-        losses = [self._sgd_step(x[i : i + size], y[i : i + size], generator) for i in range(0, len(x), size)]
-        return sum(losses) / max(len(losses), 1)
+        return self._steps(((x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)), generator)
 
     def _stream_of(self, store) -> ExpertStream:
         if self.stream is None:
@@ -132,10 +119,8 @@ class ExpertTrainer:
 
     def _train_stream(self, store, batches: range, generator: torch.Generator) -> float:
         """One SGD step per global batch index of the stream in ``batches``; the mean loss."""
-        self.model.train()
         stream = self._stream_of(store)
-        losses = [self._sgd_step(*store.take(stream.batch_indices(t)), generator) for t in batches]
-        return sum(losses) / max(len(losses), 1)
+        return self._steps((store.take(stream.batch_indices(t)) for t in batches), generator)
 
     def train_inner(self, store, outer: int, inner: int) -> float:
         """The update after inner iteration ``inner``: batches of real data until at least

@@ -30,6 +30,7 @@ from idc_ray.engine.representative import RepresentativeBatches
 from idc_ray.engine.spec import SharedSpec
 from idc_ray.engine.streams import class_stream_indices, global_step
 from idc_ray.engine.synset import ClassOptimizer, SyntheticClass, sample_formed
+from idc_ray.engine.training import Normalize
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,7 @@ class Matcher:
         self.path = resolve_path(spec.path, self.device)
         self.former = get_former(spec.formation, spec.factor, axis=spec.formation_axis, bound=spec.bound)
         self.augment = DiffAugment(spec.aug, mode="batch")
-        self._mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+        self.normalize = Normalize(spec.mean, spec.std, self.device)
         self.classes: dict[int, SyntheticClass] = {}
         for c in sorted(init):
             data = init[c].to(self.device, dtype=torch.float32).clone().requires_grad_(True)
@@ -101,10 +101,7 @@ class Matcher:
                                  mode=spec.momentum_mode)
             self.classes[c] = SyntheticClass(c, data, opt)
         self.representatives = RepresentativeBatches(spec.seed, spec.batch_real, spec.sampling_refresh,
-                                                     lambda x: self.normalize(x.to(self.device)))
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self._mean) / self._std
+                                                     self.normalize)
 
     def begin_outer(self) -> None:
         for cls in self.classes.values():

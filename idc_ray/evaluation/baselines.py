@@ -20,8 +20,9 @@ from idc_ray.data import ClassStore, RealData, with_stats
 from idc_ray.engine import rng
 from idc_ray.errors import first_line
 from idc_ray.engine.plan import resolve
+from idc_ray.engine.training import EVAL_BATCH, Normalize
 from idc_ray.evaluation.protocol import as_float_images, random_real
-from idc_ray.evaluation.train import EVAL_BATCH, TrainRecipe, train_and_evaluate
+from idc_ray.evaluation.train import TrainRecipe, train_and_evaluate
 from idc_ray.models import build_model
 
 BASELINES = ("random", "herding")
@@ -99,12 +100,9 @@ def load_feature_net(cfg: IDCConfig, data: RealData, path: str | Path) -> Featur
 @torch.no_grad()
 def embed(model: nn.Module, x: torch.Tensor, mean, std, device: str | torch.device = "cpu") -> torch.Tensor:
     """``model.embed`` of [0, 1] images (normalised here), in eval mode, as float64 on the CPU."""
-    device = torch.device(device)
-    model.to(device).eval()
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    parts = [model.embed((x[i : i + EVAL_BATCH].to(device, torch.float32) - m) / s).double().cpu()
-             for i in range(0, len(x), EVAL_BATCH)]
+    normalize = Normalize(mean, std, device)
+    model.to(normalize.device).eval()
+    parts = [model.embed(normalize(x[i : i + EVAL_BATCH])).double().cpu() for i in range(0, len(x), EVAL_BATCH)]
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
 
 

@@ -25,10 +25,9 @@ import torch
 import torch.nn as nn
 
 from idc_ray.engine import rng
-from idc_ray.engine.augment import DiffAugment, cutmix, mixed_cross_entropy
+from idc_ray.engine.training import Normalize, SGDTrainer
+from idc_ray.engine.training import accuracy as evaluate  # top-1 on the test (or validation) images
 from idc_ray.evaluation.loader_aug import build_loader_aug
-
-EVAL_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -79,23 +78,6 @@ def select_best(history: Sequence[tuple[int, float]], reported: Sequence[int],
     return max(at_report.values()), last
 
 
-def _normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return lambda x: (x.to(device, torch.float32) - m) / s
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Callable, device: torch.device) -> float:
-    """Top-1 accuracy in [0, 1], in eval mode, 500 images at a time."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(x), EVAL_BATCH):
-        logits = model(normalize(x[start : start + EVAL_BATCH]))
-        correct += int((logits.argmax(1) == y[start : start + EVAL_BATCH].to(device)).sum())
-    return correct / max(len(x), 1)
-
-
 def train_and_evaluate(
     model: nn.Module,
     train_x: torch.Tensor,
@@ -122,16 +104,14 @@ def train_and_evaluate(
     """
     device = torch.device(device)
     model.to(device)
-    normalize = _normalizer(mean, std, device)
+    normalize = Normalize(mean, std, device)
     loader_aug = build_loader_aug(recipe.loader_aug)
     x_train = normalize(train_x) if loader_aug is None else train_x.to(device, torch.float32)
+    prepare = None if loader_aug is None else (lambda xb, g: normalize(loader_aug(xb, g)))
     y_train = train_y.to(device, torch.long)
-    n = len(x_train)
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(recipe.epochs), gamma=0.2)
-    augment = DiffAugment(recipe.augment, mode="sample", single=recipe.aug_single)
+    trainer = SGDTrainer(model, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                         augment=recipe.augment, aug_single=recipe.aug_single, cutmix_prob=recipe.cutmix_prob,
+                         cutmix_beta=recipe.cutmix_beta, milestones=lr_milestones(recipe.epochs))
     shuffle_gen = rng.generator(seed, "eval-shuffle")
     aug_gen = rng.generator(seed, "eval-augment")
 
@@ -139,25 +119,12 @@ def train_and_evaluate(
     val_acc: dict[int, float] = {}
     reported = report_epochs(recipe.epochs)
     for epoch in range(1, recipe.epochs + 1):
-        model.train()
-        order = torch.randperm(n, generator=shuffle_gen).to(device)
-        for start in range(0, n, recipe.batch_size):
-            idx = order[start : start + recipe.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if loader_aug is not None:
-                xb = normalize(loader_aug(xb, aug_gen))
-            xb = augment(xb, aug_gen)
-            xb, ya, yb2, lam = cutmix(xb, yb, aug_gen, beta=recipe.cutmix_beta, prob=recipe.cutmix_prob)
-            loss = mixed_cross_entropy(model(xb), ya, yb2, lam)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+        trainer.epoch(x_train, y_train, recipe.batch_size, shuffle_gen, aug_gen, prepare)
         if epoch == recipe.epochs or epoch in reported or (recipe.eval_every > 0 and epoch % recipe.eval_every == 0):
-            acc = evaluate(model, test_x, test_y, normalize, device)
+            acc = evaluate(model, test_x, test_y, normalize)
             history.append((epoch, acc))
             if val is not None and epoch in reported:
-                val_acc[epoch] = evaluate(model, val[0], val[1], normalize, device)
+                val_acc[epoch] = evaluate(model, val[0], val[1], normalize)
             if progress is not None:
                 progress(epoch, acc)
     best, last = select_best(history, reported, val_acc if val is not None else None)
