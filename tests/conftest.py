@@ -182,3 +182,28 @@ def _decode_cache(monkeypatch, tmp_path):
     """Each test's decode cache (idc_ray/data/cache.py) in its own temporary folder, never the
     user's ~/.cache."""
     monkeypatch.setenv("IDC_CACHE_DIR", str(tmp_path / "idc-cache"))
+
+
+class _Messages(logging.Handler):
+    def __init__(self, level: int):
+        super().__init__(level)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def idc_log():
+    """``seen(level)``: a list that collects the idc_ray logger's messages at ``level`` and above
+    from then on (its handlers may not propagate to pytest's caplog)."""
+    handlers = []
+
+    def seen(level: int = logging.INFO) -> list[str]:
+        handlers.append(_Messages(level))
+        logging.getLogger("idc_ray").addHandler(handlers[-1])
+        return handlers[-1].lines
+
+    yield seen
+    for handler in handlers:
+        logging.getLogger("idc_ray").removeHandler(handler)

@@ -95,23 +95,9 @@ def _files(store: CheckpointStore) -> list[str]:
     return [n for n in storage.listdir(store.root) if n.startswith("ckpt-")]
 
 
-class _Warnings(logging.Handler):
-    """The idc_ray logger's warnings (its handlers may not propagate to pytest's caplog)."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture
-def warnings_seen():
-    handler = _Warnings()
-    logging.getLogger("idc_ray").addHandler(handler)
-    yield handler.lines
-    logging.getLogger("idc_ray").removeHandler(handler)
+def warnings_seen(idc_log):
+    return idc_log(logging.WARNING)
 
 
 def test_checkpoint_save_publishes_pointer_last_and_keeps_the_newest_two(root):

@@ -151,16 +151,8 @@ def check_model_input(name: str, in_channels: int, image_size: int) -> None:
     spec.check(name, in_channels, image_size)
 
 
-def build_model(
-    name: str,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    *,
-    width: int | None = None,
-    norm: str | None = None,
-    dataset: str | None = None,
-) -> nn.Module:
+def build_model(name: str, num_classes: int, in_channels: int, image_size: int, *, width: int | None = None,
+                norm: str | None = None, dataset: str | None = None) -> nn.Module:
     """Build a freshly initialised model.
 
     Args:

@@ -66,23 +66,10 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def build_convnet(
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    *,
-    depth: int,
-    width: int | None = None,
-    norm: str | None = None,
-) -> ConvNet:
-    return ConvNet(
-        num_classes,
-        in_channels,
-        image_size,
-        depth=depth,
-        width=DEFAULT_WIDTH if width is None else width,
-        norm=DEFAULT_NORM if norm is None else norm,
-    )
+def build_convnet(num_classes: int, in_channels: int, image_size: int, *, depth: int, width: int | None = None,
+                  norm: str | None = None) -> ConvNet:
+    return ConvNet(num_classes, in_channels, image_size, depth=depth, width=DEFAULT_WIDTH if width is None else width,
+                   norm=DEFAULT_NORM if norm is None else norm)
 
 
 def check_convnet_input(name: str, depth: int, in_channels: int, image_size: int) -> None:

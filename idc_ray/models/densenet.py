@@ -76,19 +76,7 @@ class DenseNet121(DenseNet):
         return self.classifier(self.embed(x))
 
 
-def build_densenet121(
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    *,
-    width: int | None = None,
-    norm: str | None = None,
-) -> DenseNet121:
+def build_densenet121(num_classes: int, in_channels: int, image_size: int, *, width: int | None = None,
+                      norm: str | None = None) -> DenseNet121:
     """``width`` overrides the growth rate (stem gets 2*growth channels)."""
-    return DenseNet121(
-        num_classes,
-        in_channels,
-        image_size,
-        growth=width,
-        norm="batch" if norm is None else norm,
-    )
+    return DenseNet121(num_classes, in_channels, image_size, growth=width, norm="batch" if norm is None else norm)

@@ -41,14 +41,8 @@ class EfficientNetB0(nn.Module):
         return self.classifier(self.dropout(self.embed(x)))
 
 
-def build_efficientnet_b0(
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    *,
-    width: int | None = None,
-    norm: str | None = None,
-) -> EfficientNetB0:
+def build_efficientnet_b0(num_classes: int, in_channels: int, image_size: int, *, width: int | None = None,
+                          norm: str | None = None) -> EfficientNetB0:
     if width is not None:
         raise ValueError(
             "efficientnet-b0 has a fixed compound-scaled width; drop the width override "

@@ -132,19 +132,9 @@ class ResNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def build_resnet(
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    *,
-    name: str,
-    blocks_per_stage: tuple[int, int, int, int],
-    default_norm: str,
-    pool_downsample: bool = False,
-    width: int | None = None,
-    norm: str | None = None,
-    cifar: bool = False,
-) -> ResNet:
+def build_resnet(num_classes: int, in_channels: int, image_size: int, *, name: str,
+                 blocks_per_stage: tuple[int, int, int, int], default_norm: str, pool_downsample: bool = False,
+                 width: int | None = None, norm: str | None = None, cifar: bool = False) -> ResNet:
     """``cifar``: the published CIFAR branch (base width 32, 3x3 stem at any size); ``width``
     overrides the base width of either branch."""
     default_width = CIFAR_WIDTH if cifar else DEFAULT_WIDTH

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -81,16 +80,7 @@ def _condense_main():
     return module.main
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path):
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path, idc_log):
     """The newest checkpoint's file is damaged: --resume refuses it (a warning naming the file),
     continues from the previous one and still ends with the bytes of an uninterrupted run."""
     cfg = apply_overrides(load_preset("smoke"), ["schedule.outer_iters=3", "schedule.inner_iters=2"])
@@ -104,15 +94,11 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     newest.write_bytes(bytes(raw))
 
-    seen = _Lines()
-    logging.getLogger("idc_ray").addHandler(seen)
-    try:
-        assert main([*common, "--set", "schedule.outer_iters=3", "--resume"]) == 0
-    finally:
-        logging.getLogger("idc_ray").removeHandler(seen)
-    refused = [line for line in seen.lines if "falling back" in line]
+    seen = idc_log()
+    assert main([*common, "--set", "schedule.outer_iters=3", "--resume"]) == 0
+    refused = [line for line in seen if "falling back" in line]
     assert len(refused) == 1 and str(newest) in refused[0] and "sha256" in refused[0]
-    assert "resuming from the checkpoint after outer iteration 1" in seen.lines
+    assert "resuming from the checkpoint after outer iteration 1" in seen
     stored, _, manifest = load_condensed(out)
     assert torch.equal(stored, clean.stored)
     assert manifest["metrics"]["loss_history"] == pytest.approx(clean.loss_history, abs=0)
