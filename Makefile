@@ -2,6 +2,7 @@
 #   make demo   condense the embedded MNIST subset and compare it with random real images
 #   make test   run the test suite, then its forced_isa tests again with a narrower instruction set
 #               forced (tests/forced_isa.py, docs/testing.md)
+# make test-slow runs the scenario tests (marked slow: kills, multi-node, jobs end to end); CI runs both.
 # Both create .venv when missing and reinstall only when pyproject.toml or constraints.txt change.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test bench install lock clean
+.PHONY: demo test test-slow bench install lock clean
 
 install: $(STAMP)
 
@@ -25,8 +26,11 @@ demo: $(STAMP)
 	$(PY) jobs/demo.py --output $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
 	$(PY) tests/forced_isa.py
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 # Speed measurements (minutes; JSON in benchmarks/results/). Not part of the tests.
 bench: $(STAMP)

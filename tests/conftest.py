@@ -197,13 +197,17 @@ class _Messages(logging.Handler):
 def idc_log():
     """``seen(level)``: a list that collects the idc_ray logger's messages at ``level`` and above
     from then on (its handlers may not propagate to pytest's caplog)."""
-    handlers = []
+    logger, handlers = logging.getLogger("idc_ray"), []
+    before = logger.level
 
     def seen(level: int = logging.INFO) -> list[str]:
         handlers.append(_Messages(level))
-        logging.getLogger("idc_ray").addHandler(handlers[-1])
+        logger.addHandler(handlers[-1])
+        if logger.getEffectiveLevel() > level:
+            logger.setLevel(level)
         return handlers[-1].lines
 
     yield seen
     for handler in handlers:
-        logging.getLogger("idc_ray").removeHandler(handler)
+        logger.removeHandler(handler)
+    logger.setLevel(before)

@@ -79,9 +79,9 @@ def _probe_task(plan: Plan, spec: DatasetSpec) -> Probed:
     return probe_parts(plan, spec, actor_device())
 
 
-def probe_times(plan: Plan, spec: DatasetSpec, log: Log) -> PartTimes:
+def probe_times(plan: Plan, spec: DatasetSpec) -> tuple[PartTimes, str]:
     """The planner's part times, measured where the actors will run: on one GPU by a Ray task
-    when the cluster has GPUs, else here at one thread (one CPU slot)."""
+    when the cluster has GPUs, else here at one thread (one CPU slot); and what the probe cost."""
     if float(ray.cluster_resources().get("GPU", 0)) >= 1:
         probed = ray.get(_probe_task.options(num_cpus=1, num_gpus=1, runtime_env=actor_runtime_env(True)).remote(
             plan, spec))
@@ -92,8 +92,7 @@ def probe_times(plan: Plan, spec: DatasetSpec, log: Log) -> PartTimes:
             probed = probe_parts(plan, spec, "cpu")
         finally:
             torch.set_num_threads(threads)
-    log(f"[idc-ray] layout probe: {probed.probe_s:.1f} s ({probed.classes_timed} classes timed)")
-    return PartTimes(probed.matching_s, probed.expert_s)
+    return PartTimes(probed.matching_s, probed.expert_s), f"probe {probed.probe_s:.1f} s"
 
 
 class RayExperts:
@@ -167,6 +166,7 @@ class RayAttempts:
         self.run_id, self.count = uuid.uuid4().hex[:6], itertools.count()
         self.placement: list[dict] = []
         self.actors: list = []
+        self.count_opened = 0
 
     def open(self, ckpt: Checkpoint | None, first_outer: int) -> tuple[RayMatchers, RayExperts]:
         tag = f"{self.run_id}.{next(self.count)}"  # readable, unique names: matcher-0[classes 0-4]@<run>.<attempt>
@@ -177,6 +177,9 @@ class RayAttempts:
         self.actors = [*matchers, *experts]
         self.faults = [f for f in self.faults if f.get("repeat")]  # others fire in the first attempt only
         self.placement = setup_actors(matchers, experts)
+        if self.count_opened == 0:  # once the actors read their data: bad input stays one line
+            log.info("layout: %s", self.layout.reason)
+        self.count_opened += 1
         for p in self.placement:
             log.info("%s on node %s (%s, %d threads)", p["name"], p["node"][:12], p["device"], p["threads"])
         source = RayExperts(experts, expert_names, first_outer, self.cfg.schedule, self.plan.expert.fix_iter,
@@ -305,12 +308,10 @@ class RayBackend:
 
     @contextmanager
     def place(self, cfg: IDCConfig, plan: Plan, spec: DatasetSpec) -> Iterator[RayAttempts]:
-        say = self.log or stderr_line
         # a reserved group (a continual stage) was sized by the default counts: no probe, same layout
-        probe = None if self.reserved is not None else (lambda: probe_times(plan, spec, say))
+        probe = None if self.reserved is not None else (lambda: probe_times(plan, spec))
         layout = plan_layout(spec.num_classes, self.options, probe=probe,
                              max_experts=busy_experts(cfg, plan, self.options.expert_memory_mb))
-        say(f"[idc-ray] layout: {layout.reason}")
         with job_placement_group(layout.bundles(), self.options.spread, self.reserved) as pg:
             try:
                 yield RayAttempts(cfg, plan, layout, pg, self.options)

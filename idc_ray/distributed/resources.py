@@ -63,12 +63,12 @@ class Layout:
 
 
 def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, float] | None = None, *,
-                probe: Callable[[], PartTimes] | None = None, max_experts: int = 1) -> Layout:
+                probe: Callable[[], tuple[PartTimes, str]] | None = None, max_experts: int = 1) -> Layout:
     """Actor counts and resources from the options and the cluster's resources (default: Ray's).
 
     Counts the user gave are kept; the rest come from the planner (``distributed/planner.py``),
-    which calls ``probe`` for the part times of an inner iteration when they can change its
-    choice. Without a probe (Tune trials, continual stages, which reserve before they plan) the
+    which calls ``probe`` for the part times of an inner iteration (and a note of what the probe
+    cost) when they can change its choice. Without a probe (Tune trials, continual stages, which reserve before they plan) the
     counts are the fixed defaults: one matcher per GPU, else 2, and one expert actor. Given GPU
     fractions are kept too (:func:`_given_fractions`); otherwise an expert actor gets a GPU of its
     own or sits beside a matcher with ``EXPERT_GPU_SHARE`` of its GPU.
@@ -93,7 +93,8 @@ def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, floa
     return Layout(shards, cpus, gpus, expert_gpus, k, why)
 
 
-def _counts(classes: int, options: RunOptions, devices: int, on_gpus: bool, probe: Callable[[], PartTimes] | None,
+def _counts(classes: int, options: RunOptions, devices: int, on_gpus: bool,
+            probe: Callable[[], tuple[PartTimes, str]] | None,
             max_experts: int) -> tuple[int, int, bool, str]:
     """(matchers, experts, expert beside a matcher, the reason) from the planner, or the fixed
     defaults when there is nothing to probe with."""
@@ -103,12 +104,14 @@ def _counts(classes: int, options: RunOptions, devices: int, on_gpus: bool, prob
         k = k or 1
         return (n, k, on_gpus and n + k > devices,
                 f"{planner.plural(n, 'matcher actor')} + {planner.plural(k, 'expert actor')}: the defaults")
+    if n is not None:
+        class_blocks(classes, n, "--num-actors")  # a count that cannot be is refused before the probe
     max_k = max(max_experts, k or 1)
-    times = probe() if planner.needs_times(classes, devices, on_gpus, max_k, n, k) else None
+    times, cost = probe() if planner.needs_times(classes, devices, on_gpus, max_k, n, k) else (None, "")
     flat = times or planner.PartTimes(1.0, 1.0)  # any times: a single candidate is chosen whatever they are
     choice = planner.choose(classes, devices, on_gpus, flat, max_experts=max_k, matchers=n, experts=k)
-    return (choice.matchers, choice.experts, choice.beside,
-            planner.reason(choice, times, classes=classes, devices=devices, gpus=on_gpus, max_experts=max_k))
+    why = planner.reason(choice, times, classes=classes, devices=devices, gpus=on_gpus, max_experts=max_k)
+    return choice.matchers, choice.experts, choice.beside, f"{why} ({cost})" if cost else why
 
 
 def _given_fractions(options: RunOptions, n: int, experts: int, cluster_gpus: float) -> tuple[float, float]:

@@ -80,15 +80,31 @@ def test_the_job_plan_probes_only_when_the_times_matter():
 
     def probe():
         probed.append(1)
-        return MNIST
+        return MNIST, "probe 0.1 s"
 
     layout = plan_layout(10, RunOptions(), {"CPU": 2}, probe=probe, max_experts=8)
     assert probed == [1] and (len(layout.shards), layout.experts, layout.cpus) == (2, 1, 0.66)
-    assert "predicted 2.79 s per inner iteration against 4.45 s" in layout.reason
+    assert layout.reason.endswith("predicted 2.79 s per inner iteration against 4.45 s with one actor of each kind "
+                                  "(probe 0.1 s)")
     layout = plan_layout(10, RunOptions(num_actors=1, expert_actors=2), {"CPU": 2}, probe=probe, max_experts=8)
     assert probed == [1] and (len(layout.shards), layout.experts) == (1, 2)  # given: no probe
-    layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 8}, probe=lambda: MNIST, max_experts=8)
+    layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 8}, probe=lambda: (MNIST, ""), max_experts=8)
     assert [len(s) for s in layout.shards] == [2] * 5 and layout.experts == 2
     assert layout.bundles() == [{"CPU": 2.28, "GPU": 1.0}] * 7  # 16 CPUs over 7 actors, in hundredths
-    layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 8}, probe=lambda: CIFAR10, max_experts=8)
+    layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 8}, probe=lambda: (CIFAR10, ""), max_experts=8)
     assert (len(layout.shards), layout.experts, layout.gpus, layout.expert_gpus) == (8, 6, 0.75, 0.25)
+
+
+def test_the_ray_job_logs_the_planned_layout_and_runs_it(ray_cluster, idc_log, tmp_path):
+    """Defaults on the 2-CPU test cluster: the probe runs, and with the smoke preset's expert
+    update shorter than its matching the model's choice is 2 matchers + 1 expert actor
+    (docs/scaling.md); the job runs what it logged."""
+    from idc_ray.backends import condense_job
+    from idc_ray.config import apply_overrides, load_preset
+
+    seen = idc_log()
+    cfg = apply_overrides(load_preset("smoke"), {"schedule.outer_iters": 1, "schedule.inner_iters": 1})
+    result = condense_job(cfg, str(tmp_path / "out"), RunOptions())
+    (line,) = [ln for ln in seen if ln.startswith("layout: ")]
+    assert line.startswith("layout: 2 matcher actors + 1 expert actor on 2 CPUs: matching ") and "(probe " in line
+    assert [p["name"].split("[")[0] for p in result.placement] == ["matcher-0", "matcher-1"]
