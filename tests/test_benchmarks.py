@@ -88,6 +88,7 @@ def test_scaling_keys(results):
     assert r["ray_overhead"] == pytest.approx(s["c_ray_1actor_1thread"] / s["d_inprocess_1thread"] - 1)
 
 
+@pytest.mark.slow  # the whole GPU check script, end to end
 def test_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     """benchmarks/gpu_check.py --device cpu --tiny: every section runs (a GPU lease is not spent on
     a broken script), and on the CPU the Ray job's stored data are bit-equal across actor counts."""

@@ -58,6 +58,12 @@ def use_assigned_cpus() -> int:
     return threads
 
 
+def placement_info(name: str, device: torch.device, threads: int) -> dict:
+    """Where an actor runs: its name, node, device, torch threads and allocator setting."""
+    return {"name": name, "node": ray.get_runtime_context().get_node_id(), "device": str(device),
+            "threads": threads, "keeps_freed_memory": keeps_freed_memory()}
+
+
 @ray.remote(max_restarts=0)
 class MatcherActor:
     """Owns a contiguous shard of classes: their real images only, their stored samples and
@@ -93,9 +99,7 @@ class MatcherActor:
         return self.info()
 
     def info(self) -> dict:
-        ctx = ray.get_runtime_context()
-        return {"name": self.name, "node": ctx.get_node_id(), "device": str(self.device), "threads": self.threads,
-                "keeps_freed_memory": keeps_freed_memory()}
+        return placement_info(self.name, self.device, self.threads)
 
     def begin_outer(self) -> None:
         """Clamp the shard's stored data (the start of every outer iteration)."""
@@ -130,7 +134,7 @@ class ExpertActor:
     def __init__(self, name: str, expert: ExpertSpec, dataset: str, data_uri: str | None, inner_iters: int,
                  end_outer: int, storage_options: dict | None = None):
         configure_worker(storage_options)
-        use_assigned_cpus()
+        self.threads = use_assigned_cpus()
         self.device = actor_device()
         self.name, self.expert, self.inner_iters, self.end_outer = name, expert, inner_iters, end_outer
         self.source = (dataset, data_uri)
@@ -140,9 +144,10 @@ class ExpertActor:
                                      tag_keys=("expert",))
         self.m_depth.set_default_tags({"expert": name})
 
-    def setup(self) -> None:
-        """Read the training split (as MatcherActor.setup)."""
+    def setup(self) -> dict:
+        """Read the training split (as MatcherActor.setup); returns where this actor runs."""
         self.store = load_dataset(*self.source).train_store()
+        return placement_info(self.name, self.device, self.threads)
 
     def produce(self, outer: int, inner: int, consumed: int) -> dict:
         """The expert state for (outer, inner) (CPU tensors). ``consumed``: the global step the

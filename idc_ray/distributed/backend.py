@@ -218,7 +218,7 @@ class RayAttempts:
 
 
 def setup_actors(matchers: list, experts: list) -> list[dict]:
-    """Let every actor read its data; returns where each matcher runs. Bad data (a wrong
+    """Let every actor read its data; returns where each runs, the matchers first. Bad data (a wrong
     --data-uri, say: the actor's ValueError) is a user error, not a failure to recover from:
     one line. Any other exception propagates with its cause. Every reply is fetched, so Ray
     reports no other actor's failure as an unhandled error on stderr."""
@@ -234,7 +234,7 @@ def setup_actors(matchers: list, experts: list) -> list[dict]:
         raise ValueError((str(cause).strip().splitlines() or [type(cause).__name__])[0]) from None
     if failure is not None:
         raise failure
-    return replies[:len(matchers)]
+    return replies
 
 
 def setup_error(e: BaseException) -> ValueError:

@@ -20,7 +20,7 @@ log = logging.getLogger("idc_ray")
 class Attempts(Protocol):
     """A backend's matchers and expert for one job, built afresh for every attempt."""
 
-    placement: list[dict]  # where the matchers of the current attempt run
+    placement: list[dict]  # where the actors of the current attempt run, the matchers first
 
     def open(self, ckpt: Checkpoint | None, first_outer: int) -> tuple[Matchers, ExpertSource]: ...
     def close(self) -> None: ...

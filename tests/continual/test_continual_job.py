@@ -61,6 +61,7 @@ def test_exemplars_come_from_their_stage_only(first_run):
     assert herding["labels"].tolist() == [0, 1]
 
 
+@pytest.mark.slow  # a stage killed mid-run
 def test_killed_stage_resumes_from_the_cache_with_the_same_bytes(first_run, tmp_path):
     (cache,) = (first_run / "cache").iterdir()
     # every data file; manifests also record wall times, so they are compared by their checksums

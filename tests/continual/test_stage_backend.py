@@ -36,7 +36,7 @@ def in_process(stage_cfg, tmp_path_factory):
 def test_free_resources_give_the_stage_actors_and_the_same_bytes(ray_cluster, stage_cfg, in_process, tmp_path):
     stored, _, manifest = load_condensed(condense_stage(stage_cfg, str(tmp_path), "cpu", RayBackend(SMALL_ACTORS)))
     assert manifest["metrics"]["backend"] == "ray"
-    assert [p["name"].split("[")[0] for p in manifest["metrics"]["placement"]] == ["matcher-0"]
+    assert [p["name"].split("[")[0] for p in manifest["metrics"]["placement"]] == ["matcher-0", "expert-0"]
     assert torch.equal(stored, in_process)
     assert not any(pg["state"] == "CREATED" for pg in ray.util.placement_group_table().values())  # given back
 

@@ -13,6 +13,8 @@ from idc_ray.backends import condense_job
 from idc_ray.errors import JobError
 from idc_ray.run.backend import RunOptions
 
+pytestmark = pytest.mark.slow  # actors killed and faults injected: outage scenarios
+
 SMALL = {"schedule.outer_iters": 3, "schedule.inner_iters": 2}
 
 

@@ -94,6 +94,7 @@ def _scrape(port: int) -> str:
         return ""
 
 
+@pytest.mark.slow  # an end-to-end scenario: a head with the job server
 def test_job_submit_runs_the_condensation_and_exports_metrics(head, tmp_path):
     address = f"http://127.0.0.1:{head['dashboard']}"
     out = tmp_path / "artifact"

@@ -1,6 +1,8 @@
-"""A head plus two worker nodes with one (declared) GPU each: matchers land on different nodes
-and the stored set equals the in-process one."""
+"""A head plus two worker nodes with one (declared) GPU each: matchers land on different GPU
+nodes, the two expert actors spread over the nodes too (--spread), and the stored set equals the
+in-process one."""
 
+import pytest
 import json
 import subprocess
 import sys
@@ -9,13 +11,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow  # a 3-node cluster of its own
 def test_matchers_spread_over_gpu_nodes_and_give_the_same_bytes(tmp_path):
     done = subprocess.run([sys.executable, str(HERE / "multinode_run.py"), str(tmp_path)], cwd=HERE.parents[1],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    nodes = [p["node"] for p in report["placement"]]
-    assert sorted(nodes) == sorted(report["worker_nodes"])  # one matcher per GPU node
+    matchers = [p["node"] for p in report["placement"] if p["name"].startswith("matcher-")]
+    experts = [p["node"] for p in report["placement"] if p["name"].startswith("expert-")]
+    assert sorted(matchers) == sorted(report["worker_nodes"])  # one matcher per GPU node
+    assert len(experts) == 2 and len(set(experts)) == 2  # SPREAD: the expert actors on two nodes
     assert all(p["device"] == "cpu" for p in report["placement"])  # declared GPUs, no CUDA: CPU
     assert report["equal"]
 

@@ -107,4 +107,4 @@ def test_the_ray_job_logs_the_planned_layout_and_runs_it(ray_cluster, idc_log, t
     result = condense_job(cfg, str(tmp_path / "out"), RunOptions())
     (line,) = [ln for ln in seen if ln.startswith("layout: ")]
     assert line.startswith("layout: 2 matcher actors + 1 expert actor on 2 CPUs: matching ") and "(probe " in line
-    assert [p["name"].split("[")[0] for p in result.placement] == ["matcher-0", "matcher-1"]
+    assert [p["name"].split("[")[0] for p in result.placement] == ["matcher-0", "matcher-1", "expert-0"]

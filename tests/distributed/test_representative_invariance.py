@@ -34,7 +34,7 @@ def test_representative_sampling_gives_the_local_bytes_on_any_sharding(ray_clust
     result = condense_job(cfg, str(tmp_path), RunOptions(backend="ray", num_actors=actors))
     assert torch.equal(result.stored, local_reference.stored)
     assert result.loss_history == local_reference.loss_history
-    assert len(result.placement) == actors
+    assert sum(p["name"].startswith("matcher-") for p in result.placement) == actors
 
 
 def test_representative_sampling_changes_the_run(cfg, local_reference, tmp_path):

@@ -36,6 +36,7 @@ def _checkpoint_outer(out: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # a driver killed by its pid
 def test_resume_after_killing_the_driver_gives_the_same_bytes(ray_cluster, one_thread, tmp_path):
     cfg = apply_overrides(load_preset("smoke"), ["schedule.outer_iters=12", "schedule.inner_iters=2"])
     clean = condense_job(cfg, str(tmp_path / "clean"), RunOptions(backend="local"))

@@ -2,6 +2,7 @@
 condensation reading it, checkpoints and the artifact written to S3, a resume from the S3
 checkpoint, and the artifact loaded back from S3."""
 
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ def _job(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # an end-to-end scenario: S3 in and out, a resume
 def test_condense_from_s3_to_s3_with_resume(s3, one_thread, run_job, tmp_path):
     prepared = run_job("prepare_data", "--dataset", "tiny", "--output", s3.uri("data", "tiny"))
     assert prepared.returncode == 0, prepared.stderr

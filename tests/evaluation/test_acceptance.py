@@ -26,6 +26,8 @@ from idc_ray.evaluation.run import evaluate_sets
 from idc_ray.local import LocalBackend
 from idc_ray.run.job import Run, condense_to
 
+pytestmark = pytest.mark.slow  # the evaluation protocol end to end, quality against random real images
+
 OUTER = 3  # the demo preset runs 20; 3 already separates the sets by > 10 points
 EPOCHS = 150  # the demo preset evaluates 300; 150 keeps the ordering and halves the cost
 REPEAT = 3
