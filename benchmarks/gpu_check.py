@@ -52,6 +52,7 @@ from common import results_dir, timed_job, write  # noqa: E402
 from idc_ray.config import apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import ClassStore, load_dataset  # noqa: E402
 from idc_ray.run.backend import RunOptions  # noqa: E402
+from idc_ray.distributed.planner import PartTimes, predict  # noqa: E402
 from idc_ray.distributed.resources import EXPERT_GPU_SHARE, plan_layout  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert, new_model  # noqa: E402
 from idc_ray.engine.matcher import Matcher, resolve_path  # noqa: E402
@@ -264,6 +265,28 @@ def test_networks(device: torch.device, tiny: bool, log: Log) -> dict:
     return results
 
 
+def model_vs_runs(ray_job: dict, breakdown: dict, gpu: bool, log: Log) -> dict:
+    """The scaling model's prediction (idc_ray/distributed/planner.py) for each layout section 3
+    ran, from the parts the time breakdown measured on this device, beside the measured seconds
+    (docs/scaling.md): on a GPU every actor shares the one device; on the CPU (--tiny) the
+    2-CPU cluster's cores."""
+    seconds = breakdown["seconds"]
+    times = PartTimes(seconds["matching"], seconds["expert"], seconds["transfer"])
+    rows = {}
+    for label, run in ray_job["layouts"].items():
+        if label.endswith(("_loop", "_expert_on_cpu")):  # another path / the expert off the device
+            continue
+        names = [a["name"] for a in run["actors"]]
+        n, k = sum(x.startswith("matcher-") for x in names), sum(x.startswith("expert-") for x in names)
+        predicted = predict(n, k, classes=breakdown["classes"], devices=1 if gpu else 2, gpus=gpu, times=times,
+                            max_experts=k, beside=gpu)
+        measured = run["seconds_per_inner_iteration"]
+        rows[label] = {"matchers": n, "experts": k, "predicted_s": predicted, "measured_s": measured,
+                       "error": predicted / measured - 1}
+        log(f"[model] {label}: predicted {predicted:.4f} s, measured {measured:.4f} s ({100 * rows[label]['error']:+.0f}%)")
+    return rows
+
+
 def section(name: str, log: Log, fn, errors: dict):
     log(f"== {name}")
     try:
@@ -331,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                                            errors)
     result["breakdown"] = section("time breakdown", log, lambda: time_breakdown(device, args.tiny, steps), errors)
     log(f"breakdown: {result['breakdown']}")
+    if result.get("ray_job") and result.get("breakdown"):
+        result["scaling_model"] = section("scaling model", log, lambda: model_vs_runs(
+            result["ray_job"], result["breakdown"], device.type == "cuda", log), errors)
     result["networks"] = section("test networks", log, lambda: test_networks(device, args.tiny, log), errors)
     result["failed_checks"] = failed_checks(result, device.type)
     name = "gpu_tiny" if args.tiny else "gpu"

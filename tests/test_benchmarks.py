@@ -107,7 +107,13 @@ def test_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     for layout in job["layouts"].values():
         assert layout["inner_iterations"] == 2 and layout["seconds_per_inner_iteration"] > 0
         assert all(a["device"] == "cpu" for a in layout["actors"])
-    assert len(job["layouts"]["4_actors"]["actors"]) == 4
+    names = [a["name"].split("[")[0] for a in job["layouts"]["4_actors"]["actors"]]
+    assert names == ["matcher-0", "matcher-1", "matcher-2", "matcher-3", "expert-0"]
+    model = r["scaling_model"]  # the planner's prediction beside each layout's measurement
+    assert {"1_actor", "2_actors", "4_actors", "2_expert_actors"} <= set(model) and "1_actor_loop" not in model
+    assert (model["2_expert_actors"]["matchers"], model["2_expert_actors"]["experts"]) == (1, 2)
+    assert all(v["predicted_s"] > 0 and v["measured_s"] == job["layouts"][k]["seconds_per_inner_iteration"]
+               for k, v in model.items())
     assert all(c["bit_equal"] for c in job["stored_compared"].values())
     assert r["evaluation"]["devices"] == ["cpu"] and 0 <= r["evaluation"]["accuracy_last"] <= 1
     shares = r["breakdown"]["share"]
@@ -117,7 +123,7 @@ def test_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     (share,) = r["expert_share"]  # benchmarks/expert_share.py's parts, at mnist's shapes
     assert share["preset"] == "mnist" and share["classes_timed"] == 1
     assert share["matching_all_classes_s"] > 0 and share["expert_update_s"] > 0 and 0 < share["expert_share"] < 1
-    assert (tmp_path / "gpu_tiny.log").read_text().count("== ") == 7
+    assert (tmp_path / "gpu_tiny.log").read_text().count("== ") == 8
 
 
 def test_quality_per_iteration_runs_at_tiny_sizes(tmp_path):

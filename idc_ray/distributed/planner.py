@@ -67,20 +67,24 @@ def shard_seconds(classes: int, matchers: int, times: PartTimes) -> float:
 
 
 def predict(matchers: int, experts: int, *, classes: int, devices: int, gpus: bool, times: PartTimes,
-            max_experts: int, beside: bool = False) -> float:
-    """Predicted seconds per inner iteration of a layout (see the module's model)."""
+            max_experts: int, beside: bool = False, expert_updates: float = 1.0) -> float:
+    """Predicted seconds per inner iteration of a layout (see the module's model).
+    ``expert_updates``: expert updates per inner iteration, ``1 - 1 / (fix_iter x inner_iters)``
+    exactly (none follows a cycle's last iteration); 0.99 in the paper's schedules, so the planner
+    takes 1."""
     shard = shard_seconds(classes, matchers, times)
-    per_state = times.expert_s / min(experts, max_experts)
-    if gpus:
+    per_state = times.expert_s * expert_updates / min(experts, max_experts)
+    if gpus:  # more matchers than GPUs (given counts): a GPU runs its matchers' shards one after another
+        shard *= math.ceil(matchers / devices)
         busiest = max(shard, per_state) + (times.interference * min(shard, per_state) if beside else 0.0)
     else:
-        busiest = max(shard, per_state, (matchers * shard + times.expert_s) / devices)
+        busiest = max(shard, per_state, (matchers * shard + times.expert_s * expert_updates) / devices)
     return busiest + times.overhead_s
 
 
-def in_process_seconds(times: PartTimes) -> float:
+def in_process_seconds(times: PartTimes, expert_updates: float = 1.0) -> float:
     """One process, one device: the matching and the expert update one after the other."""
-    return times.matching_s + times.expert_s
+    return times.matching_s + times.expert_s * expert_updates
 
 
 def candidates(classes: int, devices: int, gpus: bool, max_experts: int,
