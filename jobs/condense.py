@@ -25,7 +25,7 @@ from idc_ray.backends import backend_for
 from idc_ray.cli import (ProgressPrinter, UsageError, add_config_arguments, comma_list, config_from_args,
                          configure_storage, run_main, setup_logging)
 from idc_ray.run.backend import RunOptions, stderr_line
-from idc_ray.run.curve import EvalEvery
+from idc_ray.run.curve import EvalEvery, EvaluationsFailed
 from idc_ray.run.job import FinalEval, PoolOptions, Run, condense_to
 
 
@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run_args.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --output")
     run_args.add_argument("--max-restarts", type=int, default=3, help="actor failures survived before the job fails (default 3)")
     run_args.add_argument("--inject-fault", action="append", default=[], metavar="JSON",
-                          help='testing aid: make matcher ACTOR raise at a step, e.g. \'{"actor": 1, "outer": 1, "inner": 0}\'')
+                          help='testing aid: make matcher ACTOR raise at a step, e.g. \'{"actor": 1, "outer": 1, '
+                               '"inner": 0}\', or the --eval-every evaluation of an outer iteration: \'{"eval": 2}\'')
     pool_args = parser.add_argument_group("pretrained expert pool (expert.pretrained=auto, e.g. the imagenet100 preset)")
     pool_args.add_argument("--pool-cache", metavar="DIR",
                            help="cache of pools, <DIR>/pools/<key> by the settings that shape a pool (default: "
@@ -84,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="also evaluate the stored set (with --eval-models) at outer iteration 0 and every K "
                                 "while the job runs: CPU Ray tasks beside the matchers; curve.png and eval_curve.json "
                                 "in the output, the idc_eval_accuracy{model,iteration} gauge, metrics.eval_curve")
+    eval_args.add_argument("--strict-eval", action="store_true",
+                           help="exit 1 at the end when an --eval-every evaluation failed (default: the failed "
+                                "point is recorded with a warning and the job exits 0)")
     return parser.parse_args(argv)
 
 
@@ -106,23 +110,35 @@ def eval_every(args: argparse.Namespace, final: FinalEval | None) -> EvalEvery |
         return None
     if final is None:
         raise UsageError("--eval-every needs --eval-models, e.g. --eval-every 5 --eval-models convnet3")
-    return EvalEvery(args.eval_every, final.models, final.repeat, final.epochs)
+    fail_at = tuple(int(f["eval"]) for f in faults(args) if "eval" in f)
+    return EvalEvery(args.eval_every, final.models, final.repeat, final.epochs, strict=args.strict_eval,
+                     fail_at=fail_at)
+
+
+def faults(args: argparse.Namespace) -> tuple[dict, ...]:
+    """The --inject-fault values: {"actor", "outer", "inner"[, "repeat"]} or {"eval"}."""
+    try:
+        found = tuple(json.loads(f) for f in args.inject_fault)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--inject-fault must be JSON like '{{\"actor\": 0, \"outer\": 1, \"inner\": 0}}' ({e.msg})") from None
+    for f in found:
+        if not isinstance(f, dict) or not ({"actor", "outer", "inner"} <= set(f) or set(f) == {"eval"}):
+            raise UsageError(f"--inject-fault {json.dumps(f)} is neither {{\"actor\", \"outer\", \"inner\"}} nor "
+                             "{\"eval\": OUTER}")
+    return found
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     if args.checkpoint_every < 1 or args.max_restarts < 0:
         raise UsageError("--checkpoint-every must be >= 1 and --max-restarts >= 0")
-    try:
-        faults = tuple(json.loads(f) for f in args.inject_fault)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--inject-fault must be JSON like '{{\"actor\": 0, \"outer\": 1, \"inner\": 0}}' ({e.msg})") from None
     if (args.expert_actors is not None and args.expert_actors < 1) or args.expert_memory_mb <= 0:
         raise UsageError("--expert-actors must be >= 1 and --expert-memory-mb > 0")
     return RunOptions(backend=args.backend, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
                       cpus_per_actor=args.cpus_per_actor, expert_gpus=args.expert_gpus,
                       expert_actors=args.expert_actors, expert_memory_mb=args.expert_memory_mb,
                       checkpoint_every=args.checkpoint_every, resume=args.resume, max_restarts=args.max_restarts,
-                      spread=args.spread, keep_freed_memory=not args.system_malloc, faults=faults)
+                      spread=args.spread, keep_freed_memory=not args.system_malloc,
+                      faults=tuple(f for f in faults(args) if "actor" in f))
 
 
 def pool_options(args: argparse.Namespace) -> PoolOptions | None:
@@ -140,8 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     final = final_eval(args)
     backend = backend_for(options, address=args.address, device=args.device, log=None if args.quiet else stderr_line)
     printer = None if args.quiet else ProgressPrinter(cfg.schedule.outer_iters, cfg.schedule.inner_iters)
-    path = condense_to(Run(cfg, args.output, backend, options, on_progress=printer, final_eval=final,
-                           pool=pool_options(args), eval_every=eval_every(args, final)))
+    try:
+        path = condense_to(Run(cfg, args.output, backend, options, on_progress=printer, final_eval=final,
+                               pool=pool_options(args), eval_every=eval_every(args, final)))
+    except EvaluationsFailed as e:  # --strict-eval: the set is written, the run is not clean
+        print(f"condensed set written to {e.path}")
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"condensed set written to {path}")
     return 0
 

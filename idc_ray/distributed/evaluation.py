@@ -24,6 +24,7 @@ from idc_ray.distributed.actors import actor_device, actor_runtime_env, use_assi
 from idc_ray.distributed.resources import task_bundle, task_options
 from idc_ray.distributed.tasks import PutOnce, gather
 from idc_ray.evaluation.protocol import EvalTask, RunRecord, Work, done_line, progress_line, run_task
+from idc_ray.run.curve import INJECTED
 
 ACCURACY_METRIC = "idc_eval_accuracy"  # exported as ray_idc_eval_accuracy{model, set}
 
@@ -62,12 +63,14 @@ class LiveGauge:
 @ray.remote(runtime_env=actor_runtime_env(True))  # freed activations reused, as in the matcher actors
 def evaluate_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                   test_y: torch.Tensor, crash_marker: str | None = None, val_x: torch.Tensor | None = None,
-                  val_y: torch.Tensor | None = None, *, lines: Queue | None = None) -> RunRecord:
+                  val_y: torch.Tensor | None = None, *, lines: Queue | None = None, fail: bool = False) -> RunRecord:
     """Run one (model, repeat) on the GPU Ray assigned (else the CPU), reporting the current test
     accuracy as the ``idc_eval_accuracy`` gauge and, given ``lines``, putting a progress line per
     test evaluation there for the driver to print (:func:`progress_queue`). It gets tensors and
     touches no storage, so it takes no storage options (``actors.configure_worker``)."""
     use_assigned_cpus()  # before any torch work: results depend on the thread count
+    if fail:  # testing aid (--inject-fault '{"eval": OUTER}'): an evaluation that raises
+        raise RuntimeError(INJECTED)
     if crash_marker and not os.path.exists(crash_marker):  # testing aid: die once, like a lost node
         open(crash_marker, "w").close()
         os._exit(1)

@@ -22,7 +22,8 @@ from ray.util import metrics
 from idc_ray.distributed.evaluation import ACCURACY_METRIC, evaluate_task
 from idc_ray.distributed.resources import bundle, task_options
 from idc_ray.evaluation.protocol import EvalTask
-from idc_ray.run.curve import EvalEvery, Finished, Key
+from idc_ray.errors import first_line
+from idc_ray.run.curve import EvalEvery, EvalFailed, Finished, Key
 
 
 class CurveGauge:
@@ -73,12 +74,15 @@ class RayCurveRunner:
             done, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
             for ref in done:
                 key, task = self.running.pop(ref)
-                finished.append((key, task, ray.get(ref)))
+                try:
+                    finished.append((key, task, ray.get(ref)))
+                except ray.exceptions.RayError as e:  # the task raised, or its worker is lost for good
+                    finished.append((key, task, EvalFailed(first_line(e, typed=True))))
         while self.queue and len(self.running) < self.options.in_flight:
             key, task, (x_ref, y_ref) = self.queue.popleft()
             ref = evaluate_task.options(**task_options(bundle(self.options.cpus)),
                                         name=f"eval iteration {key[0]} {task.model} repeat {task.repeat + 1}").remote(
-                task, x_ref, y_ref, *self.test_refs)
+                task, x_ref, y_ref, *self.test_refs, fail=key[0] in self.options.fail_at)
             self.running[ref] = (key, task)
         return finished
 

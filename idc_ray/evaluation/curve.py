@@ -30,6 +30,11 @@ def curve_point(model: str, iteration: int, seconds: float, accs: Sequence[float
             "mean": statistics.fmean(accs), "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0}
 
 
+def failed_point(model: str, iteration: int, seconds: float, error: str) -> dict[str, Any]:
+    """A point whose evaluation failed: no accuracy, the error's first line instead."""
+    return {"model": model, "iteration": int(iteration), "seconds": float(seconds), "failed": error}
+
+
 def merge_points(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """``old`` and ``new`` points by (model, iteration); a new point replaces an old one at the same key."""
     merged = {(p["model"], p["iteration"]): dict(p) for p in old}
@@ -66,7 +71,7 @@ def write_curve_png(uri: str, points: Sequence[Mapping[str, Any]]) -> None:
 
 def _draw_curve(axes: Sequence[Any], points: Sequence[Mapping[str, Any]]) -> None:
     for i, model in enumerate(sorted({p["model"] for p in points})):
-        mine = sorted((p for p in points if p["model"] == model), key=lambda p: p["iteration"])
+        mine = sorted((p for p in points if p["model"] == model and "mean" in p), key=lambda p: p["iteration"])
         colour = f"C{i}"
         for ax, key in zip(axes, ("seconds", "iteration")):
             ax.errorbar([p[key] for p in mine], [100 * p["mean"] for p in mine], yerr=[100 * p["std"] for p in mine],

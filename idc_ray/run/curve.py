@@ -12,6 +12,11 @@ the backend's export (the ``idc_eval_accuracy{model, iteration}`` gauge on Ray),
 ``eval_curve.json`` and ``curve.png`` in the output (redrawn, atomically), and at the end
 ``metrics.eval_curve`` in the manifest. Points a previous run of the same output recorded are
 kept (``--resume``).
+
+An evaluation that fails (its task raises, or its worker is lost for good) never stops or
+restarts the condensation: the runners hand it back as :class:`EvalFailed`, the point is recorded
+as failed (``failed``: the first line of the error) with one warning line naming the model and
+the iteration, and the job goes on (``--strict-eval``: it exits 1 at the end instead of 0).
 """
 
 from __future__ import annotations
@@ -26,11 +31,33 @@ import torch
 from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec, load_dataset
 from idc_ray.engine.matcher import stack_stored
-from idc_ray.evaluation.curve import curve_point, merge_points, read_points, write_curve
+from idc_ray.errors import JobError, first_line
+from idc_ray.evaluation.curve import curve_point, failed_point, merge_points, read_points, write_curve
 from idc_ray.evaluation.protocol import EvalTask, RunRecord, form_stored, plan_tasks, run_task
 
 Key = tuple[int, float]  # (outer iteration, seconds of condensation when it was taken)
-Finished = list[tuple[Key, EvalTask, RunRecord]]
+
+
+@dataclass(frozen=True)
+class EvalFailed:
+    """An evaluation task that failed for good, in place of its record."""
+
+    error: str  # the first line of what it raised
+
+
+Finished = list[tuple[Key, EvalTask, "RunRecord | EvalFailed"]]
+
+
+class EvaluationsFailed(JobError):
+    """``--strict-eval`` and some evaluation during the condensation failed; raised after the
+    artifact and its manifest (with the failed points) are written, at ``path``."""
+
+    def __init__(self, path: str, failed: list[dict]):
+        where = ", ".join(f"{p['model']} at outer {p['iteration']}" for p in failed)
+        super().__init__(f"{len(failed)} evaluation(s) during the condensation failed ({where}); the condensed "
+                         f"set is written to {path} (--strict-eval)")
+        self.path, self.failed = path, failed
+INJECTED = "injected evaluation failure (--inject-fault eval, a testing aid)"
 
 
 @dataclass(frozen=True)
@@ -43,6 +70,8 @@ class EvalEvery:
     epochs: int | None = None
     cpus: float = 0.01  # per Ray task, outside the job's placement group (distributed/watch.py)
     in_flight: int = 1  # Ray tasks running at once
+    strict: bool = False  # --strict-eval: a failed evaluation makes the job exit 1 at its end
+    fail_at: tuple[int, ...] = ()  # testing aid: the evaluations of these outer iterations raise
 
     def check(self) -> None:
         if self.every < 1:
@@ -69,14 +98,22 @@ class LocalCurveRunner:
     """The tasks in this process, right when a snapshot is taken."""
 
     def __init__(self, test: tuple[torch.Tensor, torch.Tensor], options: EvalEvery, device: str = "cpu"):
-        self.test, self.device = test, device
+        self.test, self.options, self.device = test, options, device
         self.busy_seconds = 0.0
         self.done: Finished = []
 
     def submit(self, key: Key, tasks: list[EvalTask], x: torch.Tensor, y: torch.Tensor) -> None:
         tick = time.perf_counter()
-        self.done += [(key, task, run_task(task, x, y, *self.test, device=self.device)) for task in tasks]
+        self.done += [(key, task, self._run(task, x, y, key[0] in self.options.fail_at)) for task in tasks]
         self.busy_seconds += time.perf_counter() - tick
+
+    def _run(self, task: EvalTask, x: torch.Tensor, y: torch.Tensor, fail: bool) -> RunRecord | EvalFailed:
+        try:
+            if fail:
+                raise RuntimeError(INJECTED)
+            return run_task(task, x, y, *self.test, device=self.device)
+        except Exception as e:  # noqa: BLE001 - any failure of an evaluation is recorded, never fatal
+            return EvalFailed(first_line(e, typed=True))
 
     def ready(self) -> Finished:
         done, self.done = self.done, []
@@ -108,6 +145,7 @@ class CurveWatcher:
             self.runner.export(p)
         self.started = time.perf_counter()
         self.records: dict[tuple[int, str], list[RunRecord]] = defaultdict(list)
+        self.failed: list[dict] = []  # this run's failed points
 
     def take(self, outer: int, states: dict[int, dict]) -> None:
         """A snapshot (``Snapshots.take``): its tasks go to the runner."""
@@ -133,7 +171,12 @@ class CurveWatcher:
         for (outer, seconds), task, record in finished:
             self._record(outer, seconds, task, record)
 
-    def _record(self, outer: int, seconds: float, task: EvalTask, record: RunRecord) -> None:
+    def _record(self, outer: int, seconds: float, task: EvalTask, record: RunRecord | EvalFailed) -> None:
+        if any(p["model"] == task.model and p["iteration"] == outer for p in self.failed):
+            return  # the point failed already: one warning for it, not one per repeat
+        if isinstance(record, EvalFailed):
+            self._failed(failed_point(task.model, outer, seconds, record.error))
+            return
         runs = self.records[(outer, task.model)]
         runs.append(record)
         if len(runs) < task.repeats:
@@ -142,7 +185,14 @@ class CurveWatcher:
         self.points = merge_points(self.points, [point])
         self.runner.export(point)
         write_curve(self.output, self.points)
-        init = next((p for p in self.points if p["model"] == task.model and p["iteration"] == 0), None)
+        init = next((p for p in self.points if p["model"] == task.model and p["iteration"] == 0 and "mean" in p), None)
         versus = f" (initialisation {100 * init['mean']:.2f}%)" if init and outer else ""
         self.log(f"[curve] outer {outer} {task.model}: {100 * point['mean']:.2f} ± {100 * point['std']:.2f}% "
                  f"over {len(runs)} repeats after {point['seconds']:.0f}s of condensation{versus}")
+
+    def _failed(self, point: dict) -> None:
+        self.failed.append(point)
+        self.points = merge_points(self.points, [point])
+        write_curve(self.output, self.points)
+        self.log(f"[curve] warning: the evaluation of {point['model']} at outer iteration {point['iteration']} "
+                 f"failed ({point['failed']}); recorded as failed, the condensation goes on")

@@ -23,7 +23,7 @@ from idc_ray.evaluation.protocol import check_models
 from idc_ray.evaluation.report import table
 from idc_ray.evaluation.run import evaluate_artifact
 from idc_ray.run.backend import Backend, RunOptions, stderr_line
-from idc_ray.run.curve import CurveWatcher, EvalEvery
+from idc_ray.run.curve import CurveWatcher, EvalEvery, EvaluationsFailed
 from idc_ray.run.hooks import RunHooks, Snapshots
 from idc_ray.run.recovery import run_with_restarts
 from idc_ray.run.schedule import Progress
@@ -106,6 +106,8 @@ def condense_to(run: Run) -> str:
             record_metrics(path, {"eval_curve": watcher.finish()})
         if run.final_eval is not None:
             evaluate_written(path, run.final_eval, backend)
+    if watcher is not None and watcher.failed and run.eval_every.strict:
+        raise EvaluationsFailed(path, watcher.failed)
     return path
 
 

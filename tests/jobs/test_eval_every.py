@@ -131,3 +131,47 @@ def test_ray_eval_every_runs_beside_the_matchers_and_exports_the_gauge(condense,
     assert torch.equal(load_condensed(watched)[0], load_condensed(plain)[0])
     assert [p["iteration"] for p in curve(watched)] == [0, 2]
     assert any('iteration="0"' in ln and 'model="convnet3"' in ln for ln in seen), seen[:5]
+
+
+def _failed_once(done, out, outer: int) -> list[dict]:
+    """One warning line for the failed point, recorded as failed in eval_curve.json and the manifest."""
+    warnings = [ln for ln in done.stderr.splitlines() if "[curve] warning:" in ln]
+    assert len(warnings) == 1 and f"the evaluation of convnet3 at outer iteration {outer} failed" in warnings[0]
+    assert "injected evaluation failure" in warnings[0] and "the condensation goes on" in warnings[0]
+    points = curve(out)
+    failed = [p for p in points if "failed" in p]
+    assert [(p["model"], p["iteration"]) for p in failed] == [("convnet3", outer)] and "mean" not in failed[0]
+    manifest = load_condensed(out)[2]["metrics"]
+    assert manifest["eval_curve"] == points and manifest["restarts"] == 0  # the matchers were never restarted
+    return points
+
+
+def test_a_failing_evaluation_is_recorded_and_the_condensation_goes_on(condense, tmp_path):
+    out = tmp_path / "run"
+    done = condense("--backend", "local", "--outer-iters", "2", "--output", str(out), "--eval-every", "1", *EVAL,
+                    "--inject-fault", '{"eval": 1}')
+    assert done.returncode == 0, done.stderr
+    points = _failed_once(done, out, 1)
+    assert [(p["iteration"], "mean" in p) for p in points] == [(0, True), (1, False), (2, True)]
+    assert (out / CURVE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # drawn from the good points
+
+
+def test_a_failing_ray_evaluation_neither_stops_nor_restarts_the_job_and_strict_eval_exits_1(condense, ray_cluster,
+                                                                                               tmp_path):
+    out = tmp_path / "run"
+    done = condense("--address", ray_cluster, "--num-actors", "2", "--outer-iters", "2", "--output", str(out),
+                    "--eval-every", "2", *EVAL, "--inject-fault", '{"eval": 2}', "--strict-eval")
+    assert done.returncode == 1, done.stderr
+    points = _failed_once(done, out, 2)
+    assert [(p["iteration"], "mean" in p) for p in points] == [(0, True), (2, False)]
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors == [f"error: 1 evaluation(s) during the condensation failed (convnet3 at outer 2); the condensed "
+                      f"set is written to {out / 'manifest.json'} (--strict-eval)"]
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unknown_fault_is_one_line(condense, tmp_path):
+    done = condense("--backend", "local", "--output", str(tmp_path / "x"), "--inject-fault", '{"evaluation": 2}')
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        'error: --inject-fault {"evaluation": 2} is neither {"actor", "outer", "inner"} nor {"eval": OUTER}']
+    assert not (tmp_path / "x").exists()
