@@ -177,7 +177,10 @@ def ray_runs(device: torch.device, tiny: bool, inner: int, log: Log) -> tuple[di
               "actors_on_device": on_gpu if device.type == "cuda" else None,
               "run_to_run_max_abs_diff": run_to_run, "across_actor_counts_max_abs_diff": across,
               # Sharding must add nothing beyond the device's own run-to-run noise.
+              "tolerance": max(FLOAT32_TOLERANCE, 3 * run_to_run),
               "stored_equal_within_float32": across <= max(FLOAT32_TOLERANCE, 3 * run_to_run)}
+    log(f"[ray] stored data across actor counts moved by at most {across:.3g}, the tolerance "
+        f"{result['tolerance']:.3g} (3x the run-to-run {run_to_run:.3g}, at least {FLOAT32_TOLERANCE:g})")
     return result, {"stored": base, "labels": job.labels, "cfg": cfg, "spec": job.spec}
 
 
@@ -297,17 +300,29 @@ def section(name: str, log: Log, fn, errors: dict):
         return None
 
 
+SECTIONS = ("cuda", "matching", "ray_job", "expert_share", "evaluation", "breakdown", "networks", "scaling_model")
+
+
 def failed_checks(result: dict, device_type: str) -> list[str]:
-    failed = [f"section {name} failed: {err}" for name, err in result["errors"].items()]
+    """What makes the check fail. A section or key that is missing is a failure, never a pass: a
+    check that did not run has not shown anything."""
+    failed = [f"section {name} failed: {err}" for name, err in result.get("errors", {}).items()]
+    failed += [f"section {name} has no result" for name in SECTIONS
+               if not result.get(name) and name not in result.get("errors", {})]
+    cuda = device_type == "cuda"
     ray_result = result.get("ray_job") or {}
-    if ray_result.get("actors_on_device") is False:
-        failed.append("a matcher actor did not get the GPU")
-    if ray_result and not ray_result.get("stored_equal_within_float32", True):
-        failed.append("stored data differ across actor counts by more than the device's run-to-run differences")
-    if device_type == "cuda" and any(not r["device"].startswith("cuda") for r in (result.get("networks") or {}).values()):
-        failed.append("a test network did not train on the GPU")
-    if (result.get("evaluation") or {}).get("task_on_device") is False:
-        failed.append("the evaluation task did not run on the GPU")
+    if ray_result:
+        if cuda and ray_result.get("actors_on_device") is not True:
+            failed.append("a matcher actor did not get the GPU (or it was not recorded)")
+        if ray_result.get("stored_equal_within_float32") is not True:
+            failed.append("stored data differ across actor counts by more than the device's run-to-run differences "
+                          f"(moved {ray_result.get('across_actor_counts_max_abs_diff')}, tolerance "
+                          f"{ray_result.get('tolerance')}; or it was not recorded)")
+    networks = result.get("networks") or {}
+    if cuda and any(not str(r.get("device", "")).startswith("cuda") for r in networks.values()):
+        failed.append("a test network did not train on the GPU (or it was not recorded)")
+    if cuda and result.get("evaluation") and (result["evaluation"] or {}).get("task_on_device") is not True:
+        failed.append("the evaluation task did not run on the GPU (or it was not recorded)")
     return failed
 
 

@@ -139,3 +139,27 @@ def test_quality_per_iteration_runs_at_tiny_sizes(tmp_path):
         run = mode["runs"][0]
         assert run["gain"] == pytest.approx(run["last"] - run["init"]) and len(run["loss_history"]) == 1
     assert r["modes"]["stream"]["runs"][0]["init"] == r["modes"]["independent"]["runs"][0]["init"]
+
+
+def test_gpu_check_fails_on_what_is_missing_not_only_on_what_is_wrong():
+    """benchmarks/gpu_check.py failed_checks: a section without a result, or a key a check reads
+    that is not there, is a failure (a GPU check that measured nothing must not pass)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from gpu_check import SECTIONS, failed_checks
+    finally:
+        sys.path.remove(str(BENCH))
+    assert failed_checks({"errors": {}}, "cpu") == [f"section {name} has no result" for name in SECTIONS]
+    full = {name: {"x": 1} for name in SECTIONS} | {"errors": {}}
+    full["ray_job"] = {"stored_equal_within_float32": True}
+    full["networks"] = {"cifar10/convnet3": {"device": "cpu"}}
+    assert failed_checks(full, "cpu") == []
+    on_gpu = failed_checks(full, "cuda")  # on CUDA the device keys must be there and true
+    assert any("matcher actor did not get the GPU" in f for f in on_gpu)
+    assert any("evaluation task did not run on the GPU" in f for f in on_gpu)
+    assert any("test network did not train on the GPU" in f for f in on_gpu)
+    full["ray_job"] = {"stored_equal_within_float32": False, "across_actor_counts_max_abs_diff": 0.5,
+                       "tolerance": 1e-4, "actors_on_device": True}
+    assert failed_checks(full, "cpu") == ["stored data differ across actor counts by more than the device's "
+                                          "run-to-run differences (moved 0.5, tolerance 0.0001; or it was not recorded)"]
+

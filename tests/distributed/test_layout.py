@@ -5,21 +5,21 @@ import logging
 import pytest
 
 from idc_ray.run.backend import RunOptions
-from idc_ray.distributed.resources import EXPERT_GPU_SHARE, plan_layout
+from idc_ray.distributed.resources import plan_layout
 from idc_ray.distributed.session import ClusterError
 
 
 def test_one_gpu_is_shared_by_the_matcher_and_the_expert():
     layout = plan_layout(10, RunOptions(), {"CPU": 16, "GPU": 1})
     assert len(layout.shards) == 1 and layout.shards[0] == list(range(10))
-    assert layout.gpus == 1 - EXPERT_GPU_SHARE and layout.expert_gpus == EXPERT_GPU_SHARE
+    assert (layout.gpus, layout.expert_gpus) == (0.75, 0.25)  # literal: the shares the docs promise
     assert layout.gpus + layout.expert_gpus == 1  # both fit on the one GPU
 
 
 def test_eight_gpus_one_matcher_each_and_the_expert_beside_one():
     layout = plan_layout(100, RunOptions(), {"CPU": 64, "GPU": 8})
     assert len(layout.shards) == 8
-    assert layout.gpus == 1 - EXPERT_GPU_SHARE and layout.expert_gpus == EXPERT_GPU_SHARE
+    assert (layout.gpus, layout.expert_gpus) == (0.75, 0.25)  # literal: the shares the docs promise
 
 
 def test_a_whole_spare_gpu_goes_to_the_expert():

@@ -175,3 +175,15 @@ def test_an_unknown_fault_is_one_line(condense, tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         'error: --inject-fault {"evaluation": 2} is neither {"actor", "outer", "inner"} nor {"eval": OUTER}']
     assert not (tmp_path / "x").exists()
+
+
+def test_the_last_curve_point_equals_the_final_evaluation(condense, tmp_path):
+    """The same set, models, seeds, epochs and thread count: the curve's last point and
+    --eval-models are one computation, bit for bit on the CPU."""
+    out = tmp_path / "run"
+    done = condense("--backend", "local", "--outer-iters", "2", "--output", str(out), "--eval-every", "2", *EVAL)
+    assert done.returncode == 0, done.stderr
+    last = curve(out)[-1]
+    runs = json.loads((out / "results.json").read_text())["models"]["convnet3"]["runs"]
+    assert last["iteration"] == 2 and last["accs"] == [r["last"] for r in runs]
+    assert load_condensed(out)[2]["metrics"]["eval"]["convnet3"]["mean"] == last["mean"]
