@@ -4,6 +4,10 @@ session's Ray cluster: reports, the exemplar cache and its resumption, bad input
 import hashlib
 import importlib.util
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +88,44 @@ def test_killed_stage_resumes_from_the_cache_with_the_same_bytes(first_run, tmp_
     assert {s: load_condensed(cache / s / "idc")[2]["files"] for s in sums} == sums
     assert kept.stat().st_mtime_ns == kept_mtime  # finished work is not redone
     assert runs() == results  # the same learners on the same memories: the same accuracies
+
+
+def _kill_when_running(title: str, killed: list[int], stop: threading.Event) -> None:
+    """Kill (SIGKILL, by its pid) the Ray worker whose process title is ``ray::<title>``, once,
+    as soon as it runs: Ray titles a worker with the name of the task it executes."""
+    while not stop.is_set() and not killed:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text.startswith(f"ray::{title}"):
+                pid = int(cmdline.parent.name)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.02)
+
+
+@pytest.mark.slow  # a stage's process killed by its pid while it condenses
+def test_a_stage_killed_by_its_pid_is_retried_and_the_table_is_the_undisturbed_one(first_run, tmp_path):
+    out = tmp_path / "run"
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_when_running, args=("exemplars idc stage 2", killed, stop))
+    killer.start()
+    try:
+        assert run("--output", str(out)) == 0
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 1  # the stage really was killed mid-run, by its process id
+    results = lambda folder: {m: e["convnet3"]["runs"]
+                              for m, e in json.loads((folder / "results.json").read_text())["results"].items()}
+    assert results(out) == results(first_run)
+    (cache,) = (out / "cache").iterdir()
+    (reference,) = (first_run / "cache").iterdir()
+    assert torch.equal(load_condensed(cache / "stage-2" / "idc")[0], load_condensed(reference / "stage-2" / "idc")[0])
 
 
 @pytest.mark.parametrize("args,message", [
