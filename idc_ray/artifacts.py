@@ -17,7 +17,6 @@ data. The schema and a torch + pyarrow-only reader are in docs/artifact.md.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -139,7 +138,7 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
         "shape": [spec.channels, spec.size, spec.size], "mean": list(spec.mean), "std": list(spec.std),
         "config": config, "resolved": meta.get("resolved"), "code_version": meta.get("code_version", __version__),
         "metrics": {k: v for k, v in meta.items() if k not in consumed},
-        "files": {PARQUET: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": len(labels)}},
+        "files": {PARQUET: {"sha256": storage.sha256(data), "bytes": len(data), "rows": len(labels)}},
     }
     target = storage.join(out, MANIFEST)
     storage.atomic_write_bytes(target, json.dumps(manifest, indent=1).encode())
@@ -194,8 +193,8 @@ def load_condensed(uri: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, 
     data = storage.read_required(target, ArtifactError(
         f"'{target}' is missing although its manifest exists; the folder was altered, rerun jobs/condense.py"))
     expected = manifest.get("files", {}).get(PARQUET, {}).get("sha256")
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise ArtifactError(f"'{target}' does not match the sha256 in its manifest: the file is corrupt or was modified")
+    storage.verify(data, expected, ArtifactError(
+        f"'{target}' does not match the sha256 in its manifest: the file is corrupt or was modified"))
     try:
         table = pq.read_table(pa.BufferReader(data), columns=["label", "data"])
     except (pa.ArrowException, OSError) as e:

@@ -16,7 +16,6 @@ good one, so ``--resume`` continues from there (the replay is deterministic: sam
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -99,7 +98,7 @@ class CheckpointStore:
         name = _file_name(ckpt.outer)
         uri = storage.join(self.root, name)
         storage.atomic_write_bytes(uri, raw)
-        entry = {"outer": ckpt.outer, "file": name, "sha256": hashlib.sha256(raw).hexdigest()}
+        entry = {"outer": ckpt.outer, "file": name, "sha256": storage.sha256(raw)}
         kept = [entry, *(e for e in self._pointer() if e["file"] != name)][: self.keep]
         # "outer" and "file" at the top name the newest checkpoint for a reader of the folder.
         pointer = {"format": POINTER_FORMAT, "version": POINTER_VERSION, "outer": ckpt.outer, "file": name,
@@ -113,8 +112,8 @@ class CheckpointStore:
         uri = storage.join(self.root, entry["file"])
         raw = storage.read_required(uri, CheckpointError(
             f"checkpoint '{uri}' is missing although latest.json lists it"))
-        if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
-            raise CheckpointError(f"checkpoint '{uri}' does not match its sha256 in latest.json (corrupt or modified)")
+        storage.verify(raw, entry["sha256"], CheckpointError(
+            f"checkpoint '{uri}' does not match its sha256 in latest.json (corrupt or modified)"))
         return _deserialise(raw, uri)
 
     def latest(self) -> Checkpoint | None:

@@ -24,7 +24,7 @@ def pretrain_seed(cfg: IDCConfig, data: RealData, out: str | Path, seed: int, *,
                   device: str | torch.device = "cpu",
                   on_epoch: Callable[[int, int, float], None] | None = None) -> list[Path]:
     """Train pool network ``seed`` on the real data, saving ``seed{seed}/epoch{e}.pt`` for
-    e = 0..epochs (epoch 0 is the initialisation). Its draws are keyed by (config seed, pool
+    e = 0..epochs (epoch 0 is the initialisation), each with its sha256 sidecar. Its draws are keyed by (config seed, pool
     seed), so a seed gives the same network whichever process trains it."""
     spec = build_plan(cfg, data.spec).expert
     store = ClassStore(data.train_x, data.train_y)
@@ -40,6 +40,7 @@ def pretrain_seed(cfg: IDCConfig, data: RealData, out: str | Path, seed: int, *,
         state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
         with storage.atomic_local_path(path) as tmp:
             torch.save(state, tmp)
+        storage.seal(path)  # its sha256, last: checked whenever the pool is used
         written.append(path)
     return written
 

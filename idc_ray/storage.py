@@ -20,13 +20,21 @@ completes, so an interrupted upload leaves nothing; a failed streaming upload is
 files is committed by writing the files first and a small pointer or manifest LAST
 (the checkpoints' ``latest.json``, the artifact's ``manifest.json``, the dataset's ``dataset.json``).
 
+Checksums: every file idc-ray reads back carries a sha256 recorded when it was written, in the
+pointer or manifest that publishes it (checkpoints, artifacts) or, for a single cached file, in a
+sidecar ``<file>.sha256`` written LAST (:func:`write_checked`, :func:`seal`). A file whose bytes
+do not match is refused with one line naming it (:class:`ChecksumError`); a cache
+(:func:`cache_intact`) is then rebuilt, never silently used.
+
 Every failure of the backend surfaces as one :class:`StorageError` line naming the URI and the fix
 (and the storage options by their keys, never their values: they may hold secrets).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import posixpath
 import tempfile
@@ -361,3 +369,105 @@ def remove(uri: str | os.PathLike, *, recursive: bool = False, missing_ok: bool 
         except FileNotFoundError:
             if not missing_ok:
                 raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums: the one sha256 mechanism of every file read back
+# ---------------------------------------------------------------------------------------------
+SHA256_SUFFIX = ".sha256"
+_CHUNK = 1 << 20
+
+log = logging.getLogger("idc_ray")
+
+
+class ChecksumError(StorageError):
+    """A file whose bytes do not match the sha256 recorded when it was written (corrupt,
+    truncated or modified), or whose checksum is missing; one line naming the file."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "checksum")
+
+
+def sha256(data: bytes) -> str:
+    """The hex sha256 of ``data`` (what pointers, manifests and sidecars record)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(uri: str | os.PathLike) -> str:
+    """The hex sha256 of the file at ``uri``, read in chunks (decode caches are gigabytes)."""
+    digest = hashlib.sha256()
+    with open_input(uri) as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(data: bytes, expected: str | None, error: Exception) -> bytes:
+    """``data`` when its sha256 is ``expected``; else raise ``error`` (the caller's one line)."""
+    if sha256(data) != expected:
+        raise error
+    return data
+
+
+def sidecar(uri: str | os.PathLike) -> str:
+    """Where the sha256 of the file at ``uri`` is kept: ``<uri>.sha256``."""
+    return os.fspath(uri) + SHA256_SUFFIX
+
+
+def seal(uri: str | os.PathLike, digest: str | None = None) -> str:
+    """Record the sha256 of the (already written) file at ``uri`` in its sidecar, atomically;
+    call it LAST, so a file counts as written only once its checksum is there. ``digest``: the
+    sha256 when the caller has the bytes (else the file is read)."""
+    digest = digest or file_sha256(uri)
+    atomic_write_bytes(sidecar(uri), f"{digest}\n".encode())
+    return digest
+
+
+def write_checked(uri: str | os.PathLike, data: bytes) -> str:
+    """``data`` at ``uri`` atomically, then its sha256 sidecar (:func:`seal`); returns the sha256."""
+    atomic_write_bytes(uri, data)
+    return seal(uri, sha256(data))
+
+
+def _expected(uri: str) -> str:
+    try:
+        return read_bytes(sidecar(uri)).decode("ascii", "replace").strip()
+    except StorageError as e:
+        if e.kind != "missing":
+            raise
+        raise ChecksumError(f"'{uri}' has no sha256 ({sidecar(uri)} is missing): written by an older "
+                            "idc_ray or not completely") from None
+
+
+def _mismatch(uri: str) -> ChecksumError:
+    return ChecksumError(f"'{uri}' does not match its sha256 in {os.path.basename(sidecar(uri))} "
+                         "(corrupt, truncated or modified)")
+
+
+def check_file(uri: str | os.PathLike) -> None:
+    """Raise :class:`ChecksumError` unless the file at ``uri`` matches its sidecar (read in chunks)."""
+    uri = os.fspath(uri)
+    if file_sha256(uri) != _expected(uri):
+        raise _mismatch(uri)
+
+
+def read_checked(uri: str | os.PathLike) -> bytes:
+    """The bytes at ``uri``, checked against its sidecar (:class:`ChecksumError` if not)."""
+    uri = os.fspath(uri)
+    return verify(read_bytes(uri), _expected(uri), _mismatch(uri))
+
+
+def cache_intact(uri: str | os.PathLike, what: str = "rebuilding the cache") -> bool:
+    """Whether the cache file at ``uri`` can be used: False when it is absent, or refused (no or
+    a mismatching sha256), in which case one warning line names it and says ``what`` happens
+    now. The caller then rebuilds it; the refused file stays refused until its rebuilt bytes
+    and their sidecar replace it."""
+    uri = os.fspath(uri)
+    if not exists(uri):
+        return False
+    try:
+        check_file(uri)
+        return True
+    except ChecksumError as e:
+        log.warning("%s; %s", e, what)
+    return False

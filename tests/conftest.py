@@ -211,3 +211,24 @@ def idc_log():
     for handler in handlers:
         logger.removeHandler(handler)
     logger.setLevel(before)
+
+
+
+def _damage(path, how: str) -> None:
+    """Corrupt a written file as a bad disk or a killed copy would: ``flip`` one byte in its
+    middle, or ``truncate`` it to its first half."""
+    path = Path(path)
+    raw = bytearray(path.read_bytes())
+    if how == "flip":
+        raw[len(raw) // 2] ^= 0xFF
+    elif how == "truncate":
+        raw = raw[: len(raw) // 2]
+    else:
+        raise ValueError(how)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.fixture
+def damage():
+    """``damage(path, how)``: corrupt the file at ``path`` (``how``: ``flip`` or ``truncate``)."""
+    return _damage

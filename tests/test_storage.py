@@ -171,6 +171,30 @@ def test_unreadable_checkpoints_with_no_good_one_left_are_one_line(tmp_path, war
 
 
 # ------------------------------------------------------------------ read_json
+def test_a_checked_file_carries_its_sha256_written_last_and_is_refused_when_damaged(root, warnings_seen):
+    """The one sha256 mechanism of the caches: the sidecar is written after the file; a flipped,
+    truncated or unsealed file is refused in one line naming it, and a cache then says so once."""
+    uri = storage.join(root, "c", "cache.bin")
+    data = bytes(range(256)) * 8
+    assert storage.write_checked(uri, data) == hashlib.sha256(data).hexdigest()
+    assert storage.read_bytes(storage.sidecar(uri)).decode().strip() == hashlib.sha256(data).hexdigest()
+    assert storage.read_checked(uri) == data and storage.cache_intact(uri) and not warnings_seen
+    storage.check_file(uri)
+    for damaged in (data[:100], data[:1000] + b"\x00" + data[1001:]):
+        storage.atomic_write_bytes(uri, damaged)
+        with pytest.raises(storage.ChecksumError, match="does not match its sha256") as refused:
+            storage.read_checked(uri)
+        assert uri in str(refused.value) and "\n" not in str(refused.value)
+        with pytest.raises(storage.ChecksumError):
+            storage.check_file(uri)
+    assert not storage.cache_intact(uri, "rebuilding it")
+    assert len(warnings_seen) == 1 and uri in warnings_seen[0] and warnings_seen[0].endswith("; rebuilding it")
+    storage.remove(storage.sidecar(uri))
+    with pytest.raises(storage.ChecksumError, match="has no sha256"):
+        storage.check_file(uri)
+    assert not storage.cache_intact(storage.join(root, "c", "absent.bin")) and len(warnings_seen) == 1  # absent: silent
+
+
 def test_read_json_checks_format_and_version(tmp_path):
     uri = str(tmp_path / "doc.json")
     read = lambda **kw: storage.read_json(uri, fmt="f", version=2, kind="f document", fix="fix it", **kw)  # noqa: E731

@@ -4,15 +4,19 @@ A stage's real data is written once as a Parquet dataset (``stage-S/data``, labe
 every method reads it from there: IDC condenses it with the base preset's settings through the
 condensation job (:func:`condense_stage`, the one call into it), Herding and Random pick real
 images with :mod:`idc_ray.evaluation.baselines`. Every result is cached under the stage's folder
-(IDC: the condensation's artifact folder, whose manifest is written last; the baselines: a torch
-file written under a temporary name and renamed), so a rerun or a crash resumes without redoing
-finished work: an unfinished condensation continues from its last checkpoint, and every draw is
-keyed by (seed, class, iteration), so the resumed stage ends with the same bytes.
+(IDC: the condensation's artifact folder, whose manifest is written last with the sha256 of its
+Parquet file; the baselines: a torch file written under a temporary name and renamed, then its
+sha256 sidecar), so a rerun or a crash resumes without redoing finished work. A cached result
+whose bytes do not match its sha256 is refused with one warning line naming it and made again
+(IDC: resumed from the stage's last checkpoint), never used. An unfinished condensation
+continues from its last checkpoint, and every draw is keyed by (seed, class, iteration), so the
+resumed stage ends with the same bytes.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,13 +32,14 @@ from idc_ray.engine import rng
 from idc_ray.errors import first_line
 from idc_ray.data import load_dataset
 from idc_ray.evaluation.baselines import baseline_set, train_feature_net
-from idc_ray.artifacts import load_condensed
+from idc_ray.artifacts import ArtifactError, load_condensed
 from idc_ray.evaluation.protocol import form_stored
 from idc_ray.evaluation.sets import artifact_set, file_set, is_plain_file
 from idc_ray.data import get_spec
 
 IDC, HERDING, RANDOM = "idc", "herding", "random"
 BUILTIN = (IDC, HERDING, RANDOM)
+log = logging.getLogger("idc_ray")
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,19 @@ def cache_path(job: ExemplarJob) -> str:
 
 
 def is_cached(job: ExemplarJob) -> bool:
-    marker = os.path.join(cache_path(job), "manifest.json") if job.method == IDC else cache_path(job)
-    return os.path.isfile(marker)
+    """Whether the job's result is cached and intact (its sha256 checked); a refused one gets one
+    warning line naming the file and is made again."""
+    target = cache_path(job)
+    if job.method != IDC:
+        return storage.cache_intact(target, f"making the {job.method} exemplars of stage {job.stage + 1} again")
+    if not os.path.isfile(os.path.join(target, "manifest.json")):
+        return False
+    try:
+        load_condensed(target)
+        return True
+    except ArtifactError as e:
+        log.warning("%s; condensing stage %d again", e, job.stage + 1)
+    return False
 
 
 def make_exemplars(job: ExemplarJob, device: str | torch.device = "cpu") -> str:
@@ -90,7 +106,7 @@ def make_exemplars(job: ExemplarJob, device: str | torch.device = "cpu") -> str:
     stored, labels = baseline_set(job.method, cfg, data, job.cfg.synset.ipc, net=net, device=device)
     buffer = io.BytesIO()
     torch.save({"stored": stored.float().contiguous(), "labels": labels}, buffer)
-    storage.atomic_write_bytes(target, buffer.getvalue())
+    storage.write_checked(target, buffer.getvalue())
     return target
 
 
@@ -101,7 +117,7 @@ def load_memory(job: ExemplarJob, classes: list[int]) -> tuple[torch.Tensor, tor
         stored, labels, _ = load_condensed(cache_path(job))
         x, y = form_stored(job.cfg, get_spec(job.cfg.data.dataset, job.cfg.data.data_uri), stored, labels)
     else:
-        payload = torch.load(cache_path(job), map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(storage.read_checked(cache_path(job))), map_location="cpu", weights_only=True)
         x, y = payload["stored"].flatten(0, 1), payload["labels"]
     return x.float(), torch.tensor(classes)[y]
 

@@ -9,6 +9,10 @@ Location, in order: the ``IDC_CACHE_DIR`` environment variable, else the user's 
 (``$XDG_CACHE_HOME/idc_ray``, else ``~/.cache/idc_ray``): data folders are often read-only or
 shared, so nothing is written next to the data. The data root is part of the digest, so one
 cache serves any number of data folders. A cache that cannot be written only costs a warning.
+
+Each cache file carries its sha256 in ``<file>.sha256``, written last (``idc_ray.storage.seal``)
+and checked before the file is mapped: a corrupt, truncated or unsealed cache is refused with
+one warning line naming it and decoded again, never used.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from idc_ray.storage import atomic_local_path
+from idc_ray import storage
 
 from .sources import Arrays
 
@@ -46,7 +50,7 @@ def cache_path(root: str, name: str, key: dict[str, Any]) -> Path:
 
 def cached(path: Path, build: Callable[[], tuple[Arrays, dict[str, Any]]]) -> tuple[Arrays, dict[str, Any]]:
     """The arrays and metadata at ``path``, or ``build()``'s result, saved there for next time."""
-    if path.is_file():
+    if storage.cache_intact(path, "decoding again"):
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return tuple(payload[k] for k in ("train_x", "train_y", "test_x", "test_y")), payload["meta"]
@@ -55,9 +59,10 @@ def cached(path: Path, build: Callable[[], tuple[Arrays, dict[str, Any]]]) -> tu
     arrays, meta = build()
     payload = dict(zip(("train_x", "train_y", "test_x", "test_y"), arrays), meta=meta)
     try:
-        with atomic_local_path(path) as tmp:
+        with storage.atomic_local_path(path) as tmp:
             torch.save(payload, tmp)
-    except OSError as e:
-        warnings.warn(f"could not write the decoded-data cache {path} ({e.strerror or e}); "
+        storage.seal(path)
+    except (OSError, storage.StorageError) as e:
+        warnings.warn(f"could not write the decoded-data cache {path} ({getattr(e, 'strerror', None) or e}); "
                       f"set {CACHE_ENV} to a writable folder to decode only once", stacklevel=2)
     return arrays, meta

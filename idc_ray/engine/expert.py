@@ -14,6 +14,7 @@ from typing import Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from idc_ray import storage
 from idc_ray.engine import rng
 from idc_ray.engine.spec import SharedSpec
 from idc_ray.engine.streams import ExpertStream
@@ -78,6 +79,8 @@ def init_expert(spec: ExpertSpec, outer: int) -> nn.Module:
         path = pool_checkpoint(spec.pretrained, pool_seed, epoch)
         if not path.is_file():
             raise FileNotFoundError(f"pretrained pool is missing {path}; pretrain at least {epoch} epochs")
+        if Path(storage.sidecar(path)).is_file():  # pools written before checksums have none
+            storage.check_file(path)  # a corrupt network is refused in one line, never trained from
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model
 

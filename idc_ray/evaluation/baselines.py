@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from idc_ray import storage
 from idc_ray.config import IDCConfig
 from idc_ray.data import ClassStore, RealData, with_stats
 from idc_ray.engine import rng
@@ -77,11 +78,17 @@ def train_feature_net(cfg: IDCConfig, data: RealData, epochs: int, *, device: st
 
 def load_feature_net(cfg: IDCConfig, data: RealData, path: str | Path) -> FeatureNet:
     """A feature network from a torch file: a bare state dict of ``cfg.expert.model`` or a file
-    written by :meth:`FeatureNet.to_bytes` (whose model, width and norm then take precedence)."""
+    written by :meth:`FeatureNet.to_bytes` (whose model, width and norm then take precedence).
+    A file with a sha256 sidecar (jobs/evaluate.py writes ``herding_net.pt`` so) is checked
+    against it: a corrupt or truncated one is refused with one line (ValueError) naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--herding-net '{path}' not found; pass a state dict file or omit it to train one")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        raw = storage.read_checked(path) if Path(storage.sidecar(path)).is_file() else path.read_bytes()
+    except storage.ChecksumError as e:
+        raise ValueError(f"--herding-net {e}; pass an intact file, or omit it to train the network again") from None
+    payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     if isinstance(payload, dict) and "state_dict" in payload:
         x = replace(cfg.expert, model=payload.get("model", cfg.expert.model), width=payload.get("width"),
                     norm=payload.get("norm"))

@@ -211,9 +211,10 @@ def report_folder(sets: Sequence[EvalSet] | int, output: str | None, condensed: 
 def write_reports(folder: str, results: Sequence[Mapping[str, Any]], extra: Mapping[str, bytes] | None = None) -> str:
     """One set: results.md, curves.png, results.json in ``folder``. Several: each set's report in
     ``folder/<label>/``, then the combined results.md and curves.png (with accuracy vs ipc) and
-    summary.json last. Returns the URI of the index file."""
+    summary.json last. ``extra`` files (the herding feature network) get their sha256 sidecar,
+    checked when read back (``--herding-net``). Returns the URI of the index file."""
     for name, payload in (extra or {}).items():
-        storage.atomic_write_bytes(storage.join(folder, name), payload)
+        storage.write_checked(storage.join(folder, name), payload)
     if len(results) == 1:
         return write_report(folder, results)
     storage.remove(storage.join(folder, SUMMARY_JSON))

@@ -1,7 +1,9 @@
 """Caches the trials of a sweep share (and condensation jobs with ``expert.pretrained: auto``):
 the pretrained expert pool and the prepared data, each keyed by a digest of exactly the settings
 it depends on, so a swept value that does not change them costs nothing. A pool is computed
-once under a file lock and renamed into place only when complete."""
+once under a file lock and renamed into place only when complete. Every network of a cached pool
+is checked against its sha256 (``idc_ray.storage.check_file``) before the pool is handed out: a
+corrupt, truncated or unsealed one is refused with one line naming it, and the pool is built again."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from idc_ray import __version__
+from idc_ray import __version__, storage
 from idc_ray.config import IDCConfig
 from idc_ray.data import get_spec
 from idc_ray.engine.plan import build_plan
@@ -87,12 +89,15 @@ def ensure_pool(cfg: IDCConfig, load_data: Callable[[], Any] | None, cache_dir: 
         build = lambda plain, folder, epochs: pretrain_pool(plain, load_data(), folder, seeds=seeds, epochs=epochs,
                                                             device=device)
     final = pool_dir(cache_dir, cfg, seeds).absolute()
-    if (final / POOL_DONE).is_file():
+    if (final / POOL_DONE).is_file() and refused(final) is None:
         return str(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final.parent / f"{final.name}.lock"):
         if (final / POOL_DONE).is_file():
-            return str(final)
+            error = refused(final)
+            if error is None:
+                return str(final)
+            log(f"{error}; pretraining the pool again")
         settings = pool_settings(cfg, seeds)
         log(f"pretraining the expert pool {final.name} ({seeds} networks x {settings['epochs']} epochs)")
         tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}"
@@ -107,6 +112,17 @@ def ensure_pool(cfg: IDCConfig, load_data: Callable[[], Any] | None, cache_dir: 
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return str(final)
+
+
+def refused(pool: Path) -> storage.ChecksumError | None:
+    """Why a complete pool folder cannot be used: the first network file (``seed*/epoch*.pt``)
+    that does not match its sha256 sidecar; None when every one does."""
+    for path in sorted(pool.glob("seed*/epoch*.pt")):
+        try:
+            storage.check_file(path)
+        except storage.ChecksumError as e:
+            return e
+    return None
 
 
 @contextlib.contextmanager
@@ -134,4 +150,4 @@ def pool_shared(space: TuneSpace, base: IDCConfig) -> bool:
 
 
 __all__ = ["AUTO_POOL", "POOL_DONE", "data_settings", "ensure_pool", "pool_dir", "pool_epochs", "pool_settings",
-           "pool_shared", "settings_key"]
+           "pool_shared", "refused", "settings_key"]

@@ -4,6 +4,7 @@ session's Ray cluster: reports, the exemplar cache and its resumption, bad input
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import signal
 import threading
@@ -14,6 +15,11 @@ import pytest
 import torch
 
 from idc_ray.artifacts import load_condensed
+from idc_ray.config import apply_overrides, load_preset
+from idc_ray.continual.exemplars import ExemplarJob, load_memory, make_exemplars, stage_config, stage_folder
+from idc_ray.continual.stages import stage_data, write_stage_dataset
+from idc_ray.data import load_dataset
+from idc_ray.storage import ChecksumError
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--base", "smoke", "--stages", "2", "--memory-ipc", "1", "--epochs", "2", "--repeat", "2",
@@ -126,6 +132,34 @@ def test_a_stage_killed_by_its_pid_is_retried_and_the_table_is_the_undisturbed_o
     (cache,) = (out / "cache").iterdir()
     (reference,) = (first_run / "cache").iterdir()
     assert torch.equal(load_condensed(cache / "stage-2" / "idc")[0], load_condensed(reference / "stage-2" / "idc")[0])
+
+
+@pytest.mark.parametrize("method,how", [("random", "flip"), ("random", "truncate"), ("herding", "flip"),
+                                        ("idc", "flip")])  # a condensation: one damage only, for the suite's time
+def test_a_corrupt_cached_exemplar_file_is_refused_in_one_line_and_made_again(tmp_path, idc_log, damage, method, how):
+    """In this process, no Ray: a cached stage result (a baseline's torch file, sealed with its
+    sha256; IDC's Parquet file, checked against its manifest) with a flipped byte or cut short is
+    refused with one warning line naming it and made again, with the same exemplars as before.
+    Without the check the damaged file would count as cached: no line, or wrong exemplars."""
+    base = apply_overrides(load_preset("smoke"), {"expert.width": 4})
+    folder = stage_folder(tmp_path, 0)
+    data_dir = str(Path(folder) / "data")
+    write_stage_dataset(stage_data(load_dataset(base.data.dataset, base.data.data_uri), [0, 1]), data_dir)
+    job = ExemplarJob(0, method, stage_config(base, data_dir, 1), folder, herding_epochs=1)
+    target = make_exemplars(job)
+    first = load_memory(job, [2, 3])
+    damaged = Path(target) / "condensed.parquet" if method == "idc" else Path(target)
+    damage(damaged, how)
+    seen = idc_log(logging.WARNING)
+    assert make_exemplars(job) == target
+    refusals = [line for line in seen if str(damaged) in line]
+    assert len(refusals) == 1 and "sha256" in refusals[0] and "again" in refusals[0], seen
+    again = load_memory(job, [2, 3])
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    if method != "idc":  # read back after the check: a file damaged since is refused, not trained on
+        damage(damaged, how)
+        with pytest.raises(ChecksumError, match="does not match its sha256"):
+            load_memory(job, [2, 3])
 
 
 @pytest.mark.parametrize("args,message", [

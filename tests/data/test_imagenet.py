@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,29 @@ def test_registered_imagenet10_loads_at_224_and_is_cached(tmp_path, monkeypatch)
     monkeypatch.setattr(imagenet, "_decode", no_decoding)
     again = load_dataset("imagenet10", str(tmp_path))
     assert torch.equal(again.train_x, data.train_x) and torch.equal(again.test_y, data.test_y)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_a_corrupt_decode_cache_is_refused_in_one_line_and_decoded_again(tmp_path, monkeypatch, idc_log, damage, how):
+    """The decode cache carries its sha256 (idc_ray.storage.seal): a flipped byte or a cut-off
+    file is refused with one warning line naming it, decoded again into the same arrays and
+    sealed anew. Without the check, the flipped byte would be mapped silently (no line)."""
+    classes = IMAGENET10_CLASSES[:2]
+    write_tree(tmp_path / "data", classes)
+    first = load_imagenet_folder(str(tmp_path / "data"), classes=classes, size=16)
+    (path,) = (tmp_path / "idc-cache").glob("imagenet-16px-*.pt")
+    assert path.with_name(path.name + ".sha256").is_file()
+    damage(path, how)
+    decodes, decode = [], imagenet._decode
+    monkeypatch.setattr(imagenet, "_decode", lambda *a: decodes.append(a) or decode(*a))
+    warnings_seen = idc_log(logging.WARNING)
+    again = load_imagenet_folder(str(tmp_path / "data"), classes=classes, size=16)
+    assert len(warnings_seen) == 1 and str(path) in warnings_seen[0] and "sha256" in warnings_seen[0]
+    assert "decoding again" in warnings_seen[0] and "\n" not in warnings_seen[0]
+    assert decodes and all(torch.equal(a, b) for a, b in zip(first, again))
+    decodes.clear()
+    third = load_imagenet_folder(str(tmp_path / "data"), classes=classes, size=16)  # the rebuilt cache is good
+    assert not decodes and len(warnings_seen) == 1 and all(torch.equal(a, b) for a, b in zip(first, third))
 
 
 def test_cache_dir_from_environment_and_invalidated_by_new_files(tmp_path, monkeypatch):

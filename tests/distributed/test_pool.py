@@ -49,8 +49,8 @@ def test_condense_builds_the_keyed_pool_once_then_reuses_it(ray_cluster, one_thr
     assert first.returncode == 0, first.stderr
     assert "pretrained 2 pool networks x 1 epochs as Ray tasks" in first.stderr
     files = _pool_files(pool)
-    assert sorted(files) == ["seed0/epoch0.pt", "seed0/epoch1.pt", "seed1/epoch0.pt", "seed1/epoch1.pt",
-                             "settings.json"]
+    assert sorted(files) == [f"seed{s}/epoch{e}.pt{sealed}" for s in (0, 1) for e in (0, 1)
+                             for sealed in ("", ".sha256")] + ["settings.json"]  # each network with its sha256
     assert _pool_of(tmp_path / "first") == str(pool.absolute())
     # The tasks ran the one pretraining implementation: their networks are jobs/pretrain.py's.
     reference = tmp_path / "reference"

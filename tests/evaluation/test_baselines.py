@@ -5,8 +5,10 @@ import torch
 
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.data import load_dataset
+from idc_ray.evaluation.assembly import HERDING_NET
 from idc_ray.evaluation.baselines import (baseline_set, herding, herding_select, load_feature_net,
                                           train_feature_net)
+from idc_ray.evaluation.report import write_reports
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,26 @@ def test_a_feature_net_of_another_shape_is_one_clear_error(tiny, net, tmp_path):
         load_feature_net(load_preset("smoke"), tiny, path)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_feature_net(load_preset("smoke"), tiny, tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_a_corrupt_herding_net_is_refused_in_one_line(tiny, net, tmp_path, damage, monkeypatch, how):
+    """The herding feature network jobs/evaluate.py writes carries its sha256 sidecar; read back
+    with --herding-net, a flipped byte or a cut-off file is refused with one line naming it (it
+    is an input, not a cache: omit --herding-net to train it again). Without the check the
+    flipped byte would load as a silently different network."""
+    import idc_ray.evaluation.report as report
+
+    monkeypatch.setattr(report, "write_report", lambda folder, results, index=None: folder)
+    write_reports(str(tmp_path), [{}], {HERDING_NET: net.to_bytes("tiny")})
+    path = tmp_path / HERDING_NET
+    assert (tmp_path / f"{HERDING_NET}.sha256").is_file()
+    cfg = load_preset("smoke")
+    assert torch.equal(herding(tiny, 2, load_feature_net(cfg, tiny, path))[0], herding(tiny, 2, net)[0])
+    damage(path, how)
+    with pytest.raises(ValueError, match="does not match its sha256") as refused:
+        load_feature_net(cfg, tiny, path)
+    assert str(path) in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_random_baseline_is_seeded(tiny):

@@ -61,7 +61,8 @@ def test_condensed_set_and_baselines_on_ray(artifact, ray_cluster, tmp_path):
         assert set(m) == SCHEMA and len(m["runs"]) == 2 and m["epochs"] == 5 and results["backend"] == "ray"
         assert {t["threads"] for t in results["tasks"]} == {1}  # a 1-CPU share each on this 2-CPU Ray
         assert (out / label / "curves.png").is_file() and (out / label / "results.md").is_file()
-    assert (out / "herding_net.pt").is_file() and (out / "curves.png").is_file()
+    assert (out / "herding_net.pt").is_file() and (out / "herding_net.pt.sha256").is_file()
+    assert (out / "curves.png").is_file()
     assert "| tiny | 1 | herding | 4 / 4 |" in (out / "results.md").read_text()
     # progress in the job log: set, model, repeat, epoch and accuracy, from the Ray tasks
     assert "[eval] smoke-ipc1 convnet3 repeat 2/2 epoch 5/5 acc" in done.stderr

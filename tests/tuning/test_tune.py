@@ -16,6 +16,9 @@ from idc_ray.data import get_spec, load_dataset
 from idc_ray.backends import condense_job
 from idc_ray.run.backend import RunOptions
 from idc_ray.distributed.sweep_space import search_space
+from idc_ray.engine.expert import init_expert
+from idc_ray.engine.plan import build_plan
+from idc_ray.storage import ChecksumError
 from idc_ray.tune.cache import data_settings, ensure_pool, pool_dir, pool_settings, pool_shared, settings_key
 from idc_ray.tune.results import TrialRow, results_markdown
 from idc_ray.tune.space import config_keys, load_space, space_from_dict, stage_outers, trial_config
@@ -233,8 +236,37 @@ def test_the_pool_is_pretrained_once_and_found_again(tmp_path, monkeypatch):
     again = ensure_pool(apply_overrides(cfg, {"match.lr_img": 0.5}), lambda: data, tmp_path, 2, log=lambda _: None)
     assert first == again == str(pool_dir(tmp_path, cfg, 2).absolute()) and len(calls) == 1
     assert sorted(p.name for p in Path(first).iterdir()) == ["seed0", "seed1", "settings.json"]
-    assert sorted(p.name for p in (Path(first) / "seed1").iterdir()) == ["epoch0.pt", "epoch1.pt"]
+    assert sorted(p.name for p in (Path(first) / "seed1").iterdir()) == [
+        "epoch0.pt", "epoch0.pt.sha256", "epoch1.pt", "epoch1.pt.sha256"]
     assert json.loads((Path(first) / "settings.json").read_text())["expert"]["lr"] == cfg.expert.lr
+
+
+@pytest.mark.parametrize("how", ["flip"])  # a flipped byte loads silently; a cut-off file would fail to load
+def test_a_corrupt_pool_network_is_refused_in_one_line_and_the_pool_built_again(tmp_path, damage, how):
+    """Each pool network carries its sha256: damaged networks (a flipped byte, a cut-off file)
+    are refused by the engine in one line, and in the cache with one line naming the first,
+    after which the pool is pretrained again into the same weights. Without the check the damaged
+    pool would be handed out and trained from (no line, no rebuild)."""
+    cfg = apply_overrides(load_preset("smoke"), {"expert.pretrained": "auto", "expert.pt_num": 2})
+    data = load_dataset("tiny", None)
+    lines = []
+    pool = Path(ensure_pool(cfg, lambda: data, tmp_path, 2, log=lines.append))
+    files = sorted(pool.glob("seed*/epoch*.pt"))
+    weights = lambda: {p: torch.load(p, weights_only=True) for p in files}  # torch.save's bytes vary by a file id
+    before = weights()
+    for path in files:
+        damage(path, how)
+    expert = build_plan(apply_overrides(cfg, {"expert.pretrained": str(pool)}), data.spec).expert
+    with pytest.raises(ChecksumError, match="does not match its sha256"):
+        init_expert(expert, 0)
+    lines.clear()
+    assert ensure_pool(cfg, lambda: data, tmp_path, 2, log=lines.append) == str(pool)
+    refusals = [line for line in lines if "sha256" in line]
+    assert len(refusals) == 1 and str(files[0]) in refusals[0] and "again" in refusals[0], lines
+    after = weights()
+    assert all(torch.equal(after[p][k], before[p][k]) for p in files for k in before[p])
+    lines.clear()
+    assert ensure_pool(cfg, lambda: data, tmp_path, 2, log=lines.append) == str(pool) and not lines  # intact now
 
 
 # ---------------------------------------------------------------------------------------------
