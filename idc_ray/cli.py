@@ -159,11 +159,13 @@ class ProgressPrinter:
     (the first alone also carries the actors' start-up; a resumed job counts from where it
     resumed) and the estimated time left for the whole job at that rate."""
 
-    def __init__(self, outer_iters: int, inner_iters: int, stream=sys.stderr, every_s: float = 10.0,
+    def __init__(self, outer_iters: int, inner_iters: int, stream=None, every_s: float = 10.0,
                  clock=time.perf_counter):
-        self.outer_iters, self.inner_iters, self.stream = outer_iters, inner_iters, stream
+        # sys.stderr when called, not when this module was imported (a notebook or a test may replace it)
+        self.outer_iters, self.inner_iters = outer_iters, inner_iters
+        self.stream = stream if stream is not None else sys.stderr
         self.every_s, self.clock = every_s, clock
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.losses: list[float] = []
         self.started = clock()
         self.last_line = self.started

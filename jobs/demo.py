@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import add_config_arguments, config_from_args, run_main, setup_logging
+from idc_ray.cli import UsageError, add_config_arguments, config_from_args, run_main, setup_logging
 from idc_ray.demo import run_demo
 from idc_ray.run.backend import RunOptions
 
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     add_config_arguments(parser, default_preset="mnist5k-demo")
     args = parser.parse_args(argv)
+    if args.ipc10_repeat < 1:
+        raise UsageError(f"--ipc10-repeat must be at least 1, got {args.ipc10_repeat}")
     setup_logging()
     cfg = config_from_args(args)
     options = RunOptions(backend=args.backend, checkpoint_every=5)
