@@ -98,7 +98,7 @@ class LocalBackend:
         store = load_dataset(cfg.data.dataset, cfg.data.data_uri).train_store()
         yield LocalAttempts(plan, store, cfg.schedule, torch.device(self.device))
 
-    def stage_backend(self, num_classes: int) -> None:
+    def stage_backend(self, num_classes: int, key: str) -> None:
         return None  # a stage condenses in this process
 
     def pretrained_pool(self, cfg: IDCConfig, cache: str, seeds: int, log: Log) -> str:

@@ -67,7 +67,7 @@ def condense_stage(cfg: IDCConfig, out_dir: str, device: str = "auto", backend: 
     job's ``backend`` has free resources for them now (``Backend.stage_backend``), else in this
     process (the task's); either way the bytes of the in-process condensation
     (tests/continual/test_stage_backend.py)."""
-    stage = backend.stage_backend(get_spec(cfg.data.dataset, cfg.data.data_uri).num_classes) if backend else None
+    stage = backend.stage_backend(get_spec(cfg.data.dataset, cfg.data.data_uri).num_classes, out_dir) if backend else None
     return condense_to(Run(cfg, out_dir, stage or LocalBackend(device), RunOptions(resume=True)))
 
 

@@ -4,6 +4,7 @@ evaluation and the ``--eval-every`` curve as Ray tasks."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import re
@@ -280,9 +281,18 @@ def job_placement_group(bundles: list[dict], spread: bool, reserved=None) -> Ite
         remove_placement_group(pg)
 
 
-def reserve(bundles: list[dict], spread: bool, timeout_s: float):
-    """A placement group holding ``bundles`` once it is ready within ``timeout_s``, else None."""
-    pg = placement_group(bundles, strategy="SPREAD" if spread else "PACK")
+def reserve(bundles: list[dict], spread: bool, timeout_s: float, name: str = ""):
+    """A placement group holding ``bundles`` once it is ready within ``timeout_s``, else None.
+
+    ``name``: a group of that name left by an earlier attempt is removed first. A placement group
+    lives as long as the job that made it, not the task: a stage task killed while it held (or
+    waited for) its group would leave it reserved, and its retry reclaims it by the name."""
+    if name:
+        try:
+            remove_placement_group(ray.util.get_placement_group(name))
+        except ValueError:  # none of that name: the first attempt
+            pass
+    pg = placement_group(bundles, strategy="SPREAD" if spread else "PACK", name=name)
     try:
         ray.get(pg.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
@@ -320,11 +330,14 @@ class RayBackend:
                     raise setup_error(e) from None
                 raise
 
-    def stage_backend(self, num_classes: int) -> RayBackend | None:
+    def stage_backend(self, num_classes: int, key: str) -> RayBackend | None:
         """Actors of its own for one continual stage when the cluster has the resources free now,
         else None (the stage then condenses in its task's process). The resources are reserved,
-        not just looked at, so stages running side by side never wait on each other."""
-        pg = reserve(plan_layout(num_classes, self.options).bundles(), self.options.spread, STAGE_RESERVE_S)
+        not just looked at, so stages running side by side never wait on each other; the group is
+        named by the job and ``key`` (the stage's output), so a retried stage reclaims it."""
+        job = ray.get_runtime_context().get_job_id()
+        name = f"idc-stage-{job}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        pg = reserve(plan_layout(num_classes, self.options).bundles(), self.options.spread, STAGE_RESERVE_S, name)
         return None if pg is None else RayBackend(self.options, device=self.device, log=self.log, reserved=pg)
 
     def pretrained_pool(self, cfg: IDCConfig, cache: str, seeds: int, log: Log) -> str:

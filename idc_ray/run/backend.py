@@ -56,9 +56,9 @@ class Backend(Protocol):
 
     def session(self) -> ContextManager: ...
     def place(self, cfg: IDCConfig, plan: Plan, spec: DatasetSpec) -> ContextManager[Attempts]: ...
-    def stage_backend(self, num_classes: int) -> Backend | None:
-        """A backend with resources of its own for one continual stage, or None: the stage then
-        condenses in the process of the task that asked."""
+    def stage_backend(self, num_classes: int, key: str) -> Backend | None:
+        """A backend with resources of its own for one continual stage (``key``: its output, the
+        same for a retry), or None: the stage then condenses in the process of the task that asked."""
     def pretrained_pool(self, cfg: IDCConfig, cache: str, seeds: int, log: Log) -> str: ...
     def executor(self, num_cpus: float | None = None, num_gpus: float | None = None, max_retries: int = 3) -> Executor:
         """Runs evaluation work; the shares and retries are a Ray task's (the in-process one ignores them)."""

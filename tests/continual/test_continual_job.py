@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from idc_ray.artifacts import load_condensed
@@ -126,6 +127,8 @@ def test_a_stage_killed_by_its_pid_is_retried_and_the_table_is_the_undisturbed_o
         stop.set()
         killer.join()
     assert len(killed) == 1  # the stage really was killed mid-run, by its process id
+    # a placement group outlives the task that made it: the retry must have reclaimed the killed one's
+    assert not any(pg["state"] in ("CREATED", "PENDING") for pg in ray.util.placement_group_table().values())
     results = lambda folder: {m: e["convnet3"]["runs"]
                               for m, e in json.loads((folder / "results.json").read_text())["results"].items()}
     assert results(out) == results(first_run)
