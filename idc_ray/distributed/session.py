@@ -4,6 +4,7 @@ where its dashboard is and how to get the token it asks for."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import sys
@@ -32,10 +33,20 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
                            "start one with `ray start --head` or omit --address to run locally") from None
 
 
+def resolve_address(address: str | None) -> str:
+    """``address``, else RAY_ADDRESS (set by `ray job submit`), else ``"local"``: a new local Ray.
+
+    ``ray.init(address=None)`` would also join whatever cluster /tmp/ray/ray_current_cluster
+    names, and waits for minutes when that file outlived its cluster (a killed `ray start`); the
+    jobs promise "RAY_ADDRESS, else a new local Ray", so None never reaches Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def _connect(address: str | None, local: Mapping[str, Any]) -> str | None:
     """Join the cluster at ``address`` (or RAY_ADDRESS, as under `ray job submit`), else start a
     local one with the ``ray.init`` options ``local``; returns the dashboard URL. A bad address
     is one clear line, not a traceback."""
+    address = resolve_address(address)
     _check_reachable(address)
     try:
         context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, **local)
