@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from idc_ray import __version__, storage
 from idc_ray.figures import png_figure
+from idc_ray.evaluation import scores as ddr
 from idc_ray.evaluation.protocol import RunRecord, TrainRecipe
 from idc_ray.evaluation.sets import EvalSet, is_plain_file
 
@@ -100,6 +101,13 @@ def _cell(m: Mapping[str, Any]) -> str:
     return f"{_pct(m['mean'], m['std'])} (best {100 * m['best_mean']:.2f})"
 
 
+def arm_name(s: Mapping[str, Any]) -> str:
+    """The row name of a set: its method, with soft labels and without augmentation said."""
+    extra = [t for t, on in (("soft labels", s.get("labels") == "soft"), ("no augmentation", not s.get("augment", True)))
+             if on]
+    return s["method"] + (f" ({', '.join(extra)})" if extra else "")
+
+
 def table(results: Sequence[Mapping[str, Any]]) -> str:
     """The paper-style table: one row per set, one column per test model, last mean ± std (%)
     and, in brackets, the mean of the best (selected on the test set, as the published test.py)."""
@@ -109,17 +117,47 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
     for r in results:
         s = r["set"]
         cells = [_cell(r["models"][m]) if m in r["models"] else "" for m in models]
-        lines.append(f"| {s['dataset']} | {s['ipc']} | {s['method']} | {s['formed_samples']} / {s['stored_samples']} | "
+        lines.append(f"| {s['dataset']} | {s['ipc']} | {arm_name(s)} | {s['formed_samples']} / {s['stored_samples']} | "
                      f"{' | '.join(cells)} |")
     return "\n".join(lines)
 
 
+def attach_scores(results: Sequence[dict[str, Any]]) -> None:
+    """Add ``dd_ranking_style`` (:func:`~idc_ray.evaluation.scores.score_results`) to each
+    document that has scores among ``results`` (one evaluation's documents)."""
+    for label, found in ddr.score_results(results).items():
+        doc = next(r for r in results if r["set"]["label"] == label)
+        doc[ddr.KEY] = {**found, "note": ddr.NOTE}
+
+
+def _score_cell(m: Mapping[str, Any], name: str) -> str:
+    return f"{100 * m[name]['mean']:.2f} ± {100 * m[name]['std']:.2f}" if name in m else "–"
+
+
+def score_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """The DD-Ranking-style scores of every scored set and model ("" when none): HLR and IOR in
+    accuracy points, LRS and ARS in [0, 1] as percentages, as DD-Ranking prints them."""
+    rows = [(r, name, m) for r in results for name, m in r.get(ddr.KEY, {}).get("models", {}).items()]
+    if not rows:
+        return ""
+    lines = [f"## {ddr.NAME} scores", "", ddr.NOTE, "",
+             "| training set | ipc | labels | model | HLR (points) | IOR (points) | LRS (%) | ARS (%) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r, name, m in rows:
+        s = r["set"]
+        lines.append(f"| {s['method']} | {s['ipc']} | {s.get('labels', 'hard')} | {name} | "
+                     + " | ".join(_score_cell(m, k) for k in ("hlr", "ior", "lrs", "ars")) + " |")
+    return "\n".join(lines + [""])
+
+
 def markdown(results: Sequence[Mapping[str, Any]]) -> str:
-    """``results.md``: the table, then per-run details and the recipe of each set."""
+    """``results.md``: the table, the DD-Ranking-style scores, then per-run details and the
+    recipe of each set."""
     parts = ["# Evaluation", "", table(results), "",
              "Top-1 test accuracy (%) of each test model trained from scratch on the set: mean ± std over the "
              "repeats of the last accuracy, and in brackets the mean of the best. "
              + " ".join(BEST_NOTE[b] for b in dict.fromkeys(r.get("best_selected_on", "test") for r in results)), ""]
+    parts += [score_table(results)] if score_table(results) else []
     for r in results:
         s, rec = r["set"], r["recipe"]
         parts += [f"## {s['label']}: {s['method']} ({s['source']})", "",
@@ -189,7 +227,8 @@ def write_report(folder: str, results: Sequence[Mapping[str, Any]], *, index: st
         document = {"sets": [{"label": r["set"]["label"], "results": f"{r['set']['label']}/{RESULTS_JSON}",
                               **{k: r["set"][k] for k in ("method", "dataset", "ipc", "factor", "source")},
                               "models": {n: {k: m[k] for k in ("mean", "std", "best_mean", "best_std")}
-                                         for n, m in r["models"].items()}}
+                                         for n, m in r["models"].items()},
+                              **({ddr.KEY: r[ddr.KEY]} if ddr.KEY in r else {})}
                              for r in results], "metric": METRIC, "code_version": __version__}
     storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode())
     return target

@@ -20,7 +20,7 @@ from idc_ray.engine.plan import resolve
 from idc_ray.evaluation.assembly import EvalOptions, SetsRequest, build_sets
 from idc_ray.evaluation.executor import Executor, Sequential
 from idc_ray.evaluation.protocol import Log, Work, log_stderr, plan_tasks, validation_split
-from idc_ray.evaluation.report import report_folder, results_dict, write_reports
+from idc_ray.evaluation.report import attach_scores, report_folder, results_dict, write_reports
 from idc_ray.evaluation.sets import EvalSet, data_key
 
 
@@ -60,9 +60,11 @@ def evaluate_sets(sets: Sequence[EvalSet], data: Mapping[tuple, RealData], optio
     started = time.perf_counter()
     records = executor(work)
     wall = time.perf_counter() - started
-    return [results_dict(s, [r for r in records if r.set_label == s.label], recipes[s.label],
-                         backend=executor.backend, wall_s=wall, fixed_compute=options.fixed_compute)
-            for s in sets]
+    results = [results_dict(s, [r for r in records if r.set_label == s.label], recipes[s.label],
+                            backend=executor.backend, wall_s=wall, fixed_compute=options.fixed_compute)
+               for s in sets]
+    attach_scores(results)
+    return results
 
 
 def evaluate_artifact(uri: str, *, models: Sequence[str] | None = None, repeat: int | None = None,

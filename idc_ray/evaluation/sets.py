@@ -49,6 +49,8 @@ class EvalSet:
     formation: str
     stored: int  # stored samples
     info: dict[str, Any] = field(default_factory=dict)  # extra facts for the report (herding net, ...)
+    labels: str = "hard"  # hard: its class labels; soft: a teacher's soft targets per augmented batch
+    augment: bool = True  # False: trained without augmentation (DSA, CutMix, loader-side), for ARS
 
     @property
     def formed_per_stored(self) -> int:
@@ -58,7 +60,8 @@ class EvalSet:
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "method": self.method, "kind": self.kind, "source": self.source,
                 "dataset": self.cfg.data.dataset, "ipc": self.ipc, "factor": self.factor,
-                "formation": self.formation, "stored_samples": self.stored, "formed_samples": len(self.x), **self.info}
+                "formation": self.formation, "stored_samples": self.stored, "formed_samples": len(self.x),
+                "labels": self.labels, "augment": self.augment, **self.info}
 
 
 def method_name(factor: int) -> str:
