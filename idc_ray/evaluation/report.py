@@ -167,6 +167,7 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> str:
                   f"{' (one of crop/scale/rotate per batch)' if rec.get('aug_single', True) else ''}, "
                   f"loader augmentation `{rec.get('loader_aug', 'none')}`, CutMix p {rec['cutmix_prob']:g}, "
                   f"seed {r['seed']}, width {r['width'] or 'default'}, backend {r['backend']}.", "",
+                  *_soft_label_lines(r),
                   "| model | last (%) per run | best (%) per run | epochs | device | train s |", "|---|---|---|---|---|---|"]
         for name, m in r["models"].items():
             lasts = ", ".join(f"{100 * run['last']:.2f}" for run in m["runs"])
@@ -174,6 +175,17 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> str:
             parts.append(f"| {name} | {lasts} | {bests} | {m['epochs']} | {m['device']} | {m['wall_s']:.0f} |")
         parts.append("")
     return "\n".join(parts)
+
+
+def _soft_label_lines(r: Mapping[str, Any]) -> list[str]:
+    """The soft labels' teacher and what storing them would cost, for results.md."""
+    soft = r.get("soft_labels")
+    if not soft:
+        return []
+    teachers = ", ".join(f"{m} {n / 1e6:.2f} MB" for m, n in soft["teacher_bytes"].items())
+    return [f"Soft labels: {soft['teacher']} ({teachers}), temperature {soft['temperature']:g}. Stored per image "
+            f"they would take {soft['label_bytes_if_stored'] / 1e6:.3f} MB (formed images x classes x 4 bytes), "
+            f"next to {soft['image_bytes_stored'] / 1e6:.3f} MB of stored images (float32).", ""]
 
 
 def write_curves_png(uri: str, results: Sequence[Mapping[str, Any]]) -> None:
