@@ -36,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sets.add_argument("--condensed", nargs="+", default=[], metavar="URI",
                       help="artifact folders/URIs of jobs/condense.py, or torch files with 'data' and 'labels' "
                            "(a dict, or the published code's data.pt list [data, labels])")
-    sets.add_argument("--baseline", nargs="+", default=[], choices=BASELINES, help="coreset baselines of real images")
+    sets.add_argument("--baseline", nargs="+", default=[], choices=BASELINES,
+                      help="coreset baselines of real images (random, herding at each --ipc); full: the whole training "
+                           "split, cached per (dataset, model, recipe, seed) for the next report")
     sets.add_argument("--ipc", nargs="+", type=int, default=[], metavar="N", help="images per class of each baseline")
     sets.add_argument("--dataset", help="dataset of baselines and plain files (default: the first artifact's)")
     sets.add_argument("--data-uri", help="the real data's root (also replaces the artifacts' recorded data_uri)")
@@ -51,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     proto.add_argument("--fixed-compute", action="store_true", help="divide epochs by formed samples per stored one (f^2)")
     proto.add_argument("--eval-every", type=int, help="also test every N epochs for the curves (default epochs/20; 0: "
                        "only at the published 1/4, 1/2, 3/4, end)")
+    proto.add_argument("--labels", nargs="+", default=["hard"], metavar="hard|soft",
+                       help="hard: the class labels (default); soft: the full-data arm's model of the same architecture "
+                            "gives each augmented batch its soft targets (KL at --temperature); both: every set twice")
+    proto.add_argument("--temperature", type=float, default=4.0, help="soft labels: the KL temperature (default 4)")
+    proto.add_argument("--scores", action="store_true",
+                       help="add the arms the DD-Ranking-style scores need: random at each set's ipc, full data, hard "
+                            "labels and no augmentation (docs/evaluation.md)")
     proto.add_argument("--seed", type=int, help="seed of the test networks and the random baseline (schedule.seed)")
     proto.add_argument("--preset", help="config of baselines and plain files (default: the first artifact's, else the "
                                         "preset named like the dataset, else the paper's defaults)")
@@ -75,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     models = comma_list(args.models) if args.models is not None else None
     options = EvalOptions(models=models, repeat=args.repeat, epochs=args.epochs, fixed_compute=args.fixed_compute,
-                          eval_every=args.eval_every, seed=args.seed, overrides=tuple(args.set))
+                          eval_every=args.eval_every, seed=args.seed, overrides=tuple(args.set),
+                          labels=tuple(dict.fromkeys(args.labels)), temperature=args.temperature, scores=args.scores)
     request = SetsRequest(condensed=tuple(args.condensed), baselines=tuple(dict.fromkeys(args.baseline)),
                           ipcs=tuple(dict.fromkeys(args.ipc)), dataset=args.dataset, data_uri=args.data_uri,
                           preset=args.preset, config=args.config, factor=args.factor, normalized=args.normalized,
@@ -83,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     options.check()
     request.check()
     configure_storage(args)
-    folder = report_folder(request.count, args.output, request.condensed)
+    more_arms = options.scores or options.labels != ("hard",)  # several sets: --output needed
+    folder = report_folder(request.count + more_arms, args.output, request.condensed)
     backend = backend_for(RunOptions(backend=args.backend), address=args.address, device=args.device, log=stderr_line)
     executor = backend.executor(args.num_cpus_per_task, args.num_gpus_per_task, args.max_retries)
     sets, data, extra = build_sets(request, options, device=str(resolve_device(args.device)), log=stderr_line)

@@ -124,6 +124,11 @@ CASES = [
     ("prepare_data", ["--dataset", "tiny", "--rows-per-shard", "0"], None, "--rows-per-shard and --row-group-size"),
     ("prepare_data", ["--dataset", "tiny"], existing_dataset, "already holds a dataset (dataset.json); choose an empty"),
     ("demo", ["--ipc10-repeat", "0", "--backend", "local"], None, "--ipc10-repeat must be at least 1, got 0"),
+    # jobs/export.py: formats, artifacts, the output folder
+    ("export", ["--format", "onnx", "--condensed", "{tmp}/art"], None, "unknown --format 'onnx'; choose one of torch"),
+    ("export", ["--format", "torch", "--condensed", "{tmp}/missing"], None, "no manifest.json at"),
+    ("export", ["--format", "torch", "--condensed", "{tmp}/art"], write("out/keep.txt", "mine"),
+     "exists and is not empty; choose a new or empty folder"),
     # jobs/continual.py: continual presets and flags
     ("continual", ["--preset", "nope", "--backend", "local"], None, "unknown continual preset 'nope'"),
     ("continual", [*CONTINUAL[:2], "--stages", "0", "--backend", "local"], None, "--stages must be at least 1, got 0"),
@@ -135,7 +140,8 @@ CASES = [
 
 def test_the_table_is_long_enough_and_covers_every_job():
     assert len(CASES) >= 40
-    assert {job for job, *_ in CASES} == {"condense", "evaluate", "tune", "pretrain", "prepare_data", "demo", "continual"}
+    assert {job for job, *_ in CASES} == {"condense", "evaluate", "tune", "pretrain", "prepare_data", "demo", "continual",
+                                      "export"}
 
 
 @pytest.mark.parametrize("job,args,setup,message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])

@@ -63,7 +63,8 @@ class LiveGauge:
 @ray.remote(runtime_env=actor_runtime_env(True))  # freed activations reused, as in the matcher actors
 def evaluate_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                   test_y: torch.Tensor, crash_marker: str | None = None, val_x: torch.Tensor | None = None,
-                  val_y: torch.Tensor | None = None, *, lines: Queue | None = None, fail: bool = False) -> RunRecord:
+                  val_y: torch.Tensor | None = None, *, lines: Queue | None = None, fail: bool = False,
+                  teacher: bytes | None = None) -> RunRecord:
     """Run one (model, repeat) on the GPU Ray assigned (else the CPU), reporting the current test
     accuracy as the ``idc_eval_accuracy`` gauge and, given ``lines``, putting a progress line per
     test evaluation there for the driver to print (:func:`progress_queue`). It gets tensors and
@@ -83,7 +84,7 @@ def evaluate_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, 
 
     try:
         record = run_task(task, train_x, train_y, test_x, test_y, device=actor_device(), progress=progress,
-                          val=None if val_x is None else (val_x, val_y))
+                          val=None if val_x is None else (val_x, val_y), teacher=teacher)
     finally:
         gauge.close()
     record.node = ray.get_runtime_context().get_node_id()[:12]
@@ -115,7 +116,8 @@ def run_parallel(work: Sequence[Work], *, num_cpus: float | None = None, num_gpu
             **res, max_retries=max_retries,
             name=f"eval {t.set_label} {t.model} repeat {t.repeat + 1}/{t.repeats}",
         ).remote(t, put(w.train_x), put(w.train_y), put(w.test_x), put(w.test_y), (crash_once or {}).get(i),
-                 *((put(w.val_x), put(w.val_y)) if w.val_x is not None else ()), lines=lines)
+                 *((put(w.val_x), put(w.val_y)) if w.val_x is not None else ()), lines=lines,
+                 teacher=None if w.teacher is None else put(w.teacher))
         pending[ref] = i
     log(f"[eval] {len(work)} tasks submitted ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU each, "
         f"retried up to {max_retries} times on worker failure)")

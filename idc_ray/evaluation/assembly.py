@@ -16,9 +16,10 @@ from idc_ray.data import RealData, get_spec, load_dataset
 from idc_ray.evaluation import baselines as bl
 from idc_ray.evaluation.protocol import Log, check_models, log_stderr
 from idc_ray.evaluation.sets import (EvalSet, artifact_set, base_config, baseline_eval_set, data_key, file_set,
-                                     is_plain_file, unique_labels, with_overrides)
+                                     full_eval_set, is_plain_file, unique_labels, variant, with_overrides)
 
 HERDING_NET = "herding_net.pt"
+LABELS = ("hard", "soft")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,15 @@ class EvalOptions:
     eval_every: int | None = None  # test also every N epochs for the curves; None: epochs // 20; 0: report epochs only
     seed: int | None = None  # None: each set's schedule.seed
     overrides: tuple[str, ...] = ()  # --set section.key=value for every set's config
+    labels: tuple[str, ...] = ("hard",)  # hard and/or soft (a teacher's soft labels: the full-data arm's model)
+    temperature: float = 4.0  # of the soft labels' KL divergence
+    scores: bool = False  # add the arms the DD-Ranking-style scores need (random, full, hard labels, no augmentation)
 
     def check(self) -> None:
+        if not self.labels or set(self.labels) - set(LABELS):
+            raise ValueError(f"--labels takes {' and/or '.join(LABELS)}, got {' '.join(self.labels) or 'nothing'}")
+        if not self.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
         if self.repeat is not None and self.repeat < 1:
             raise ValueError(f"--repeat must be at least 1, got {self.repeat}")
         if self.epochs is not None and self.epochs < 1:
@@ -68,7 +76,7 @@ class SetsRequest:
 
     @property
     def count(self) -> int:
-        return len(self.condensed) + len(self.baselines) * len(self.ipcs)
+        return len(self.condensed) + sum(1 if b == "full" else len(self.ipcs) for b in self.baselines)
 
     def check(self) -> None:
         if not self.condensed and not self.baselines:
@@ -76,8 +84,8 @@ class SetsRequest:
         unknown = [b for b in self.baselines if b not in bl.BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline '{unknown[0]}'; choose one of {', '.join(bl.BASELINES)}")
-        if self.baselines and not self.ipcs:
-            raise ValueError("--baseline needs --ipc N (images per class)")
+        if set(self.baselines) - {"full"} and not self.ipcs:
+            raise ValueError("--baseline random|herding needs --ipc N (images per class)")
         if any(i < 1 for i in self.ipcs):
             raise ValueError(f"--ipc must be at least 1, got {min(self.ipcs)}")
         if "herding" in self.baselines and not self.herding_net and self.herding_epochs < 1:
@@ -110,7 +118,7 @@ def build_sets(request: SetsRequest, options: EvalOptions, *, device: str = "cpu
     # an artifact's recorded data_uri belongs to its own dataset only
     data_uri = request.data_uri or (base.data.data_uri if dataset == base.data.dataset else None)
     base_changes = {**changes, "data.dataset": dataset, "data.data_uri": data_uri}
-    if request.baselines or len(artifacts) < len(request.condensed):
+    if request.baselines or len(artifacts) < len(request.condensed) or options.scores or "soft" in options.labels:
         spec = get_spec(dataset, data_uri)
         # before the config is validated, which would name the expert model first
         check_models(options.models or (), spec.channels, spec.size)
@@ -119,8 +127,9 @@ def build_sets(request: SetsRequest, options: EvalOptions, *, device: str = "cpu
         file_set(uri, base, factor=request.factor, normalized=request.normalized, changes=base_changes,
                  overrides=options.overrides)
         for i, uri in enumerate(request.condensed)]
+    arms_needed = _extra_arms(request, options, sets)
     base_cfg = None
-    if request.baselines:
+    if request.baselines or arms_needed:
         base_cfg = with_overrides(base, base_changes, options.overrides)
         check_models(base_cfg.eval.models, spec.channels, spec.size)
     data: dict[tuple, RealData] = {}
@@ -129,20 +138,61 @@ def build_sets(request: SetsRequest, options: EvalOptions, *, device: str = "cpu
             data[data_key(cfg)] = load_dataset(cfg.data.dataset, cfg.data.data_uri)
     extra: dict[str, bytes] = {}
     if base_cfg is not None:
-        real = data[data_key(base_cfg)]
-        net = None
-        if "herding" in request.baselines:
-            net = _feature_net(request, base_cfg, real, device, log)
-            if net.source == "trained":
-                extra[HERDING_NET] = net.to_bytes(real.spec.name)
-        for name in request.baselines:
-            for ipc in request.ipcs:
-                x, y = bl.baseline_set(name, base_cfg, real, ipc, net=net, device=device)
-                info = {"feature_net": {"model": net.name, "width": net.width, "epochs": net.epochs,
-                                        "test_acc": net.test_acc, "source": net.source}} if name == "herding" else {}
-                sets.append(baseline_eval_set(name, ipc, base_cfg, real, x=x, y=y, overrides=(), info=info))
+        extra = _add_baselines(request, arms_needed, base_cfg, data[data_key(base_cfg)], sets, device, log)
+    sets = with_variants(sets, options)
     unique_labels(sets)
     return sets, data, extra
+
+
+def _extra_arms(request: SetsRequest, options: EvalOptions, sets: list[EvalSet]) -> dict[str, tuple[int, ...]]:
+    """{baseline: its ipcs} beyond the request that the options need: the full-data arm for soft
+    labels (the teacher) and for ``--scores``, which also adds random at every set's stored ipc."""
+    need: dict[str, tuple[int, ...]] = {}
+    if (options.scores or "soft" in options.labels) and "full" not in request.baselines:
+        need["full"] = ()
+    if options.scores:
+        ipcs = [s.ipc for s in sets] + (list(request.ipcs) if request.baselines else [])
+        missing = [i for i in dict.fromkeys(ipcs) if "random" not in request.baselines or i not in request.ipcs]
+        if missing:
+            need["random"] = tuple(missing)
+    return need
+
+
+def _add_baselines(request: SetsRequest, arms_needed: dict[str, tuple[int, ...]], cfg: IDCConfig, real: RealData,
+                   sets: list[EvalSet], device, log: Log) -> dict[str, bytes]:
+    """Append the requested baselines and the arms the options need to ``sets``; returns the
+    extra files to write (the herding feature network when trained here)."""
+    extra: dict[str, bytes] = {}
+    net = None
+    if "herding" in request.baselines:
+        net = _feature_net(request, cfg, real, device, log)
+        if net.source == "trained":
+            extra[HERDING_NET] = net.to_bytes(real.spec.name)
+    plan = [(name, request.ipcs) for name in request.baselines] + list(arms_needed.items())
+    for name, ipcs in plan:
+        if name == "full":
+            sets.append(full_eval_set(cfg, real))
+            continue
+        for ipc in ipcs:
+            x, y = bl.baseline_set(name, cfg, real, ipc, net=net, device=device)
+            info = {"feature_net": {"model": net.name, "width": net.width, "epochs": net.epochs,
+                                    "test_acc": net.test_acc, "source": net.source}} if name == "herding" else {}
+            sets.append(baseline_eval_set(name, ipc, cfg, real, x=x, y=y, overrides=(), info=info))
+    return extra
+
+
+def with_variants(sets: list[EvalSet], options: EvalOptions) -> list[EvalSet]:
+    """Each set under every label mode of ``options`` (with ``--scores``: hard labels too, and
+    each of those without augmentation); the full-data arm only with hard labels."""
+    modes = tuple(dict.fromkeys(options.labels + (("hard",) if options.scores else ())))
+    out = []
+    for s in sets:
+        if s.kind == "full":
+            out.append(s)
+            continue
+        out += [variant(s, labels=m, augment=True) for m in modes]
+        out += [variant(s, labels=m, augment=False) for m in modes if options.scores]
+    return out
 
 
 def _feature_net(request: SetsRequest, cfg: IDCConfig, real: RealData, device, log: Log) -> bl.FeatureNet:

@@ -26,7 +26,7 @@ from idc_ray.evaluation.protocol import as_float_images, random_real
 from idc_ray.evaluation.train import TrainRecipe, train_and_evaluate
 from idc_ray.models import build_model
 
-BASELINES = ("random", "herding")
+BASELINES = ("random", "herding", "full")  # full: the whole training split (evaluation.full)
 
 
 @dataclass

@@ -28,7 +28,7 @@ def run_sequential(work: Sequence[Work], *, device: str = "auto", log: Log = log
     for w in work:
         r = run_task(w.task, w.train_x, w.train_y, w.test_x, w.test_y, device=dev,
                      progress=lambda e, a, t=w.task: log(progress_line(t, e, a)),
-                     val=None if w.val_x is None else (w.val_x, w.val_y))
+                     val=None if w.val_x is None else (w.val_x, w.val_y), teacher=w.teacher)
         log(done_line(r, w.task.repeats))
         records.append(r)
     return records

@@ -4,6 +4,7 @@ scratch with the dataset's recipe (settings sheet, "Evaluation protocol"), repor
 
 from __future__ import annotations
 
+import io
 import statistics
 import sys
 import time
@@ -101,6 +102,9 @@ class EvalTask:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dataset: str | None = None  # its name picks the published CIFAR branch of the ResNets (build_model)
+    labels: str = "hard"  # soft: targets from the teacher handed to run_task (KL at ``temperature``)
+    temperature: float = 4.0
+    keep_model: bool = False  # return the trained weights (the full-data arm: cached, the soft labels' teacher)
 
 
 @dataclass
@@ -117,6 +121,7 @@ class RunRecord:
     device: str
     threads: int
     node: str = "local"
+    state: bytes | None = None  # the trained weights (torch.save of the state dict) when the task kept them
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class Work:
     test_y: torch.Tensor
     val_x: torch.Tensor | None = None  # eval.best_on: val
     val_y: torch.Tensor | None = None
+    teacher: bytes | None = None  # soft labels: the weights of the teacher (same model, full data)
 
 
 def check_models(models: Iterable[str], channels: int, size: int) -> None:
@@ -144,13 +150,22 @@ def as_float_images(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x
 
 
+def without_augmentation(recipe: TrainRecipe) -> TrainRecipe:
+    """``recipe`` with no DSA, no CutMix and no loader-side augmentation (the ARS arms)."""
+    return replace(recipe, augment="", cutmix_prob=0.0, loader_aug="none")
+
+
 def plan_tasks(cfg: IDCConfig, spec: DatasetSpec, set_label: str, *, models: Sequence[str] | None = None,
-               repeat: int | None = None, epochs: int | None = None, eval_every: int | None = 0) -> list[EvalTask]:
+               repeat: int | None = None, epochs: int | None = None, eval_every: int | None = 0,
+               augment: bool = True, labels: str = "hard", temperature: float = 4.0,
+               keep_model: bool = False) -> list[EvalTask]:
     """The (model, repeat) tasks of one set under ``cfg``'s evaluation recipe, each model with
     its own epochs (``epochs`` overrides them all). ``eval_every``: extra test evaluations for
-    the curves, 0 for none, None for every epochs // 20 of each model."""
+    the curves, 0 for none, None for every epochs // 20 of each model. ``augment`` False: the
+    recipe :func:`without_augmentation`; ``labels``, ``temperature``, ``keep_model``: see EvalTask."""
     recipes = {name: recipe_for(cfg, spec, epochs, name) for name in (models or cfg.eval.models)}
-    recipes = {name: replace(r, eval_every=max(1, r.epochs // 20) if eval_every is None else eval_every)
+    recipes = {name: replace(r if augment else without_augmentation(r),
+                             eval_every=max(1, r.epochs // 20) if eval_every is None else eval_every)
                for name, r in recipes.items()}
     spec = with_stats(spec, cfg.data.stats)  # the normalisation data.stats selects
     models = tuple(models or cfg.eval.models)
@@ -158,7 +173,8 @@ def plan_tasks(cfg: IDCConfig, spec: DatasetSpec, set_label: str, *, models: Seq
     # eval.width reaches only the models the published code applies net_width to (ConvNets)
     return [EvalTask(set_label, name, k, repeats, recipes[name], cfg.schedule.seed,
                      cfg.eval.width if uses_net_width(name) else None, spec.num_classes,
-                     spec.channels, spec.size, tuple(spec.mean), tuple(spec.std), spec.name)
+                     spec.channels, spec.size, tuple(spec.mean), tuple(spec.std), spec.name, labels, temperature,
+                     keep_model)
             for name in models for k in range(repeats)]
 
 
@@ -183,27 +199,47 @@ def done_line(record: RunRecord, repeats: int) -> str:
             f"{record.threads} threads, node {record.node})")
 
 
+def new_model(task: EvalTask, state: bytes | None = None) -> torch.nn.Module:
+    """The task's test model: initial weights keyed by (seed, model, repeat), or ``state``."""
+    with rng.seeded_global_rng(task.seed, f"eval-weights-{task.model}", task.repeat):
+        model = build_model(task.model, task.num_classes, task.channels, task.size, width=task.width,
+                            dataset=task.dataset)
+    if state is not None:
+        model.load_state_dict(torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
+    return model
+
+
+def model_bytes(model: torch.nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
 def run_task(task: EvalTask, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
              test_y: torch.Tensor, *, device: str | torch.device = "cpu",
              progress: Callable[[int, float], None] | None = None,
-             val: tuple[torch.Tensor, torch.Tensor] | None = None) -> RunRecord:
+             val: tuple[torch.Tensor, torch.Tensor] | None = None, teacher: bytes | None = None) -> RunRecord:
     """Train one freshly initialised test model on (train_x, train_y) and test it (``val``:
-    held-out images on which ``best`` is chosen instead of the test set).
+    held-out images on which ``best`` is chosen instead of the test set; ``teacher``: the
+    weights whose outputs are the soft labels when ``task.labels`` is soft).
 
     The single unit of work of every backend: the sequential loop and the Ray tasks both call
     it, which is what makes their numbers identical (given the same torch thread count).
     """
     started = time.perf_counter()
-    with rng.seeded_global_rng(task.seed, f"eval-weights-{task.model}", task.repeat):
-        model = build_model(task.model, task.num_classes, task.channels, task.size, width=task.width,
-                            dataset=task.dataset)
+    if task.labels == "soft" and teacher is None:
+        raise ValueError(f"{task.set_label}: soft labels need the full-data arm's {task.model} as teacher")
+    model = new_model(task)
     result = train_and_evaluate(model, train_x, train_y, as_float_images(test_x), test_y, task.recipe,
                                 mean=task.mean, std=task.std, seed=task.repeat, device=device, progress=progress,
-                                val=None if val is None else (as_float_images(val[0]), val[1]))
+                                val=None if val is None else (as_float_images(val[0]), val[1]),
+                                teacher=None if task.labels != "soft" else new_model(task, teacher),
+                                temperature=task.temperature)
     dev = torch.device(device)
     name = f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "cpu"
     return RunRecord(task.set_label, task.model, task.repeat, result.best_acc, result.last_acc, result.history,
-                     time.perf_counter() - started, name, torch.get_num_threads())
+                     time.perf_counter() - started, name, torch.get_num_threads(),
+                     state=model_bytes(model) if task.keep_model else None)
 
 
 def evaluate_set(cfg: IDCConfig, data: RealData, train_x: torch.Tensor, train_y: torch.Tensor, *,

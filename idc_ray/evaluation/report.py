@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from idc_ray import __version__, storage
 from idc_ray.figures import png_figure
+from idc_ray.evaluation import scores as ddr
 from idc_ray.evaluation.protocol import RunRecord, TrainRecipe
 from idc_ray.evaluation.sets import EvalSet, is_plain_file
 
@@ -100,6 +101,13 @@ def _cell(m: Mapping[str, Any]) -> str:
     return f"{_pct(m['mean'], m['std'])} (best {100 * m['best_mean']:.2f})"
 
 
+def arm_name(s: Mapping[str, Any]) -> str:
+    """The row name of a set: its method, with soft labels and without augmentation said."""
+    extra = [t for t, on in (("soft labels", s.get("labels") == "soft"), ("no augmentation", not s.get("augment", True)))
+             if on]
+    return s["method"] + (f" ({', '.join(extra)})" if extra else "")
+
+
 def table(results: Sequence[Mapping[str, Any]]) -> str:
     """The paper-style table: one row per set, one column per test model, last mean ± std (%)
     and, in brackets, the mean of the best (selected on the test set, as the published test.py)."""
@@ -109,17 +117,47 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
     for r in results:
         s = r["set"]
         cells = [_cell(r["models"][m]) if m in r["models"] else "" for m in models]
-        lines.append(f"| {s['dataset']} | {s['ipc']} | {s['method']} | {s['formed_samples']} / {s['stored_samples']} | "
+        lines.append(f"| {s['dataset']} | {s['ipc']} | {arm_name(s)} | {s['formed_samples']} / {s['stored_samples']} | "
                      f"{' | '.join(cells)} |")
     return "\n".join(lines)
 
 
+def attach_scores(results: Sequence[dict[str, Any]]) -> None:
+    """Add ``dd_ranking_style`` (:func:`~idc_ray.evaluation.scores.score_results`) to each
+    document that has scores among ``results`` (one evaluation's documents)."""
+    for label, found in ddr.score_results(results).items():
+        doc = next(r for r in results if r["set"]["label"] == label)
+        doc[ddr.KEY] = {**found, "note": ddr.NOTE}
+
+
+def _score_cell(m: Mapping[str, Any], name: str) -> str:
+    return f"{100 * m[name]['mean']:.2f} ± {100 * m[name]['std']:.2f}" if name in m else "–"
+
+
+def score_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """The DD-Ranking-style scores of every scored set and model ("" when none): HLR and IOR in
+    accuracy points, LRS and ARS in [0, 1] as percentages, as DD-Ranking prints them."""
+    rows = [(r, name, m) for r in results for name, m in r.get(ddr.KEY, {}).get("models", {}).items()]
+    if not rows:
+        return ""
+    lines = [f"## {ddr.NAME} scores", "", ddr.NOTE, "",
+             "| training set | ipc | labels | model | HLR (points) | IOR (points) | LRS (%) | ARS (%) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r, name, m in rows:
+        s = r["set"]
+        lines.append(f"| {s['method']} | {s['ipc']} | {s.get('labels', 'hard')} | {name} | "
+                     + " | ".join(_score_cell(m, k) for k in ("hlr", "ior", "lrs", "ars")) + " |")
+    return "\n".join(lines + [""])
+
+
 def markdown(results: Sequence[Mapping[str, Any]]) -> str:
-    """``results.md``: the table, then per-run details and the recipe of each set."""
+    """``results.md``: the table, the DD-Ranking-style scores, then per-run details and the
+    recipe of each set."""
     parts = ["# Evaluation", "", table(results), "",
              "Top-1 test accuracy (%) of each test model trained from scratch on the set: mean ± std over the "
              "repeats of the last accuracy, and in brackets the mean of the best. "
              + " ".join(BEST_NOTE[b] for b in dict.fromkeys(r.get("best_selected_on", "test") for r in results)), ""]
+    parts += [score_table(results)] if score_table(results) else []
     for r in results:
         s, rec = r["set"], r["recipe"]
         parts += [f"## {s['label']}: {s['method']} ({s['source']})", "",
@@ -129,6 +167,7 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> str:
                   f"{' (one of crop/scale/rotate per batch)' if rec.get('aug_single', True) else ''}, "
                   f"loader augmentation `{rec.get('loader_aug', 'none')}`, CutMix p {rec['cutmix_prob']:g}, "
                   f"seed {r['seed']}, width {r['width'] or 'default'}, backend {r['backend']}.", "",
+                  *_soft_label_lines(r),
                   "| model | last (%) per run | best (%) per run | epochs | device | train s |", "|---|---|---|---|---|---|"]
         for name, m in r["models"].items():
             lasts = ", ".join(f"{100 * run['last']:.2f}" for run in m["runs"])
@@ -136,6 +175,17 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> str:
             parts.append(f"| {name} | {lasts} | {bests} | {m['epochs']} | {m['device']} | {m['wall_s']:.0f} |")
         parts.append("")
     return "\n".join(parts)
+
+
+def _soft_label_lines(r: Mapping[str, Any]) -> list[str]:
+    """The soft labels' teacher and what storing them would cost, for results.md."""
+    soft = r.get("soft_labels")
+    if not soft:
+        return []
+    teachers = ", ".join(f"{m} {n / 1e6:.2f} MB" for m, n in soft["teacher_bytes"].items())
+    return [f"Soft labels: {soft['teacher']} ({teachers}), temperature {soft['temperature']:g}. Stored per image "
+            f"they would take {soft['label_bytes_if_stored'] / 1e6:.3f} MB (formed images x classes x 4 bytes), "
+            f"next to {soft['image_bytes_stored'] / 1e6:.3f} MB of stored images (float32).", ""]
 
 
 def write_curves_png(uri: str, results: Sequence[Mapping[str, Any]]) -> None:
@@ -189,7 +239,8 @@ def write_report(folder: str, results: Sequence[Mapping[str, Any]], *, index: st
         document = {"sets": [{"label": r["set"]["label"], "results": f"{r['set']['label']}/{RESULTS_JSON}",
                               **{k: r["set"][k] for k in ("method", "dataset", "ipc", "factor", "source")},
                               "models": {n: {k: m[k] for k in ("mean", "std", "best_mean", "best_std")}
-                                         for n, m in r["models"].items()}}
+                                         for n, m in r["models"].items()},
+                              **({ddr.KEY: r[ddr.KEY]} if ddr.KEY in r else {})}
                              for r in results], "metric": METRIC, "code_version": __version__}
     storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode())
     return target

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -49,6 +49,8 @@ class EvalSet:
     formation: str
     stored: int  # stored samples
     info: dict[str, Any] = field(default_factory=dict)  # extra facts for the report (herding net, ...)
+    labels: str = "hard"  # hard: its class labels; soft: a teacher's soft targets per augmented batch
+    augment: bool = True  # False: trained without augmentation (DSA, CutMix, loader-side), for ARS
 
     @property
     def formed_per_stored(self) -> int:
@@ -58,7 +60,8 @@ class EvalSet:
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "method": self.method, "kind": self.kind, "source": self.source,
                 "dataset": self.cfg.data.dataset, "ipc": self.ipc, "factor": self.factor,
-                "formation": self.formation, "stored_samples": self.stored, "formed_samples": len(self.x), **self.info}
+                "formation": self.formation, "stored_samples": self.stored, "formed_samples": len(self.x),
+                "labels": self.labels, "augment": self.augment, **self.info}
 
 
 def method_name(factor: int) -> str:
@@ -197,6 +200,23 @@ def baseline_eval_set(name: str, ipc: int, base: IDCConfig, data: RealData, *, x
     cfg = with_overrides(base, {"synset.ipc": ipc, "synset.factor": 1, "synset.formation": "uniform"}, overrides)
     return EvalSet(f"{name}-ipc{ipc}", name, "baseline", f"{name} baseline of {data.spec.name}", cfg,
                    x.flatten(0, 1), y, ipc, 1, "uniform", len(y), dict(info or {}))
+
+
+def full_eval_set(base: IDCConfig, data: RealData) -> EvalSet:
+    """The whole real training split as a set (the full-data arm), with ``base``'s recipe at
+    factor 1 like the other baselines; ``ipc`` is its images per class (the smallest class)."""
+    counts = torch.bincount(data.train_y, minlength=data.spec.num_classes)
+    cfg = with_overrides(base, {"synset.factor": 1, "synset.formation": "uniform"})
+    x = data.train_x.float() / 255 if data.train_x.dtype == torch.uint8 else data.train_x
+    return EvalSet("full", "full data", "full", f"the whole {data.spec.name} training split", cfg, x,
+                   data.train_y.long(), int(counts.min()), 1, "uniform", len(data.train_y))
+
+
+def variant(s: EvalSet, *, labels: str, augment: bool) -> EvalSet:
+    """``s`` trained with other labels or without augmentation: a copy labelled ``<label>-soft``,
+    ``<label>-noaug``, ``<label>-soft-noaug`` (the same images)."""
+    suffix = ("-soft" if labels == "soft" else "") + ("" if augment else "-noaug")
+    return replace(s, label=s.label + suffix, labels=labels, augment=augment, info=dict(s.info))
 
 
 def unique_labels(sets: list[EvalSet]) -> None:

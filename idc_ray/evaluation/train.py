@@ -23,9 +23,10 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from idc_ray.engine import rng
-from idc_ray.engine.training import Normalize, SGDTrainer
+from idc_ray.engine.training import Normalize, SGDTrainer, cutmix
 from idc_ray.engine.training import accuracy as evaluate  # top-1 on the test (or validation) images
 from idc_ray.evaluation.loader_aug import build_loader_aug
 
@@ -43,6 +44,40 @@ class TrainRecipe:
     cutmix_prob: float = 0.5  # 0 disables CutMix
     cutmix_beta: float = 1.0
     eval_every: int = 0  # test also every eval_every epochs (curves); 0: only at the report epochs
+
+
+class SoftLabelTrainer(SGDTrainer):
+    """:class:`SGDTrainer` whose targets are a teacher's soft labels, as SRe2L and RDED evaluate:
+    each augmented (DSA, then CutMix) batch goes through the teacher, and the loss is the KL
+    divergence between the teacher's and the student's softmax at ``temperature``, times
+    temperature^2 (Hinton et al. 2015), instead of the cross-entropy with the class labels."""
+
+    def __init__(self, model: nn.Module, *, teacher: nn.Module, temperature: float, **kwargs):
+        super().__init__(model, **kwargs)
+        self.teacher, self.temperature = teacher.eval(), temperature
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        xb = self.augment(x, generator)
+        xb, _, _, _ = cutmix(xb, y, generator, beta=self.cutmix_beta, prob=self.cutmix_prob)
+        t = self.temperature
+        with torch.no_grad():
+            target = F.log_softmax(self.teacher(xb) / t, dim=1)
+        student = F.log_softmax(self.model(xb) / t, dim=1)
+        loss = F.kl_div(student, target, reduction="batchmean", log_target=True) * t * t
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+def make_trainer(model: nn.Module, recipe: "TrainRecipe", teacher: nn.Module | None, temperature: float) -> SGDTrainer:
+    """The trainer of ``recipe``: with class labels, or a teacher's soft labels."""
+    kwargs = dict(lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, augment=recipe.augment,
+                  aug_single=recipe.aug_single, cutmix_prob=recipe.cutmix_prob, cutmix_beta=recipe.cutmix_beta,
+                  milestones=lr_milestones(recipe.epochs))
+    if teacher is None:
+        return SGDTrainer(model, **kwargs)
+    return SoftLabelTrainer(model, teacher=teacher, temperature=temperature, **kwargs)
 
 
 @dataclass
@@ -92,6 +127,8 @@ def train_and_evaluate(
     device: str | torch.device = "cpu",
     progress: Callable[[int, float], None] | None = None,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
 ) -> TrainResult:
     """Train ``model`` (in place, moved to ``device``) on (train_x, train_y) and test it.
 
@@ -100,7 +137,8 @@ def train_and_evaluate(
     inputs, seed and initial weights give identical results. ``progress(epoch, acc)`` is called
     after every evaluation (at :func:`report_epochs`, every ``eval_every`` epochs and after the
     last one); ``best_acc``/``last_acc`` come from the report epochs only (see :func:`select_best`;
-    ``val``: validation images and labels tested at the report epochs to select ``best``).
+    ``val``: validation images and labels tested at the report epochs to select ``best``;
+    ``teacher``: train on its soft labels at ``temperature``, see :class:`SoftLabelTrainer`).
     """
     device = torch.device(device)
     model.to(device)
@@ -109,9 +147,7 @@ def train_and_evaluate(
     x_train = normalize(train_x) if loader_aug is None else train_x.to(device, torch.float32)
     prepare = None if loader_aug is None else (lambda xb, g: normalize(loader_aug(xb, g)))
     y_train = train_y.to(device, torch.long)
-    trainer = SGDTrainer(model, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                         augment=recipe.augment, aug_single=recipe.aug_single, cutmix_prob=recipe.cutmix_prob,
-                         cutmix_beta=recipe.cutmix_beta, milestones=lr_milestones(recipe.epochs))
+    trainer = make_trainer(model, recipe, None if teacher is None else teacher.to(device), temperature)
     shuffle_gen = rng.generator(seed, "eval-shuffle")
     aug_gen = rng.generator(seed, "eval-augment")
 
