@@ -1,7 +1,8 @@
 """The full-data arm, soft labels and --scores through jobs/evaluate.py on the embedded MNIST
-subset (4,000 / 1,000 images), ConvNet-3 of width 8 for 2 epochs, 1 repeat, local backend: the
-full data beats the condensed set, soft labels change the accuracy, every DD-Ranking-style score
-is reported, and a second report takes the full-data arm from its cache."""
+subset (4,000 / 1,000 images), ConvNet-3 of width 8 for 2 epochs, 1 repeat: on Ray (the arms and
+the teacher travel to evaluation tasks) the full data beats the condensed set, soft labels change
+the accuracy and every DD-Ranking-style score is reported; a second report, in-process, takes the
+full-data arm from the cache the Ray tasks filled."""
 
 import json
 
@@ -13,7 +14,7 @@ from idc_ray.config import load_preset
 from idc_ray.data import load_dataset
 from idc_ray.evaluation import scores
 
-ARGS = ["--epochs", "2", "--repeat", "1", "--set", "eval.width=8", "--eval-every", "0", "--backend", "local"]
+ARGS = ["--epochs", "2", "--repeat", "1", "--set", "eval.width=8", "--eval-every", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,10 @@ def _mean(out, label):
 
 
 @pytest.mark.slow
-def test_full_soft_and_scores_then_the_cache(run_job, artifact, tmp_path):
+def test_full_soft_and_scores_then_the_cache(run_job, artifact, ray_cluster, tmp_path):
     out = tmp_path / "eval"
     done = run_job("evaluate", "--condensed", str(artifact), "--scores", "--labels", "hard", "soft", *ARGS,
-                   "--output", str(out))
+                   "--address", ray_cluster, "--output", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     label = artifact.name
     full = _mean(out, "full")
@@ -57,7 +58,7 @@ def test_full_soft_and_scores_then_the_cache(run_job, artifact, tmp_path):
     assert "DD-Ranking-style scores" in (out / "results.md").read_text()
 
     again = run_job("evaluate", "--dataset", "mnist5k", "--preset", "mnist5k-demo", "--baseline", "full", *ARGS,
-                    "--output", str(tmp_path / "again"))
+                    "--backend", "local", "--output", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 of 1 runs reused from the cache" in again.stderr and "done full" not in again.stderr
     assert json.loads((tmp_path / "again" / "results.json").read_text())["models"]["convnet3"]["runs"] == \
