@@ -4,6 +4,12 @@ reaches what we write or log, and the dashboard address we print carries no toke
 import ast
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -92,3 +98,52 @@ def test_the_printed_dashboard_address_never_carries_a_token(url, printed):
     lines = dashboard_lines(url)
     assert lines[0] == f"Ray dashboard: {printed}"
     assert not any("s3cr3t" in line for line in lines)
+
+
+def _holding(folder: Path, secrets: list[str]) -> list[str]:
+    """Every file under ``folder`` whose bytes hold one of ``secrets``, with the secret found."""
+    found = []
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                raw = path.read_bytes()
+            except OSError:  # a socket or a file gone meanwhile
+                continue
+            found += [f"{path}: {s}" for s in secrets if s.encode() in raw]
+    return found
+
+
+@pytest.mark.slow  # a Ray job of its own, reading and writing S3
+def test_no_credential_reaches_what_the_job_writes_or_logs(s3, run_job, tmp_path):
+    """A Ray condensation from S3 to S3 with distinctive keys in the AWS variables AND in
+    --storage-options (the path by which they could be echoed into a manifest, config.yaml, a
+    log line or a Ray task's logs): none of the four strings is in any object written to the
+    bucket, the job's stdout or stderr, its caches, or any file of its Ray session (logs included:
+    RAY_TMPDIR gives the job's Ray a temp folder of its own)."""
+    tag = uuid.uuid4().hex[:10].upper()
+    env_key, env_secret, opt_key, opt_secret = (f"{kind}{tag}" for kind in ("AKENV", "SKENV", "AKOPT", "SKOPT"))
+    assert run_job("prepare_data", "--dataset", "tiny", "--output", s3.uri("data")).returncode == 0
+    ray_tmp = Path(tempfile.mkdtemp(prefix="raysec"))  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": env_key, "AWS_SECRET_ACCESS_KEY": env_secret,
+           "RAY_TMPDIR": str(ray_tmp), "IDC_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        done = subprocess.run(
+            [sys.executable, "jobs/condense.py", "--preset", "smoke", "--data-uri", s3.uri("data"),
+             "--output", s3.uri("run"), "--outer-iters", "2", "--checkpoint-every", "1", "--address", "local",
+             "--storage-options", json.dumps({"key": opt_key, "secret": opt_secret})],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        written = s3.keys("run/")
+        assert {"run/manifest.json", "run/config.yaml", "run/condensed.parquet", "run/checkpoints/latest.json"} <= set(written)
+        secrets = [env_key, env_secret, opt_key, opt_secret]
+        body = lambda key: s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+        leaks = [f"s3://{s3.bucket}/{k}: {s}" for k in s3.keys() for s in secrets if s.encode() in body(k)]
+        leaks += [f"{name}: {s}" for name, text in (("stdout", done.stdout), ("stderr", done.stderr))
+                  for s in secrets if s in text]
+        sessions = list((ray_tmp / "ray").glob("session_*/logs/*"))
+        assert len(sessions) > 5, "the job's Ray session logs were not found"
+        leaks += _holding(ray_tmp, secrets) + _holding(tmp_path, secrets)
+        assert not leaks, leaks
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
