@@ -47,10 +47,15 @@ def recorded(tmp_path_factory):
         tested.append((x.clone(), y.clone()))
         return real_accuracy(model, x, y, *args)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(learner, "train_stage", train_stage)
-        mp.setattr(learner, "accuracy", accuracy)
-        doc = run_continual(c, base_config(c), tmp_path_factory.mktemp("checks"), backend, log=lambda _: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster on a busy machine, and pinned
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(learner, "train_stage", train_stage)
+            mp.setattr(learner, "accuracy", accuracy)
+            doc = run_continual(c, base_config(c), tmp_path_factory.mktemp("checks"), backend, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
     return doc, backend.calls, trained, tested
 
 
