@@ -120,16 +120,18 @@ class CheckpointStore:
         """The newest good checkpoint, None when none was published.
 
         A refused checkpoint is logged (one warning line naming the file) and the previous kept
-        one is tried; when every kept one is refused, the newest's CheckpointError is raised.
+        one is tried; when every kept one is refused, the newest's CheckpointError is raised (the
+        only line when there was one).
         """
         entries = self._pointer()
         refused: CheckpointError | None = None
-        for entry in entries:
+        for i, entry in enumerate(entries):
             try:
                 return self.load(entry)
             except CheckpointError as e:
                 refused = refused or e
-                log.warning("%s; falling back to the previous checkpoint", e)
+                if i + 1 < len(entries):  # the last one refused is named by the error below
+                    log.warning("%s; falling back to the previous checkpoint", e)
         if refused is not None:
             raise CheckpointError(f"{refused}; no earlier good checkpoint under '{self.root}': "
                                   "remove the checkpoints folder to start over")

@@ -41,8 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--tasks", type=comma_list, help="task scenario: datasets in order, e.g. svhn,mnist,usps")
     s.add_argument("--stages", type=int, help="class scenario: number of stages (classes split evenly, in order)")
     s.add_argument("--memory-ipc", type=int, help="stored images per class, every method (paper: 20)")
-    s.add_argument("--exemplars", type=comma_list, help="comma-separated: idc, herding, random, NAME=FILE (a "
-                   "condensed set of the whole dataset made elsewhere: artifact folder or torch file)")
+    s.add_argument("--exemplars", type=comma_list, help="comma-separated: idc, herding, random, none (no memory: "
+                   "each stage trains on Random's picks of its new classes only), NAME=FILE (a condensed set of the "
+                   "whole dataset made elsewhere: artifact folder or torch file)")
     s.add_argument("--models", type=comma_list, help="learner networks, e.g. convnet3,resnet10")
     s.add_argument("--repeat", type=int, help="learners per (method, model); mean and std over them")
     s.add_argument("--epochs", type=int, help="epochs per stage (paper: 1000; lr x0.2 at 3/5 and 4/5)")

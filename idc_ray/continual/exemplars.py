@@ -37,8 +37,8 @@ from idc_ray.evaluation.protocol import form_stored
 from idc_ray.evaluation.sets import artifact_set, file_set, is_plain_file
 from idc_ray.data import get_spec
 
-IDC, HERDING, RANDOM = "idc", "herding", "random"
-BUILTIN = (IDC, HERDING, RANDOM)
+IDC, HERDING, RANDOM, NONE = "idc", "herding", "random", "none"
+BUILTIN = (IDC, HERDING, RANDOM)  # the methods whose sets are made and cached
 log = logging.getLogger("idc_ray")
 
 
@@ -69,6 +69,13 @@ def condense_stage(cfg: IDCConfig, out_dir: str, device: str = "auto", backend: 
     (tests/continual/test_stage_backend.py)."""
     stage = backend.stage_backend(get_spec(cfg.data.dataset, cfg.data.data_uri).num_classes, out_dir) if backend else None
     return condense_to(Run(cfg, out_dir, stage or LocalBackend(device), RunOptions(resume=True)))
+
+
+def source_method(name: str) -> str:
+    """The made method whose sets an ``--exemplars`` entry trains on: ``none`` (no replay memory)
+    trains each stage on Random's picks of its new classes only, so it differs from ``random`` by
+    the memory alone."""
+    return RANDOM if name == NONE else name
 
 
 def cache_path(job: ExemplarJob) -> str:

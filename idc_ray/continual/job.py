@@ -30,8 +30,8 @@ from idc_ray import __version__, storage
 from idc_ray.config import IDCConfig, apply_overrides, load_preset
 from idc_ray.continual import report
 from idc_ray.continual.exemplars import (
-    BUILTIN, ExemplarJob, check_memory_budget, external_memory, load_memory, make_exemplars, stage_config,
-    stage_folder,
+    BUILTIN, NONE, ExemplarJob, check_memory_budget, external_memory, load_memory, make_exemplars, source_method,
+    stage_config, stage_folder,
 )
 from idc_ray.continual.learner import LearnerRun, StageRecipe, run_learner
 from idc_ray.continual.settings import ContinualConfig
@@ -60,9 +60,14 @@ def build_scenario(c: ContinualConfig, base: IDCConfig) -> Scenario:
 
 
 def exemplar_key(c: ContinualConfig, base: IDCConfig) -> str:
-    """What shapes the exemplars: the base config, the stages, the budget, the herding net."""
-    shaping = {"base": base.to_dict(), "scenario": c.scenario, "tasks": list(c.tasks), "stages": c.stages,
-               "memory_ipc": c.memory_ipc, "herding_epochs": c.herding_epochs, "image_size": c.image_size}
+    """A hash of what shapes the exemplars, and only that: the base config (the condensation and
+    Herding's network read it; every IDC artifact records it), the budget, Herding's epochs and the
+    stream (class: the stages; task: the datasets and their common side). The learner's settings
+    and the list of methods (each cached in a file of its own) stay out, so changing them reuses
+    the exemplars (tests/continual/test_continual_checks.py)."""
+    stream = {"tasks": list(c.tasks), "image_size": c.image_size} if c.scenario == "task" else {"stages": c.stages}
+    shaping = {"base": base.to_dict(), "scenario": c.scenario, **stream, "memory_ipc": c.memory_ipc,
+               "herding_epochs": c.herding_epochs}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -89,6 +94,15 @@ def method_names(c: ContinualConfig) -> list[str]:
     return [e.split("=", 1)[0] for e in c.exemplars]
 
 
+def made_methods(c: ContinualConfig) -> list[str]:
+    """The built-in methods whose exemplars are made, in order, once each (``none`` uses Random's)."""
+    out: list[str] = []
+    for m in map(source_method, c.exemplars):
+        if m in BUILTIN and m not in out:
+            out.append(m)
+    return out
+
+
 def stage_jobs(c: ContinualConfig, base: IDCConfig, p: Plan, backend: Backend | None = None) -> list[ExemplarJob]:
     """Write the stages' Parquet datasets (unless there) and list their exemplar jobs."""
     jobs = []
@@ -98,7 +112,7 @@ def stage_jobs(c: ContinualConfig, base: IDCConfig, p: Plan, backend: Backend | 
         if not parquet.is_dataset(data_dir):
             write_stage_dataset(stage_data(p.scenario.data, classes, p.scenario.stage_specs[s]), data_dir)
         cfg = stage_config(base, data_dir, c.memory_ipc)
-        jobs += [ExemplarJob(s, m, cfg, folder, c.herding_epochs, backend) for m in c.exemplars if m in BUILTIN]
+        jobs += [ExemplarJob(s, m, cfg, folder, c.herding_epochs, backend) for m in made_methods(c)]
     return jobs
 
 
@@ -110,6 +124,15 @@ def stage_recipe(c: ContinualConfig, base: IDCConfig, spec: DatasetSpec) -> Stag
                        aug_single=base.eval.aug_single,
                        cutmix_prob=0.0 if c.scenario == "task" else r.eval_cutmix_prob,
                        lwf_weight=c.lwf_weight, temperature=c.lwf_temperature)
+
+
+def stage_memories(c: ContinualConfig, p: Plan, jobs: list[ExemplarJob]
+                   ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Every ``--exemplars`` entry's per-stage sets (images, global labels), in the order given."""
+    made: dict[str, list] = {}
+    for j in jobs:
+        made.setdefault(j.method, []).append(load_memory(j, p.scenario.stages[j.stage]))
+    return {name: p.external[name] if name in p.external else made[source_method(name)] for name in method_names(c)}
 
 
 def run_continual(c: ContinualConfig, base: IDCConfig, output: str | Path, backend: Backend,
@@ -125,9 +148,7 @@ def run_continual(c: ContinualConfig, base: IDCConfig, output: str | Path, backe
         f"{len(jobs)} exemplar jobs (stages in parallel)")
     mapper(make_exemplars, [(j,) for j in jobs], [f"exemplars {j.method} stage {j.stage + 1}" for j in jobs])
     exemplar_s = time.perf_counter() - started
-    memories = {name: p.external[name] for name in p.external}
-    for j in jobs:
-        memories.setdefault(j.method, []).append(load_memory(j, scenario.stages[j.stage]))
+    memories = stage_memories(c, p, jobs)
     tests = []
     for classes in scenario.stages:
         keep = torch.isin(data.test_y, torch.tensor(classes))
@@ -136,7 +157,7 @@ def run_continual(c: ContinualConfig, base: IDCConfig, output: str | Path, backe
     width = c.width if c.width is not None else base.eval.width
     runs = [LearnerRun(method, model, k, base.schedule.seed, width if uses_net_width(model) else None,
                        data.spec.channels, data.spec.size, tuple(data.spec.mean), tuple(data.spec.std),
-                       data.spec.name, recipe)
+                       data.spec.name, recipe, replay=method != NONE)
             for method in method_names(c) for model in c.models for k in range(c.repeat)]
     log(f"[continual] {len(runs)} learners ({len(method_names(c))} methods x {len(c.models)} models x "
         f"{c.repeat} repeats), {c.epochs} epochs per stage")

@@ -160,6 +160,7 @@ class LearnerRun:
     std: tuple[float, ...]
     dataset: str | None
     recipe: StageRecipe
+    replay: bool = True  # False: stage s trains on memories[s] alone (exemplars `none`: no memory kept)
 
 
 @dataclass
@@ -177,7 +178,8 @@ def run_learner(run: LearnerRun, memories: list[tuple[torch.Tensor, torch.Tensor
                 device: str | torch.device = "cpu") -> LearnerResult:
     """All stages of one learner. ``memories[s]``: the exemplars (formed, [0, 1]) and global
     labels of stage s's new classes; ``tests[s]``: the real test images of stage s's classes.
-    Stage s trains on memories[0..s] and is tested on tests[0..s]."""
+    Stage s trains on memories[0..s] (memories[s] alone without ``run.replay``) and is tested on
+    tests[0..s]."""
     started = time.perf_counter()
     device = torch.device(device)
     normalize = Normalize(run.mean, run.std, device)
@@ -192,8 +194,8 @@ def run_learner(run: LearnerRun, memories: list[tuple[torch.Tensor, torch.Tensor
         else:
             old = copy.deepcopy(model)
             expand_head(model, seen, run.seed, *keys)
-        x = torch.cat([m[0] for m in memories[: s + 1]])
-        y = torch.cat([m[1] for m in memories[: s + 1]])
+        kept = memories[: s + 1] if run.replay else memories[s : s + 1]
+        x, y = torch.cat([m[0] for m in kept]), torch.cat([m[1] for m in kept])
         losses = train_stage(model, old, x, y, run.recipe, normalize, seed=run.seed, keys=keys, device=device,
                              groups=groups)
         tx = torch.cat([t[0] for t in tests[: s + 1]])

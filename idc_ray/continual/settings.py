@@ -19,7 +19,8 @@ import yaml
 from idc_ray.config import ConfigError
 
 SCENARIOS = ("class", "task")
-BUILTIN_EXEMPLARS = ("idc", "herding", "random")
+# none: no replay memory (each stage trains on its new classes' Random picks only): the fine-tuning arm
+BUILTIN_EXEMPLARS = ("idc", "herding", "random", "none")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 import ray
 
@@ -56,13 +57,21 @@ def _connect(address: str | None, local: Mapping[str, Any]) -> str | None:
     return context.dashboard_url or None
 
 
+def printable_url(url: str) -> str:
+    """``url`` as we print it: http:// added where it has no scheme, and without what could hold a
+    secret (a user:password@ part, a query string such as ``?token=``, a fragment): the address
+    printed goes to logs and terminals; the token is fetched on its own (``dashboard_lines``)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
 def dashboard_lines(url: str) -> list[str]:
     """The dashboard's address and, next to it, how to get the token Ray 2.60's token
     authentication asks for in the browser: ``ray get-auth-token`` (the ``ray`` of this
     environment) prints it; it is read from RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH,
     else ``~/.ray/auth_token`` (``ray._private.authentication.authentication_token_setup``)."""
     ray_cli = Path(sys.executable).with_name("ray")
-    return [f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}",
+    return [f"Ray dashboard: {printable_url(url)}",
             f"  its token, if it asks for one: {ray_cli} get-auth-token "
             "(kept in $RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token)"]
 

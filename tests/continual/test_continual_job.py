@@ -72,6 +72,33 @@ def test_exemplars_come_from_their_stage_only(first_run):
     assert herding["labels"].tolist() == [0, 1]
 
 
+def _exemplar_files(out: Path) -> dict[str, str]:
+    """sha256 of every file the exemplars are made of (stage data, IDC's Parquet set and config,
+    the baselines' torch files), by path under OUTPUT/cache; manifests (wall times) and
+    checkpoints left out, as the resumption test does; the output folder's name, which IDC's
+    config.yaml records in its data URI, replaced by OUTPUT."""
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes().replace(str(out).encode(), b"OUTPUT")).hexdigest()
+            for p in (out / "cache").rglob("*")
+            if p.is_file() and "checkpoints" not in p.parts and p.name != "manifest.json"}
+
+
+def test_the_ray_run_equals_the_in_process_run_in_bytes(first_run, tmp_path):
+    """The same job with --backend local, one torch thread as each Ray task has: the same
+    exemplar files byte for byte and the same table (every run's accuracy at every stage)."""
+    out = tmp_path / "local"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run("--output", str(out), "--backend", "local") == 0
+    finally:
+        torch.set_num_threads(before)
+    table = lambda folder: {m: {k: e["convnet3"][k] for k in ("runs", "mean", "std")}
+                            for m, e in json.loads((folder / "results.json").read_text())["results"].items()}
+    assert table(out) == table(first_run)
+    files = _exemplar_files(out)
+    assert len(files) > 10 and files == _exemplar_files(first_run)
+
+
 @pytest.mark.slow  # a stage killed mid-run
 def test_killed_stage_resumes_from_the_cache_with_the_same_bytes(first_run, tmp_path):
     (cache,) = (first_run / "cache").iterdir()
