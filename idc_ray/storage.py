@@ -95,17 +95,31 @@ def configured(options: Mapping[str, Any] | None) -> Iterator[None]:
 # URIs and filesystems
 # ---------------------------------------------------------------------------------------------
 def parse_storage_options(text: str | None) -> dict[str, Any] | None:
-    """Parse a ``--storage-options`` JSON object (None or empty: None)."""
+    """Parse a ``--storage-options`` JSON object, or ``@FILE``: the object in a local file (None or
+    empty: None). The file form keeps keys off the command line, which ``ps`` shows every user of
+    the machine and Ray records as the job's entrypoint (the dashboard's Jobs page)."""
     if not text:
         return None
+    source = "--storage-options"
+    if text.startswith("@"):
+        source, text = _options_file(text[1:])
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise StorageError(f"--storage-options is not valid JSON ({e.msg} at char {e.pos}); "
+        raise StorageError(f"{source} is not valid JSON ({e.msg} at char {e.pos}); "
                            'pass an object such as \'{"endpoint_url": "http://host:9000"}\'', "options") from None
     if not isinstance(value, dict):
-        raise StorageError(f"--storage-options must be a JSON object, got {type(value).__name__}", "options")
+        raise StorageError(f"{source} must be a JSON object, got {type(value).__name__}", "options")
     return value
+
+
+def _options_file(path: str) -> tuple[str, str]:
+    """``--storage-options @path``: the file's name (for messages) and its text."""
+    try:
+        return f"--storage-options file '{path}'", Path(path).expanduser().read_text()
+    except OSError as e:
+        raise StorageError(f"--storage-options @{path}: cannot read the file ({e.strerror or e}); "
+                           "pass @ and the path of a JSON file of fsspec/s3fs options", "options") from None
 
 
 def is_local(uri: str | os.PathLike) -> bool:

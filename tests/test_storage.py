@@ -71,6 +71,15 @@ def test_join_and_is_local():
     assert storage.is_local("/data") and storage.is_local("file:///data") and not storage.is_local("s3://b/k")
 
 
+def test_storage_options_from_a_file_keep_keys_off_the_command_line(tmp_path):
+    (tmp_path / "s3.json").write_text('{"key": "K", "secret": "S", "client_kwargs": {"region_name": "r"}}')
+    assert storage.parse_storage_options(f"@{tmp_path}/s3.json") == {
+        "key": "K", "secret": "S", "client_kwargs": {"region_name": "r"}}
+    (tmp_path / "bad.json").write_text("{key")
+    with pytest.raises(StorageError, match=r"--storage-options file '.*bad.json' is not valid JSON"):
+        storage.parse_storage_options(f"@{tmp_path}/bad.json")
+
+
 def test_parse_storage_options():
     assert storage.parse_storage_options(None) is None
     assert storage.parse_storage_options('{"endpoint_url": "http://h:1"}') == {"endpoint_url": "http://h:1"}
