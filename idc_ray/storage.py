@@ -11,8 +11,8 @@ Connection settings are never hard-coded. They come from, in order of precedence
   variables, which the dashboard shows;
 * the usual AWS environment: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read here, so the
   endpoint works whatever the installed botocore honours), and ``AWS_ACCESS_KEY_ID``,
-  ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, ``AWS_MAX_ATTEMPTS`` ... which
-  botocore reads itself.
+  ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` ... which botocore reads
+  itself (not ``AWS_MAX_ATTEMPTS``: the retries are this module's, see Outages below).
 
 Atomicity: a local file is written under a temporary name in the same folder, fsynced and renamed
 (``os.replace`` is atomic on POSIX). An S3 object appears only when its PUT (or multipart upload)
@@ -33,7 +33,9 @@ Outages: every operation on a remote URI is retried, with exponential backoff (:
 while the storage does not answer (timeouts, connection failures, 5xx and throttling replies),
 for at most the storage timeout (``--storage-timeout``, :data:`DEFAULT_TIMEOUT_S` by default);
 then it stops with one line, ``storage at <uri> did not answer for N s``. Each attempt's connect
-and read timeouts are capped by what is left of that bound, and the libraries' own retries are
+and read timeouts, and the whole blocking call (fsspec's ``sync`` timeout: the read timeout does
+not cover every wait, a PUT's ``Expect: 100-continue`` has none), are capped by what is left of
+that bound, and the libraries' own retries are
 switched off (s3fs ``retries=1``, botocore ``max_attempts=1``): their retries count attempts,
 not time, and multiply (s3fs's 5 tries of botocore's 5 attempts of a 15 s read made a paused
 server hang one read for about 7 minutes), so neither gives a total deadline. An endpoint that

@@ -97,6 +97,7 @@ CASES = [
     ("condense", [*SMOKE, "--eval-models", "lenet"], None, "unknown model 'lenet'; available:"),
     ("condense", [*SMOKE, "--eval-models", "convnet3", "--eval-repeat", "0"], None, "--eval-repeat must be at least 1"),
     ("condense", [*SMOKE, "--storage-options", "not json"], None, "--storage-options is not valid JSON"),
+    ("condense", [*SMOKE, "--storage-timeout", "0"], None, "--storage-timeout must be a positive number of seconds"),
     ("condense", [*SMOKE, "--set", "expert.pretrained=auto", "--pool-seeds", "0"], None, "--pool-seeds must be at least 1"),
     # jobs/evaluate.py: artifact manifests, plain files, baselines
     ("evaluate", ["--condensed", "{tmp}/missing", "--backend", "local"], None, "no manifest.json at"),
