@@ -77,10 +77,24 @@ def config_from_args(args: argparse.Namespace) -> IDCConfig:
     return cfg
 
 
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--storage-options`` and ``--storage-timeout``, the flags of every job that reads or writes
+    storage (read by :func:`configure_storage`)."""
+    parser.add_argument("--storage-options", metavar="JSON",
+                        help='fsspec/s3fs options for s3:// paths, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
+                             "(default: the usual AWS environment variables)")
+    parser.add_argument("--storage-timeout", type=float, default=storage.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help="how long an operation on s3:// storage is retried, with backoff, while the storage "
+                             f"does not answer, before the job stops (default {storage.DEFAULT_TIMEOUT_S:g})")
+
+
 def configure_storage(args: argparse.Namespace) -> None:
-    """Configure this process's storage once, at the job's start, from ``--storage-options``: every
-    read and write uses it, and the Ray workers the job starts are handed it (idc_ray.storage)."""
-    storage.configure(storage.parse_storage_options(args.storage_options))
+    """Configure this process's storage once, at the job's start, from ``--storage-options`` and
+    ``--storage-timeout``: every read and write uses them, and the Ray workers the job starts are
+    handed them (idc_ray.storage)."""
+    if not args.storage_timeout > 0:
+        raise UsageError(f"--storage-timeout must be a positive number of seconds, got {args.storage_timeout:g}")
+    storage.configure(storage.parse_storage_options(args.storage_options), args.storage_timeout)
 
 
 def comma_list(text: str) -> tuple[str, ...]:

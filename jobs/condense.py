@@ -23,7 +23,7 @@ import sys
 
 from idc_ray.backends import backend_for
 from idc_ray.cli import (ProgressPrinter, UsageError, add_config_arguments, comma_list, config_from_args,
-                         configure_storage, run_main, setup_logging)
+                         add_storage_arguments, configure_storage, run_main, setup_logging)
 from idc_ray.run.backend import RunOptions, stderr_line
 from idc_ray.run.curve import EvalEvery, EvaluationsFailed
 from idc_ray.run.job import FinalEval, PoolOptions, Run, condense_to
@@ -34,9 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created; files replaced atomically)")
     parser.add_argument("--device", default="auto", help="local backend: auto (CUDA when available, else CPU), cpu, cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--storage-options", metavar="JSON",
-                        help='fsspec/s3fs options for s3:// paths, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
-                             "(default: the usual AWS environment variables)")
+    add_storage_arguments(parser)
     add_config_arguments(parser)
     ray_args = parser.add_argument_group("Ray")
     ray_args.add_argument("--backend", choices=("ray", "local"), default="ray",

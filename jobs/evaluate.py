@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from idc_ray.backends import backend_for
-from idc_ray.cli import add_debug_argument, comma_list, configure_storage, run_main
+from idc_ray.cli import add_debug_argument, add_storage_arguments, comma_list, configure_storage, run_main
 from idc_ray.device import resolve_device
 from idc_ray.run.backend import RunOptions, stderr_line
 from idc_ray.evaluation.baselines import BASELINES
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--num-gpus-per-task", type=float, help="GPUs per task (default: 1 when the cluster has GPUs)")
     run.add_argument("--max-retries", type=int, default=3, help="re-runs of a task whose worker died (default 3)")
     run.add_argument("--device", default="auto", help="local backend and the herding network: auto, cpu, cuda[:N]")
-    run.add_argument("--storage-options", help="fsspec options for s3:// URIs, as JSON")
+    add_storage_arguments(run)
     add_debug_argument(p)
     return p.parse_args(argv)
 

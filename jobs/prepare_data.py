@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import add_debug_argument, configure_storage, run_main
+from idc_ray.cli import add_debug_argument, add_storage_arguments, configure_storage, run_main
 from idc_ray.data.prepare import SOURCES, prepare
 
 
@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", required=True, help=f"source dataset: {', '.join(SOURCES)}")
     parser.add_argument("--data-uri", help="the source's root folder (ignored by mnist5k and tiny)")
     parser.add_argument("--output", required=True, metavar="URI", help="output folder: a local path or s3://bucket/prefix")
-    parser.add_argument("--storage-options", metavar="JSON", help='fsspec options, e.g. \'{"endpoint_url": "http://host:9000"}\'')
+    add_storage_arguments(parser)
     parser.add_argument("--encoding", default="png", choices=("png", "raw"),
                         help="image column: PNG bytes (default) or raw uint8 lists (CHW)")
     parser.add_argument("--rows-per-shard", type=int, default=10_000, help="rows per Parquet file (default 10000)")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import UsageError, add_config_arguments, config_from_args, configure_storage, run_main, setup_logging
+from idc_ray.cli import (UsageError, add_config_arguments, add_storage_arguments, config_from_args, configure_storage,
+                         run_main, setup_logging)
 from idc_ray.config import ConfigError
 from idc_ray.data import get_spec
 from idc_ray.tune.space import load_space
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cache shared by trials and sweeps (pretrained pools; default STORAGE/cache when local); "
                              "on a multi-node cluster, a folder every node mounts")
     parser.add_argument("--search-seed", type=int, default=0, help="seed of the sampling of the space (default 0)")
-    parser.add_argument("--storage-options", metavar="JSON", help="fsspec/s3fs options for s3:// paths (JSON)")
+    add_storage_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no Tune status tables")
     add_config_arguments(parser)
     parser.set_defaults(preset=None)  # the space's preset unless given

@@ -11,11 +11,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import select
 import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 import pytest
 
@@ -232,3 +235,93 @@ def _damage(path, how: str) -> None:
 def damage():
     """``damage(path, how)``: corrupt the file at ``path`` (``how``: ``flip`` or ``truncate``)."""
     return _damage
+
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1 in front of the S3 server that can stop answering, as a paused
+    server does: while paused, connections are still accepted (the kernel's backlog would take
+    them) but not a byte passes either way, so clients see their connect succeed and their reads
+    time out. The moto server runs in this test process (a thread), so it cannot be SIGSTOPped;
+    and moto keeps its buckets in memory, so it must not be restarted."""
+
+    def __init__(self, upstream: str):
+        host, port = upstream.rsplit("//", 1)[1].rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.running = threading.Event()
+        self.running.set()
+        self.closed = threading.Event()
+        self.trigger: tuple[bytes, bytes] | None = None
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def pause(self) -> None:
+        self.running.clear()
+
+    def pause_at(self, method: str, path_part: str) -> None:
+        """Pause when a request ``method ...path_part... HTTP/1.1`` reaches the proxy, holding that
+        request too: the outage begins at that exact point of a job."""
+        self.trigger = (f"{method} ".encode(), path_part.encode())
+
+    def resume(self) -> None:
+        self.running.set()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.running.set()
+        self.listener.close()
+
+    def _triggered(self, data: bytes) -> bool:
+        trigger, line = self.trigger, data.split(b"\r\n", 1)[0]
+        if trigger and line.startswith(trigger[0]) and trigger[1] in line:
+            self.trigger = None
+            self.pause()
+            return True
+        return False
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        self.running.wait()
+        try:
+            server = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()
+            return
+        with client, server:
+            self._pump(client, server)
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        """Forward bytes both ways until either side closes; hold everything while paused."""
+        peers = {client: server, server: client}
+        while not self.closed.is_set():
+            self.running.wait()
+            ready, _, _ = select.select(list(peers), [], [], 0.05)
+            for sock in ready:
+                if not self.running.is_set():
+                    break
+                try:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        return
+                    if sock is client and self._triggered(data):
+                        self.running.wait()
+                    peers[sock].sendall(data)
+                except OSError:
+                    return
+
+
+@pytest.fixture
+def s3_proxy(s3, monkeypatch) -> Iterator[StallingProxy]:
+    """The ``s3`` bucket reached through a :class:`StallingProxy` (``AWS_ENDPOINT_URL`` points
+    at the proxy); ``s3.keys`` still reads the server directly."""
+    proxy = StallingProxy(s3.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    yield proxy
+    proxy.close()

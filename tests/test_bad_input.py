@@ -101,6 +101,7 @@ CASES = [
      "cannot read the file (No such file or directory); pass @ and the path of a JSON file"),
     ("condense", [*SMOKE, "--storage-options", "@{tmp}/opts.json"], write("opts.json", "[1]"),
      "opts.json' must be a JSON object, got list"),
+    ("condense", [*SMOKE, "--storage-timeout", "0"], None, "--storage-timeout must be a positive number of seconds"),
     ("condense", [*SMOKE, "--set", "expert.pretrained=auto", "--pool-seeds", "0"], None, "--pool-seeds must be at least 1"),
     # jobs/evaluate.py: artifact manifests, plain files, baselines
     ("evaluate", ["--condensed", "{tmp}/missing", "--backend", "local"], None, "no manifest.json at"),

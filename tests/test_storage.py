@@ -352,3 +352,85 @@ def test_ray_job_on_s3_with_the_endpoint_only_in_storage_options(s3, ray_cluster
         stored, labels, manifest = load_condensed(s3.uri("run"))
     assert manifest["metrics"]["backend"] == "ray" and len(manifest["metrics"]["placement"]) >= 2
     assert stored.shape[0] == 4 and "run/checkpoints/latest.json" in s3.keys("run/")
+
+
+# ------------------------------------------------------------------ outages: the retry policy
+class _Clock:
+    """A fake clock that moves only when slept on, or when an attempt takes time."""
+
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_backoff_doubles_up_to_its_cap():
+    waits = storage.backoff(0.5, 15.0)
+    assert [next(waits) for _ in range(8)] == [0.5, 1, 2, 4, 8, 15, 15, 15]
+
+
+def test_retry_backs_off_until_the_deadline_then_gives_up_from_the_last_error():
+    clock, lefts = _Clock(), []
+
+    def attempt(left):
+        lefts.append(left)
+        clock.now += 0.25  # each attempt takes a quarter second to fail
+        raise storage.StorageError(f"timed out #{len(lefts)}", "timeout")
+
+    with pytest.raises(storage.Unanswered) as gave_up:
+        storage.retry(attempt, 10.0, lambda e: e.kind == "timeout", clock=lambda: clock.now, sleep=clock.sleep)
+    # 0.5, 1, 2, 4 of backoff; the next wait (8 s) is cut to end at the deadline
+    assert clock.sleeps == [0.5, 1, 2, 4, 1.25]
+    assert clock.now == pytest.approx(10.25) and gave_up.value.attempts == 6  # the last attempt began at 10
+    assert str(gave_up.value.last) == "timed out #6"
+    assert lefts[0] == 10.0 and lefts == sorted(lefts, reverse=True)
+
+
+def test_retry_returns_once_the_storage_answers_and_passes_other_errors_at_once():
+    clock, calls = _Clock(), []
+
+    def flaky(left):
+        calls.append(left)
+        if len(calls) < 3:
+            raise storage.StorageError("no answer", "timeout")
+        return "bytes"
+
+    transient = lambda e: getattr(e, "kind", None) == "timeout"  # noqa: E731
+    assert storage.retry(flaky, 60.0, transient, clock=lambda: clock.now, sleep=clock.sleep) == "bytes"
+    assert clock.sleeps == [0.5, 1.0]
+
+    def missing(left):
+        raise storage.StorageError("absent", "missing")
+
+    with pytest.raises(storage.StorageError, match="absent"):
+        storage.retry(missing, 60.0, transient, clock=lambda: clock.now, sleep=clock.sleep)
+    assert clock.sleeps == [0.5, 1.0]
+
+
+def test_the_storage_timeout_travels_with_the_options_to_another_process():
+    with storage.configured({"endpoint_url": "http://x"}):
+        assert storage.timeout_s() == storage.DEFAULT_TIMEOUT_S
+        assert storage.current() == {"endpoint_url": "http://x"}
+    storage.configure(None, 7)
+    handed = storage.current()
+    assert handed == {storage.TIMEOUT_KEY: 7.0}
+    storage.configure(None)
+    assert storage.timeout_s() == storage.DEFAULT_TIMEOUT_S
+    storage.configure(handed)  # what a Ray worker does with the driver's current()
+    assert storage.timeout_s() == 7.0 and storage.current() == handed
+
+
+def test_an_unanswered_operation_stops_in_one_line_within_the_bound(s3, s3_proxy):
+    """A paused server: connect succeeds, nothing answers (without the bound, s3fs and botocore
+    retried one read for about 7 minutes)."""
+    uri = s3.uri("ckpt.pt")
+    storage.atomic_write_bytes(uri, b"state")
+    storage.configure(None, 1)
+    s3_proxy.pause()
+    with pytest.raises(storage.StorageError) as err:
+        storage.read_bytes(uri)
+    assert err.value.kind == "outage" and str(err.value).startswith(f"storage at {uri} did not answer for 1 s")
+    s3_proxy.resume()
+    assert storage.read_bytes(uri) == b"state"
