@@ -82,7 +82,8 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     storage (read by :func:`configure_storage`)."""
     parser.add_argument("--storage-options", metavar="JSON",
                         help='fsspec/s3fs options for s3:// paths, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
-                             "(default: the usual AWS environment variables)")
+                             "or @FILE, a JSON file of them that keeps keys off the command line (default: the usual AWS "
+                             "environment variables)")
     parser.add_argument("--storage-timeout", type=float, default=storage.DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help="how long an operation on s3:// storage is retried, with backoff, while the storage "
                              f"does not answer, before the job stops (default {storage.DEFAULT_TIMEOUT_S:g})")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idc_ray.cli import add_debug_argument, configure_storage, run_main
+from idc_ray.cli import add_debug_argument, add_storage_arguments, configure_storage, run_main
 from idc_ray.export import FORMATS, MANIFEST, export
 
 
@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     p.add_argument("--condensed", required=True, metavar="URI", help="artifact folder/URI of jobs/condense.py")
     p.add_argument("--output", required=True, metavar="DIR", help="a new or empty local folder")
-    p.add_argument("--storage-options", help="fsspec options for s3:// URIs, as JSON")
+    add_storage_arguments(p)
     add_debug_argument(p)
     return p.parse_args(argv)
 
