@@ -232,3 +232,15 @@ def _damage(path, how: str) -> None:
 def damage():
     """``damage(path, how)``: corrupt the file at ``path`` (``how``: ``flip`` or ``truncate``)."""
     return _damage
+
+
+@pytest.fixture
+def one_thread():
+    """Matching results depend on torch's thread count (parallel reductions add in another order),
+    so the in-process reference runs with the 1 thread each Ray actor gets on this machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
