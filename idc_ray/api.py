@@ -258,7 +258,9 @@ def _output(output: str | os.PathLike | None) -> str:
         return tempfile.mkdtemp(prefix="idc-ray-")
     if not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output must be a folder path or URL, got {type(output).__name__}")
-    return os.fspath(output)
+    output = os.fspath(output)
+    # absolute: Ray workers write and read <output>/data from their own working folders
+    return output if "://" in output else os.path.abspath(output)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ run and of jobs/condense.py; bad arguments raise one error naming the argument."
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,3 +202,12 @@ def test_an_image_folder_is_prepared_and_condensed(run_job, tmp_path):
     assert condensed.stored.shape == (3, 1, 1, 16, 16)
     assert condensed.manifest["classes"] == ["digit0", "digit1", "digit2"]
     assert torch.equal(load_dataset("parquet", tmp_path / "run" / "data").train_x, prepared.train_x)
+
+
+def test_a_ray_dataset_without_the_named_columns_is_refused_before_anything_runs(ray_cluster, tmp_path):
+    import ray
+
+    ds = ray.data.from_items([{"pixels": np.zeros((1, 4, 4), np.uint8), "label": 0}])
+    with pytest.raises(ValueError, match="image_column"):
+        idc_ray.condense(ds, ipc=1, output=tmp_path, backend="local")
+    assert not (tmp_path / "data" / "dataset.json").exists()

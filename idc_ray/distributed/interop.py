@@ -55,9 +55,6 @@ def _uint8_images(images: np.ndarray, column: str) -> np.ndarray:
 def _write_batch(batch: Mapping[str, np.ndarray], *, folder: str, split: str, image: str, label: str,
                  options: dict | None) -> dict[str, np.ndarray]:
     """Runs in a Ray Data worker: one shard per class of this batch, and the batch's summary."""
-    if image not in batch or label not in batch:
-        raise ValueError(f"data: the Ray Dataset has columns {sorted(batch)}; name its image and label columns "
-                         f"with image_column= and label_column= (now '{image}' and '{label}')")
     x, y = _uint8_images(np.asarray(batch[image]), image), np.asarray(batch[label]).astype(np.int64)
     files, labels = [], []
     with storage.configured(options):
@@ -91,6 +88,10 @@ def write_split(ds, folder: str, split: str, *, image: str = "image", label: str
     """Write ``ds`` as the ``split`` shards of the Parquet dataset at ``folder`` with Ray Data;
     returns the split's entry (files in row order, their labels, counts) plus ``shape`` and the
     per-channel ``sum``/``squares``/``n`` of its [0, 1] values. Only summaries reach the driver."""
+    columns = ds.schema().names  # the schema only: the first block at most
+    if image not in columns or label not in columns:
+        raise ValueError(f"image_column/label_column: the Ray Dataset has columns {sorted(columns)}, not '{image}' "
+                         f"and '{label}'; pass image_column= and label_column=")
     writer = dict(folder=folder, split=split, image=image, label=label, options=storage.current())
     with _order_kept():
         summaries = [json.loads(row["summary"]) for row in
@@ -125,8 +126,8 @@ def formed_ray_dataset(uri: str, *, normalize: bool = True):
     manifest = read_manifest(uri)
     folder = uri[: -len("/manifest.json")] if uri.endswith("/manifest.json") else uri
     fs, path = storage.open_fs(storage.join(folder, PARQUET))
-    table = ray.data.read_parquet(path, filesystem=pa.fs.PyFileSystem(pa.fs.FSSpecHandler(fs)),
-                                  columns=["label", "data"])
+    table = ray.data.read_parquet(path, filesystem=pa.fs.PyFileSystem(pa.fs.FSSpecHandler(fs))).select_columns(
+        ["label", "data"])
     form = dict(formation=manifest["formation"], shape=manifest["shape"], mean=manifest["mean"], std=manifest["std"],
                 normalize=normalize)
     partitions = max(1, min(manifest["num_classes"], ray.data.DataContext.get_current().min_parallelism or 1))
