@@ -217,9 +217,15 @@ def formed_dataset(uri: str | os.PathLike, *, normalize: bool = True) -> torch.u
     bound), exactly as IDC evaluates them, then normalised with the manifest's mean/std
     (``normalize=False``: left in [0, 1], e.g. to apply your own augmentation first).
     """
-    stored, labels, manifest = load_condensed(uri)
+    return torch.utils.data.TensorDataset(*form_training_set(*load_condensed(uri), normalize=normalize))
+
+
+def form_training_set(stored: torch.Tensor, labels: torch.Tensor, manifest: Mapping[str, Any], *,
+                      normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Formed samples and labels of stored samples with the manifest's ``formation``,
+    normalised with its ``mean``/``std`` unless ``normalize=False``."""
     x, y = _formed(stored, labels, manifest["formation"])
     if normalize:
         x = Normalize(manifest["mean"], manifest["std"])(x)
-    return torch.utils.data.TensorDataset(x, y)
+    return x, y
 

@@ -6,6 +6,8 @@ On a cluster:
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python jobs/condense.py --preset cifar10 --data-uri s3://bucket/cifar10 --output s3://bucket/runs/c10
 
+The same as idc_ray.condense(...) from Python (docs/python.md): both call idc_ray.api.run_condensation.
+
 Writes the artifact to DIR (a local path or s3://...): condensed.parquet, config.yaml,
 preview.png, preview_formed.png and manifest.json (last), and checkpoints under DIR/checkpoints
 every --checkpoint-every outer iterations (--resume continues from the last one).
@@ -21,12 +23,13 @@ import argparse
 import json
 import sys
 
+from idc_ray.api import run_condensation
 from idc_ray.backends import backend_for
 from idc_ray.cli import (ProgressPrinter, UsageError, add_config_arguments, comma_list, config_from_args,
                          add_storage_arguments, configure_storage, run_main, setup_logging)
 from idc_ray.run.backend import RunOptions, stderr_line
 from idc_ray.run.curve import EvalEvery, EvaluationsFailed
-from idc_ray.run.job import FinalEval, PoolOptions, Run, condense_to
+from idc_ray.run.job import FinalEval, PoolOptions, Run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -155,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     backend = backend_for(options, address=args.address, device=args.device, log=None if args.quiet else stderr_line)
     printer = None if args.quiet else ProgressPrinter(cfg.schedule.outer_iters, cfg.schedule.inner_iters)
     try:
-        path = condense_to(Run(cfg, args.output, backend, options, on_progress=printer, final_eval=final,
-                               pool=pool_options(args), eval_every=eval_every(args, final)))
+        condensed = run_condensation(Run(cfg, args.output, backend, options, on_progress=printer, final_eval=final,
+                                         pool=pool_options(args), eval_every=eval_every(args, final)))
     except EvaluationsFailed as e:  # --strict-eval: the set is written, the run is not clean
         print(f"condensed set written to {e.path}")
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"condensed set written to {path}")
+    print(f"condensed set written to {condensed.manifest_uri}")
     return 0
 
 

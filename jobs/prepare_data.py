@@ -4,6 +4,11 @@
     python jobs/prepare_data.py --dataset speech --data-uri ~/mini_speech_commands --output /data/speech-pq
     python jobs/prepare_data.py --dataset imagenet-subset --class-list my100.txt --size 128 \\
         --data-uri /imagenet --output s3://bucket/in100-128
+    python jobs/prepare_data.py --dataset imagefolder --data-uri ~/photos --size 64 --output /data/photos-pq
+
+imagefolder: one sub-folder of PNG/JPEG images per class (or train/ beside val/ or test/), any
+sizes, resized and centre-cropped to --size (default 32); without a test folder every 10th image
+of a class (sorted names) is held out as test (docs/python.md).
 
 Then condense from it with --dataset cifar10 (or --dataset parquet) --data-uri <output>.
 S3 endpoint and credentials: the AWS environment variables, or --storage-options JSON.
@@ -29,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image column: PNG bytes (default) or raw uint8 lists (CHW)")
     parser.add_argument("--rows-per-shard", type=int, default=10_000, help="rows per Parquet file (default 10000)")
     parser.add_argument("--row-group-size", type=int, default=1_000, help="rows per row group (default 1000)")
-    parser.add_argument("--size", type=int, help="ImageNet sources: resize + center-crop side (default 224)")
+    parser.add_argument("--size", type=int, help="ImageNet sources and imagefolder: resize + center-crop side (default 224; imagefolder 32)")
     parser.add_argument("--class-list", metavar="FILE", help="ImageNet sources: class-list file, one wnid per line")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already at --output")
     add_debug_argument(parser)

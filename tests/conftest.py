@@ -325,3 +325,15 @@ def s3_proxy(s3, monkeypatch) -> Iterator[StallingProxy]:
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     yield proxy
     proxy.close()
+
+
+@pytest.fixture
+def one_thread():
+    """Matching results depend on torch's thread count (parallel reductions add in another order),
+    so the in-process reference runs with the 1 thread each Ray actor gets on this machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

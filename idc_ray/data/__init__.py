@@ -19,6 +19,7 @@ from .registry import (
     channel_stats,
     get_spec,
     load_dataset,
+    stats_from_sums,
     with_stats,
 )
 from .sources import DatasetFormatError, DatasetNotFoundError
@@ -36,5 +37,6 @@ __all__ = [
     "channel_stats",
     "get_spec",
     "load_dataset",
+    "stats_from_sums",
     "with_stats",
 ]

@@ -1,4 +1,5 @@
-"""ImageNet subsets from an ImageFolder tree: ``<root>/train/<wnid>/*.JPEG``, ``<root>/val/<wnid>/*``.
+"""ImageNet subsets from an ImageFolder tree: ``<root>/train/<wnid>/*.JPEG``, ``<root>/val/<wnid>/*``,
+and any folder of images per class (``imagefolder``, :func:`load_image_folder`).
 
 The class list decides which wnids are loaded and in which order: label ``i`` is the ``i``-th
 wnid of the list (the published loader's ``find_subclasses``). ImageNet-100 is the 100-class
@@ -79,24 +80,24 @@ def _list_images(name: str, folder: str, classes: Sequence[str]) -> list[tuple[s
                                    f"(first: {', '.join(empty[:3])}); every class needs image files") from None
 
 
-def _decode(path: str, size: int) -> np.ndarray:
-    """Resize(size) + CenterCrop(size) of one image as (3, size, size) uint8."""
+def _decode(path: str, size: int, channels: int = 3) -> np.ndarray:
+    """Resize(size) + CenterCrop(size) of one image as (channels, size, size) uint8 (1: gray, 3: RGB)."""
     import torchvision.transforms.functional as TF
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            out = TF.center_crop(TF.resize(im.convert("RGB"), size), size)
+            out = TF.center_crop(TF.resize(im.convert("L" if channels == 1 else "RGB"), size), size)
     except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise DatasetFormatError(f"cannot decode image {path} ({e}); remove or replace the file") from None
-    return np.asarray(out).transpose(2, 0, 1)
+    return np.asarray(out).reshape(size, size, channels).transpose(2, 0, 1)
 
 
-def _decode_all(samples: list[tuple[str, int]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = np.empty((len(samples), 3, size, size), dtype=np.uint8)
+def _decode_all(samples: list[tuple[str, int]], size: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    x = np.empty((len(samples), channels, size, size), dtype=np.uint8)
     # PIL releases the GIL while decoding and resizing, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        for i, image in enumerate(pool.map(lambda s: _decode(s[0], size), samples)):
+        for i, image in enumerate(pool.map(lambda s: _decode(s[0], size, channels), samples)):
             x[i] = image
     y = np.asarray([label for _, label in samples], dtype=np.int64)
     return torch.from_numpy(x), torch.from_numpy(y)
@@ -122,3 +123,79 @@ def load_imagenet_folder(root=None, *, classes: Sequence[str], size: int = 224, 
 
     arrays, _ = cached(cache_path(root, f"{name}-{size}px", key), build)
     return arrays
+
+
+# ---------------------------------------------------------------------------------------------
+# Any folder of images per class
+# ---------------------------------------------------------------------------------------------
+IMAGEFOLDER = "imagefolder"
+HELD_OUT_EVERY = 10  # no test folder: the 10th, 20th, ... file of each class (sorted names) is test
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+_TEST_FOLDERS = ("val", "test")
+
+
+def _class_folders(folder: str) -> tuple[str, ...]:
+    names = tuple(sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")))
+    if not names:
+        raise DatasetNotFoundError(f"dataset '{IMAGEFOLDER}': no class folders under {folder}; expected "
+                                   f"{folder}/<class>/*.png (one sub-folder per class)")
+    return names
+
+
+def _channels(samples: list[tuple[str, int]]) -> int:
+    """1 when every image is gray (PIL mode L and kin), else 3 (gray images are then read as RGB)."""
+    from PIL import Image
+
+    def gray(path: str) -> bool:
+        try:
+            with Image.open(path) as im:
+                return im.mode in _GRAY_MODES
+        except OSError as e:
+            raise DatasetFormatError(f"cannot decode image {path} ({e}); remove or replace the file") from None
+
+    return 1 if all(gray(p) for p, _ in samples) else 3
+
+
+def _image_folder_samples(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
+    """Class names and (path, label) per split: ``train/`` beside ``val/`` or ``test/`` when the
+    folder has them, else the held-out rule of :data:`HELD_OUT_EVERY` on ``<root>/<class>/``."""
+    train = os.path.join(root, "train")
+    tests = [os.path.join(root, f) for f in _TEST_FOLDERS if os.path.isdir(os.path.join(root, f))]
+    if os.path.isdir(train) and tests:
+        classes = _class_folders(train)
+        return classes, {"train": _list_images(IMAGEFOLDER, train, classes),
+                         "test": _list_images(IMAGEFOLDER, tests[0], classes)}
+    classes = _class_folders(root)
+    samples = _list_images(IMAGEFOLDER, root, classes)
+    position = {}
+    split: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    for path, label in samples:
+        position[label] = position.get(label, 0) + 1
+        split["test" if position[label] % HELD_OUT_EVERY == 0 else "train"].append((path, label))
+    return classes, split
+
+
+def load_image_folder(root, *, size: int) -> tuple[Arrays, tuple[str, ...], int]:
+    """Any class-folder tree as uint8 arrays: ``(arrays, class names, channels)``.
+
+    Layout: ``<root>/<class>/*`` (PNG, JPEG, any sizes), or ``<root>/train/<class>/*`` with
+    ``<root>/val/`` or ``<root>/test/``. Labels follow the sorted class-folder names. Without a
+    test folder, the 10th, 20th, ... image of each class in sorted file-name order is held out
+    as test. Gray images only: one channel; otherwise RGB. Resized so the shorter side is
+    ``size`` and centre-cropped, decoded once and cached (:mod:`idc_ray.data.cache`).
+    """
+    root = _require_root(IMAGEFOLDER, root, "<class>/*.png")
+    if not os.path.isdir(root):
+        raise DatasetNotFoundError(f"dataset '{IMAGEFOLDER}': {root} is not a folder; pass the folder that holds "
+                                   "one sub-folder of images per class")
+    classes, samples = _image_folder_samples(root)
+    channels = _channels(samples["train"] + samples["test"])
+    key = {"loader": IMAGEFOLDER, "size": size, "channels": channels, "classes": list(classes),
+           "files": {s: [(os.path.relpath(p, root), os.path.getsize(p)) for p, _ in v] for s, v in samples.items()}}
+
+    def build():
+        arrays = (*_decode_all(samples["train"], size, channels), *_decode_all(samples["test"], size, channels))
+        return arrays, {"classes": list(classes), "size": size}
+
+    arrays, _ = cached(cache_path(root, f"{IMAGEFOLDER}-{size}px", key), build)
+    return arrays, classes, channels

@@ -17,6 +17,10 @@ columns sizes the output exactly, a second decodes the images straight into it.
      "family": "cifar",                     # optional; whose rules apply (default: the registered name's, else the name)
      "splits": {"train": {"files": ["train-00000.parquet"], "count": 50000}, "test": {...}}}
 
+A split may also list ``"labels"``, parallel to ``files``: the class ids each file holds (the
+Ray Data writer, ``idc_ray.distributed.interop``, splits every batch by class); a reader that
+wants some classes then never opens the other classes' files.
+
 Without ``splits``, every ``*.parquet`` file beside dataset.json is read; a row's split is its
 ``split`` column, else the file-name prefix (``train-00000.parquet`` is train).
 """
@@ -80,17 +84,18 @@ def read_info(root) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
-def _shards(root: str, info: Mapping) -> list[tuple[str, str | None]]:
-    """(shard URI, its split or None when rows carry a ``split`` column)."""
+def _shards(root: str, info: Mapping) -> list[tuple[str, str | None, set[int] | None]]:
+    """(shard URI, its split or None when rows carry a ``split`` column, its labels or None when unlisted)."""
     if "splits" in info:
         unknown = sorted(set(info["splits"]) - set(SPLIT_ALIASES))
         if unknown:
             raise DatasetFormatError(f"{storage.join(root, DATASET_JSON)}: unknown splits {unknown}; use train and test")
-        return [(storage.join(root, f), SPLIT_ALIASES[split]) for split, entry in info["splits"].items() for f in entry["files"]]
+        return [(storage.join(root, f), SPLIT_ALIASES[split], None if "labels" not in entry else set(entry["labels"][i]))
+                for split, entry in info["splits"].items() for i, f in enumerate(entry["files"])]
     names = [n for n in storage.listdir(root) if n.endswith(".parquet")]
     if not names:
         raise DatasetNotFoundError(f"no .parquet files beside {storage.join(root, DATASET_JSON)}; {_fix(root)}")
-    return [(storage.join(root, n), SPLIT_ALIASES.get(n.split("-")[0].split(".")[0])) for n in names]
+    return [(storage.join(root, n), SPLIT_ALIASES.get(n.split("-")[0].split(".")[0]), None) for n in names]
 
 
 def _open(f, uri: str):
@@ -183,9 +188,11 @@ def read_arrays(root, info: Mapping | None = None, classes: Sequence[int] | None
     shape = info["shape"]
     wanted = None if classes is None else np.asarray(sorted({int(c) for c in classes}), dtype=np.int64)
     scans = []
-    for uri, shard_split in _shards(root, info):
+    for uri, shard_split, shard_labels in _shards(root, info):
         if split is not None and shard_split is not None and shard_split != split:
             continue  # a shard of the other split is never opened
+        if wanted is not None and shard_labels is not None and not shard_labels & set(wanted.tolist()):
+            continue  # nor a shard of other classes
         labels, is_test = _scan(uri, shard_split)
         keep = np.ones(len(labels), bool) if wanted is None else np.isin(labels, wanted)
         if split is not None:
@@ -221,7 +228,8 @@ def read_arrays(root, info: Mapping | None = None, classes: Sequence[int] | None
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def _table(x: torch.Tensor, y: torch.Tensor, encoding: str):
+def encode_table(x: torch.Tensor, y: torch.Tensor, encoding: str) -> pa.Table:
+    """Shard rows: ``label`` int64 and ``image`` (PNG bytes or a raw uint8 CHW list) of uint8 images."""
     if encoding == "png":
         from torchvision.io import encode_png
 
@@ -264,15 +272,14 @@ def write_dataset(out, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], 
             files = []
             for i, start in enumerate(range(0, len(x), rows_per_shard)):
                 name = f"{split}-{i:05d}.parquet"
-                table = _table(x[start : start + rows_per_shard], y[start : start + rows_per_shard], encoding)
+                table = encode_table(x[start : start + rows_per_shard], y[start : start + rows_per_shard], encoding)
                 with storage.atomic_open(storage.join(out, name)) as f:
                     pq.write_table(table, f, row_group_size=row_group_size, compression="zstd")
                 written.append(name)
                 files.append(name)
             counts = torch.bincount(y, minlength=len(info["class_names"])).tolist()
             entries[split] = {"files": files, "count": len(x), "class_counts": counts}
-        document = {"format": DATASET_FORMAT, "version": DATASET_VERSION, **info, "encoding": encoding, "splits": entries}
-        storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode())
+        write_info(out, info, entries, encoding)
     except BaseException:
         for name in written:
             try:
@@ -282,4 +289,13 @@ def write_dataset(out, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], 
         raise
     for name in set(old_files) - set(written):
         storage.remove(storage.join(out, name))
+    return target
+
+
+def write_info(out, info: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]], encoding: str) -> str:
+    """dataset.json under ``out``: ``info`` and the splits' ``entries`` (files, counts), written
+    after the shards it lists. Returns its URI."""
+    target = storage.join(os.fspath(out), DATASET_JSON)
+    document = {"format": DATASET_FORMAT, "version": DATASET_VERSION, **info, "encoding": encoding, "splits": dict(entries)}
+    storage.atomic_write_bytes(target, json.dumps(document, indent=1).encode())
     return target

@@ -15,10 +15,12 @@ from typing import Any, Mapping
 from idc_ray import __version__, storage
 
 from . import imagenet, parquet
-from .registry import DATASETS, PARQUET, DatasetSpec, RealData, load_dataset
+from .registry import DATASETS, PARQUET, DatasetSpec, RealData, channel_stats, load_dataset
 
 IMAGENET_SUBSET = "imagenet-subset"  # any class list and size, from an ImageFolder tree
-SOURCES = (*DATASETS, PARQUET, IMAGENET_SUBSET)
+IMAGEFOLDER = imagenet.IMAGEFOLDER  # any folder of images per class (imagenet.load_image_folder)
+IMAGEFOLDER_SIZE = 32  # its default side
+SOURCES = (*DATASETS, PARQUET, IMAGENET_SUBSET, IMAGEFOLDER)
 
 
 def load_source(dataset: str, data_uri: str | None, *, size: int | None = None,
@@ -28,10 +30,12 @@ def load_source(dataset: str, data_uri: str | None, *, size: int | None = None,
     ``class_list`` and is named so in dataset.json (ImageNet rules still apply)."""
     if dataset not in SOURCES:
         raise ValueError(f"unknown source dataset {dataset!r}; choose one of {', '.join(SOURCES)}")
+    if dataset == IMAGEFOLDER and class_list is None:
+        return image_folder(data_uri, IMAGEFOLDER_SIZE if size is None else size)
     is_imagenet = dataset in ("imagenet10", "imagenet100", IMAGENET_SUBSET)
     if (size is not None or class_list is not None) and not is_imagenet:
-        raise ValueError(f"--size and --class-list apply to imagenet10, imagenet100 and {IMAGENET_SUBSET} only, "
-                         f"not {dataset!r}")
+        raise ValueError(f"--size and --class-list apply to imagenet10, imagenet100 and {IMAGENET_SUBSET} only "
+                         f"(--size also to {IMAGEFOLDER}), not {dataset!r}")
     if dataset == IMAGENET_SUBSET and class_list is None:
         raise ValueError(f"{IMAGENET_SUBSET} needs --class-list FILE (one wnid per line)")
     if not is_imagenet or (size is None and class_list is None):
@@ -45,6 +49,18 @@ def load_source(dataset: str, data_uri: str | None, *, size: int | None = None,
     loader = partial(imagenet.load_imagenet_folder, classes=classes, size=size, name=name)
     spec = replace(base, name=name, num_classes=len(classes), class_names=classes, size=size, loader=loader)
     return RealData(spec, *loader(data_uri))
+
+
+def image_folder(root: str | None, size: int) -> RealData:
+    """A folder of images per class (:func:`idc_ray.data.imagenet.load_image_folder`), its mean
+    and std measured on its training split; the generic rules (family ``imagefolder``) apply."""
+    if size < 1:
+        raise ValueError(f"--size must be at least 1, got {size}")
+    arrays, classes, channels = imagenet.load_image_folder(root, size=size)
+    mean, std = channel_stats(arrays[0])
+    spec = DatasetSpec(name=IMAGEFOLDER, num_classes=len(classes), channels=channels, size=size, mean=mean, std=std,
+                       class_names=classes, lr_base_size=size, loader=lambda root: arrays)
+    return RealData(spec, *arrays)
 
 
 def dataset_info(spec: DatasetSpec, source: Mapping[str, Any]) -> dict[str, Any]:

@@ -240,7 +240,13 @@ def channel_stats(x: Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tupl
         part = x[start : start + chunk].to(torch.float64).div_(255)
         total += part.sum(dim=(0, 2, 3))
         squares += part.square_().sum(dim=(0, 2, 3))
-    n = max(1, x.numel() // x.shape[1])
+    return stats_from_sums(total, squares, x.numel() // x.shape[1])
+
+
+def stats_from_sums(total: Tensor, squares: Tensor, n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std from float64 sums of [0, 1] values and of their
+    squares over ``n`` values per channel (summed in parts, e.g. by Ray Data workers)."""
+    n = max(1, n)
     mean = total / n
     std = (squares / n - mean.square()).clamp_min(0).sqrt()
     return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())

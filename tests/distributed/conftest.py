@@ -1,5 +1,5 @@
 """The in-process references of the distributed tests (the session's Ray cluster, ``ray_cluster``,
-is in tests/conftest.py)."""
+and ``one_thread`` are in tests/conftest.py)."""
 
 import pytest
 import torch
@@ -17,13 +17,3 @@ def local_reference(cfg, tmp_path_factory):
         return condense_job(cfg, str(tmp_path_factory.mktemp("local")), RunOptions(backend="local"))
     finally:
         torch.set_num_threads(before)
-
-
-@pytest.fixture
-def one_thread():
-    """Matching results depend on torch's thread count (parallel reductions add in another order),
-    so the in-process reference runs with the 1 thread each Ray actor gets on this machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
