@@ -60,15 +60,6 @@ def write_space(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-@pytest.fixture
-def one_thread():
-    """Ray actors with under 2 CPUs run torch with 1 thread; the in-process reference must too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------------
 # Spaces
 # ---------------------------------------------------------------------------------------------
