@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -92,3 +97,65 @@ def timed_job(cfg, options) -> tuple[Any, dict]:
     return job, {"seconds_per_inner_iteration": statistics.median(gaps) if gaps else float("nan"),
                  "inner_iterations": len(marks), "gaps_s": gaps, "wall_s_with_startup": wall,
                  "first_inner_s_after_start": marks[0] - started if marks else None}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def head_env() -> dict:
+    """The environment of a head started with :func:`ray_head` and of the `ray` commands and
+    clients that talk to it: this venv's `python` first on the PATH (the jobs' entrypoints),
+    metrics every second, token authentication, and no RAY_ADDRESS pointing elsewhere."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["RAY_metrics_report_interval_ms"] = "1000"
+    env["RAY_AUTH_MODE"] = "token"  # the head enables token auth; the job CLI must send the token
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int, log_path: Path, cwd: Path) -> Iterator[dict[str, int]]:
+    """A head of its own with the job server (`ray start --head --block`), every port explicit
+    (another Ray on this machine holds the default ones) and its own short temp dir (so its
+    address file never redirects a later local Ray); yields its ports by name. Stopped by
+    signalling its process group: `ray stop` would stop every Ray process of the user."""
+    names = ("gcs", "dashboard", "metrics", "agent-listen", "agent-grpc", "runtime-env", "client")
+    ports = {name: free_port() for name in names}
+    temp_dir = tempfile.mkdtemp(prefix="rayh")
+    with open(log_path, "w+") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={ports['gcs']}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+             f"--metrics-export-port={ports['metrics']}", f"--dashboard-agent-listen-port={ports['agent-listen']}",
+             f"--dashboard-agent-grpc-port={ports['agent-grpc']}", f"--runtime-env-agent-port={ports['runtime-env']}",
+             f"--ray-client-server-port={ports['client']}", f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}",
+             "--num-gpus=0", "--disable-usage-stats"],
+            cwd=cwd, env=head_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not (listening(ports["gcs"]) and listening(ports["dashboard"])):
+                log.seek(0)
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ray start failed: {log.read()[-3000:]}")
+                time.sleep(0.5)
+            yield ports
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            shutil.rmtree(temp_dir, ignore_errors=True)

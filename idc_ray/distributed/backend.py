@@ -28,8 +28,8 @@ from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_device, 
 from idc_ray.distributed.continual import ray_map
 from idc_ray.distributed.evaluation import RayExecutor
 from idc_ray.distributed.pool import ensure_pool_on_ray
-from idc_ray.distributed.planner import PartTimes
-from idc_ray.distributed.resources import Layout, plan_layout
+from idc_ray.distributed.planner import PartTimes, plural
+from idc_ray.distributed.resources import WAIT_NOTICE_S, Layout, cluster_holds, plan_layout, waiting_line
 from idc_ray.distributed.session import ClusterError, ray_session
 from idc_ray.distributed.watch import RayCurveRunner
 from idc_ray.engine.expert import new_model
@@ -257,11 +257,11 @@ def check_fits(available: list[dict], needed: list[dict]) -> None:
 
 
 @contextmanager
-def job_placement_group(bundles: list[dict], spread: bool, reserved=None) -> Iterator:
+def job_placement_group(bundles: list[dict], spread: bool, reserved=None, what: str = "the job's actors") -> Iterator:
     """The job's placement group: ``reserved`` (made for this job, removed at its end), else the
     current one (a Tune trial's: the actors go into its bundles, since asking for another group
     outside that reservation could wait forever on a small cluster; its owner removes it), else a
-    new one."""
+    new one, waited for as long as other jobs hold what it needs (:func:`reserve`)."""
     current = reserved or get_current_placement_group()
     if current is not None:
         check_fits(current.bundle_specs, bundles)
@@ -271,18 +271,24 @@ def job_placement_group(bundles: list[dict], spread: bool, reserved=None) -> Ite
             if reserved is not None:
                 remove_placement_group(reserved)
         return
-    pg = reserve(bundles, spread, PLACEMENT_TIMEOUT_S)
+    pg = reserve(bundles, spread, None, what=what)
     if pg is None:
-        raise ClusterError(f"the cluster could not reserve {bundles} within {PLACEMENT_TIMEOUT_S}s "
-                           f"(it has {ray.cluster_resources()}); use fewer --num-actors or smaller shares")
+        raise ClusterError(f"the cluster cannot hold {bundles} (it has {ray.cluster_resources()}) and no node that "
+                           f"could joined within {PLACEMENT_TIMEOUT_S}s; use fewer --num-actors or smaller shares")
     try:
         yield pg
     finally:
         remove_placement_group(pg)
 
 
-def reserve(bundles: list[dict], spread: bool, timeout_s: float, name: str = ""):
+def reserve(bundles: list[dict], spread: bool, timeout_s: float | None, name: str = "",
+            what: str = "the job's actors"):
     """A placement group holding ``bundles`` once it is ready within ``timeout_s``, else None.
+
+    ``timeout_s`` None: wait as long as the cluster could hold the group with nothing else
+    running (other jobs hold what it needs: it is granted when they release it, so several jobs
+    queue on one cluster); a group the cluster cannot hold waits ``PLACEMENT_TIMEOUT_S`` for a
+    node to join. A wait beyond ``WAIT_NOTICE_S`` is logged once, naming what it waits for.
 
     ``name``: a group of that name left by an earlier attempt is removed first. A placement group
     lives as long as the job that made it, not the task: a stage task killed while it held (or
@@ -293,12 +299,30 @@ def reserve(bundles: list[dict], spread: bool, timeout_s: float, name: str = "")
         except ValueError:  # none of that name: the first attempt
             pass
     pg = placement_group(bundles, strategy="SPREAD" if spread else "PACK", name=name)
-    try:
-        ray.get(pg.ready(), timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        remove_placement_group(pg)
-        return None
-    return pg
+    if granted(pg, timeout_s, what):
+        return pg
+    remove_placement_group(pg)
+    return None
+
+
+def granted(pg, timeout_s: float | None, what: str) -> bool:
+    """Whether ``pg`` is ready within ``timeout_s`` (None: see :func:`reserve`); says once, after
+    ``WAIT_NOTICE_S``, that it waits."""
+    ready, started, said = pg.ready(), time.monotonic(), False
+    while True:
+        waited = time.monotonic() - started
+        limit = timeout_s if timeout_s is not None else (None if cluster_holds(pg.bundle_specs) else PLACEMENT_TIMEOUT_S)
+        if limit is not None and waited >= limit:
+            return False
+        step = max(WAIT_NOTICE_S - waited, 0.0) if not said else 5.0
+        try:
+            ray.get(ready, timeout=step if limit is None else min(step, limit - waited))
+            return True
+        except ray.exceptions.GetTimeoutError:
+            pass
+        if not said and time.monotonic() - started >= WAIT_NOTICE_S:
+            log.info(waiting_line(pg.bundle_specs, what))
+            said = True
 
 
 class RayBackend:
@@ -322,7 +346,8 @@ class RayBackend:
         probe = None if self.reserved is not None else (lambda: probe_times(plan, spec))
         layout = plan_layout(spec.num_classes, self.options, probe=probe,
                              max_experts=busy_experts(cfg, plan, self.options.expert_memory_mb))
-        with job_placement_group(layout.bundles(), self.options.spread, self.reserved) as pg:
+        what = f"{plural(len(layout.shards), 'matcher actor')} + {plural(layout.experts, 'expert actor')}"
+        with job_placement_group(layout.bundles(), self.options.spread, self.reserved, what) as pg:
             try:
                 yield RayAttempts(cfg, plan, layout, pg, self.options)
             except ray.exceptions.RayActorError as e:

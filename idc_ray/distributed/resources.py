@@ -21,6 +21,8 @@ log = logging.getLogger("idc_ray")
 # What an expert actor asks of a GPU it shares with a matcher. Ray's GPU fractions only place
 # work (CUDA time-slices the device), so the number just has to fit beside a matcher's share.
 EXPERT_GPU_SHARE = planner.EXPERT_SHARE
+# A placement group not granted within this many seconds is waiting on other jobs: said once.
+WAIT_NOTICE_S = 2.0
 
 
 def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
@@ -47,6 +49,31 @@ def cpu_share(cluster_cpus: float, actors: int) -> float:
 
 def _cluster() -> dict[str, float]:
     return ray.cluster_resources()
+
+
+def _needed(bundles: list[dict[str, float]]) -> dict[str, float]:
+    return {key: sum(b.get(key, 0.0) for b in bundles) for key in sorted({k for b in bundles for k in b})}
+
+
+def cluster_holds(bundles: list[dict[str, float]]) -> bool:
+    """Whether the cluster, with nothing else running, could hold ``bundles``: each on some alive
+    node and all of them together. A group that fits waits only for other jobs to end."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    each = all(any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in b.items()) for node in nodes) for b in bundles)
+    total = _cluster()
+    return each and all(float(total.get(k, 0.0)) + 1e-9 >= v for k, v in _needed(bundles).items())
+
+
+def waiting_line(bundles: list[dict[str, float]], what: str) -> str:
+    """The line a job logs once when its placement group waits, e.g. ``waiting for 1 CPU for the
+    placement group of 1 matcher actor + 1 expert actor (cluster busy: 0 of 2 CPUs free); it
+    starts when other jobs release theirs``."""
+    free, total = ray.available_resources(), _cluster()
+    need = ", ".join(f"{v:g} {k}{'s' if k in ('CPU', 'GPU') and v != 1 else ''}" for k, v in _needed(bundles).items())
+    have = ", ".join(f"{float(free.get(k, 0.0)):g} of {float(total.get(k, 0.0)):g} {k}s free"
+                     for k in _needed(bundles))
+    return (f"waiting for {need} for the placement group of {what} (cluster busy: {have}); "
+            "it starts when other jobs release theirs")
 
 
 @dataclass(frozen=True)

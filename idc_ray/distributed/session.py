@@ -102,3 +102,15 @@ def ray_session(address: str | None = None, log: Log | None = None, *, num_cpus:
         yield url
     finally:
         ray.shutdown()
+
+
+def object_store_use() -> dict[str, int]:
+    """What the object stores of the cluster this process is connected to hold now, over all
+    nodes: ``bytes`` and ``objects`` (what ``ray memory --stats-only`` prints). Ray 2.60 has no
+    public call for it (``ray.available_resources()["object_store_memory"]`` is a scheduling
+    resource that does not move with use, and the state API needs the dashboard); this is the
+    raylet's memory report, the one ``ray memory`` reads."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    stats = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
+    return {"bytes": int(stats.object_store_bytes_used), "objects": int(stats.num_local_objects)}

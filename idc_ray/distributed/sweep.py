@@ -21,7 +21,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from idc_ray import storage
 from idc_ray.config import IDCConfig, apply_overrides
 from idc_ray.data import get_spec
-from idc_ray.distributed.resources import TrialResources, default_resources
+from idc_ray.distributed.planner import plural
+from idc_ray.distributed.resources import WAIT_NOTICE_S, TrialResources, default_resources, waiting_line
 from idc_ray.distributed.sweep_space import search_space
 from idc_ray.distributed.trial import PreparedData, TrialSetup, build_pool, condense_trial, log_line, prepare_data
 from idc_ray.errors import first_line
@@ -99,7 +100,8 @@ def run_sweep(space: TuneSpace, base: IDCConfig, *, preset: str, num_samples: in
     setup = TrialSetup(base, storage.join(experiment_uri, ARTIFACTS), resources, space.stages, space.interim_epochs,
                        cache_dir, space.pool_seeds, storage.current())
     tuner = _tuner(space, setup, data, name=name, num_samples=num_samples, scheduler=scheduler,
-                   storage_uri=storage_uri, search_seed=search_seed, verbose=verbose)
+                   storage_uri=storage_uri, search_seed=search_seed, verbose=verbose,
+                   callbacks=[WaitingTrials(resources, log)])
     log(f"sweep {name}: {num_samples} samples of {space.source}, {scheduler}, trial bundles {resources.bundles()}")
     grid = tuner.fit()
     rows = [TrialRow(_trial_id(r), dict(r.config or {}), dict(r.metrics or {}),
@@ -124,8 +126,28 @@ def _shared_work(space: TuneSpace, base: IDCConfig, resources: TrialResources, c
     return base, data
 
 
+class WaitingTrials(tune.Callback):
+    """One line per trial whose placement group waits longer than ``WAIT_NOTICE_S`` (other jobs on
+    the cluster hold what it needs), as a condensation says it of its own group."""
+
+    def __init__(self, resources: TrialResources, log: Log):
+        self.bundles, self.log = resources.bundles(), log
+        self.what = f"trial %s ({plural(resources.num_actors, 'matcher actor')} + 1 expert actor)"
+        self.pending_since: dict[str, float] = {}
+        self.said: set[str] = set()
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        now = time.monotonic()
+        for trial in trials:
+            if trial.status != "PENDING" or trial.trial_id in self.said:
+                continue
+            if now - self.pending_since.setdefault(trial.trial_id, now) >= WAIT_NOTICE_S:
+                self.said.add(trial.trial_id)
+                self.log(waiting_line(self.bundles, self.what % trial.trial_id))
+
+
 def _tuner(space: TuneSpace, setup: TrialSetup, data: PreparedData, *, name: str, num_samples: int, scheduler: str,
-           storage_uri: str, search_seed: int, verbose: int) -> tune.Tuner:
+           storage_uri: str, search_seed: int, verbose: int, callbacks: list) -> tune.Tuner:
     """The Tuner of the sweep: one trial per sample, each reserving ``setup.resources``' bundles
     (1.), handed the shared data by reference (2.), stopped early by ASHA at its stages (3.)."""
     stages = len(stage_outers(setup.base.schedule.outer_iters, space.stages))
@@ -141,7 +163,8 @@ def _tuner(space: TuneSpace, setup: TrialSetup, data: PreparedData, *, name: str
                                     scheduler=asha if scheduler == "asha" else None,
                                     search_alg=BasicVariantGenerator(random_state=search_seed),
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=name, storage_path=tune_path, storage_filesystem=tune_fs, verbose=verbose),
+        run_config=tune.RunConfig(name=name, storage_path=tune_path, storage_filesystem=tune_fs, verbose=verbose,
+                                  callbacks=callbacks),
     )
 
 

@@ -1,13 +1,8 @@
 """`ray job submit` end to end against a real local head started with `ray start`, and the
 job's custom metrics on the head's Prometheus export port."""
 
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,71 +14,23 @@ from idc_ray.artifacts import load_condensed
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import free_port, head_env, ray_head  # noqa: E402
 METRICS = ("ray_idc_matching_loss", "ray_idc_class_steps_per_second", "ray_idc_outer_iteration",
            "ray_idc_expert_queue_depth")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # the job's `python` is this venv's
-    env["RAY_metrics_report_interval_ms"] = "1000"
-    env["RAY_AUTH_MODE"] = "token"  # the head enables token auth; the job CLI must send the token
-    env.pop("RAY_ADDRESS", None)
-    return env
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A head of its own with the job server (benchmarks/common.py ray_head, which
+    benchmarks/concurrent_jobs.py starts too), 2 CPUs like CI's machine."""
+    with ray_head(2, tmp_path_factory.mktemp("head") / "ray-start.log", ROOT) as ports:
+        yield ports
 
 
 def _ray(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
+    return subprocess.run([str(BIN / "ray"), *args], cwd=ROOT, env=head_env(), capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """A head of its own, stopped by signalling its process group: `ray stop` would also kill the
-    session's other cluster (the ray_cluster fixture), since it stops every Ray process of the user."""
-    names = ("gcs", "dashboard", "metrics", "agent-listen", "agent-grpc", "runtime-env", "client")
-    ports = {name: _free_port() for name in names}
-    # Every port explicit: the session's other Ray cluster (ray.init) holds the default ones.
-    log = open(tmp_path_factory.mktemp("head") / "ray-start.log", "w+")
-    # Its own (short: socket paths) temp dir, so its address file never redirects a later ray.init().
-    temp_dir = tempfile.mkdtemp(prefix="rayh")
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
-         f"--dashboard-agent-listen-port={ports['agent-listen']}", f"--dashboard-agent-grpc-port={ports['agent-grpc']}",
-         f"--runtime-env-agent-port={ports['runtime-env']}", f"--ray-client-server-port={ports['client']}",
-         f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats"],
-        cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (_listening(ports["gcs"]) and _listening(ports["dashboard"])):
-            log.seek(0)
-            assert proc.poll() is None and time.monotonic() < deadline, f"ray start failed: {log.read()[-3000:]}"
-            time.sleep(0.5)
-        yield ports
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _scrape(port: int) -> str:
@@ -116,7 +63,7 @@ def test_job_submit_runs_the_condensation_and_exports_metrics(head, tmp_path):
         seen += _scrape(head["metrics"])
         if poll is None:
             poll = subprocess.Popen([str(BIN / "ray"), "job", "status", "--address", address, "idc-e2e"],
-                                    env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                    env=head_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         elif poll.poll() is not None:
             status = poll.stdout.read().lower()
             poll = None
@@ -137,8 +84,8 @@ def test_job_submit_runs_the_condensation_and_exports_metrics(head, tmp_path):
 
 def test_bad_address_is_one_line_and_exit_2(tmp_path):
     done = subprocess.run([sys.executable, "jobs/condense.py", "--preset", "smoke", "--address",
-                           f"127.0.0.1:{_free_port()}", "--output", str(tmp_path / "x")],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+                           f"127.0.0.1:{free_port()}", "--output", str(tmp_path / "x")],
+                          cwd=ROOT, env=head_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "no Ray cluster at --address" in errors[0], done.stderr
