@@ -50,6 +50,17 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LearnedConfig:
+    """``synset.formation: learned``: the FSRCNN upsampler's sizes (feature channels d, shrunk
+    channels s, mapping layers m; engine/upsampler.py) and its own Adam learning rate."""
+
+    d: int = 16
+    s: int = 8
+    m: int = 2
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
 class SynsetConfig:
     ipc: int = 10
     factor: int = 2
@@ -59,6 +70,7 @@ class SynsetConfig:
     init_select: str = "first"  # real images for random/mix init: first of each class (published) or random
     batch_syn_max: int = 128
     bound: int = 128  # bounded formation: max formed samples per class
+    learned: LearnedConfig = field(default_factory=LearnedConfig)  # formation learned: the upsampler
 
 
 @dataclass(frozen=True)
@@ -325,6 +337,9 @@ def validate(cfg: IDCConfig) -> None:
            f"synset.init_select '{s.init_select}' is unknown; choose one of {', '.join(INIT_SELECTS)}")
     _check(cfg.data.stats in DATA_STATS, f"data.stats '{cfg.data.stats}' is unknown; choose one of {', '.join(DATA_STATS)}")
     _check(s.batch_syn_max >= 1, f"synset.batch_syn_max must be at least 1, got {s.batch_syn_max}")
+    lu = s.learned
+    _check(min(lu.d, lu.s) >= 1 and lu.m >= 0 and lu.lr > 0,
+           f"synset.learned needs d >= 1, s >= 1, m >= 0 and lr > 0, got d={lu.d} s={lu.s} m={lu.m} lr={lu.lr}")
     _check(s.bound >= s.ipc, f"synset.bound {s.bound} must be at least synset.ipc {s.ipc} (each stored sample forms at least one)")
     _check(m.objective in OBJECTIVES, f"match.objective '{m.objective}' is unknown; choose one of {', '.join(OBJECTIVES)}")
     _check(m.metric in METRICS, f"match.metric '{m.metric}' is unknown; choose one of {', '.join(METRICS)}")
@@ -364,6 +379,7 @@ __all__ = [
     "IDCConfig",
     "MatchConfig",
     "ScheduleConfig",
+    "LearnedConfig",
     "SynsetConfig",
     "apply_overrides",
     "from_dict",

@@ -17,7 +17,7 @@ from idc_ray.data import ClassStore, DatasetSpec, load_dataset
 from idc_ray.device import resolve_device
 from idc_ray.engine.expert import expert_trajectory
 from idc_ray.engine.matcher import stack_stored
-from idc_ray.engine.plan import Plan, build_matcher
+from idc_ray.engine.plan import Plan, build_matcher, build_trainer
 from idc_ray.evaluation.executor import Sequential
 from idc_ray.run.backend import stderr_line
 from idc_ray.run.curve import LocalCurveRunner, RunnerFactory
@@ -30,10 +30,14 @@ Log = Callable[[str], None]
 
 
 class LocalMatchers:
-    """One matcher for every class of ``store``; a step runs when it is submitted."""
+    """One matcher for every class of ``store``; a step runs when it is submitted. With a learned
+    formation, the shared upsampler (``trainer``) then takes one step on the sum of the classes'
+    gradients, in class order (engine/upsampler.py)."""
 
     def __init__(self, plan: Plan, store: ClassStore, ckpt: Checkpoint | None, device: torch.device):
-        self.matcher = build_matcher(plan, store, store.classes, ckpt.classes if ckpt else None, device)
+        self.trainer = build_trainer(plan.match, device)
+        self.matcher = build_matcher(plan, store, store.classes, ckpt.classes if ckpt else None, device,
+                                     upsampler=self.trainer.net if self.trainer else None)
 
     def begin_outer(self, outer: int) -> None:
         self.matcher.begin_outer()
@@ -41,6 +45,8 @@ class LocalMatchers:
     def submit(self, expert: torch.nn.Module, outer: int, inner: int) -> Progress:
         started = time.perf_counter()
         losses = self.matcher.step(expert, outer, inner)
+        if self.trainer is not None:
+            self.trainer.apply(self.matcher.take_upsampler_grads())
         return Progress(outer, inner, losses, len(losses) / max(time.perf_counter() - started, 1e-9))
 
     def collect(self, handle: Progress) -> Progress:

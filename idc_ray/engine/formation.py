@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 PAD_VALUE = 0.5  # grey padding when the side is not a multiple of the factor (published value)
 # Every formation get_former knows; the config's synset.formation also takes "auto" (engine/plan.py).
-FORMATIONS = ("uniform", "multiscale", "bounded", "bounded_tight", "1d")
+FORMATIONS = ("uniform", "multiscale", "bounded", "bounded_tight", "1d", "learned")
 
 
 def _pad_to_multiple(x: torch.Tensor, factor: int, axes: tuple[int, ...]) -> torch.Tensor:
@@ -34,21 +34,35 @@ def _pad_to_multiple(x: torch.Tensor, factor: int, axes: tuple[int, ...]) -> tor
     return x
 
 
+def uniform_crops(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The uniform partition: each (C, H, W) sample cut into a factor x factor grid, row-major,
+    after padding right/bottom to a multiple of the factor; crop k of every sample together,
+    crop-major. Uniform and learned formation both partition this way."""
+    h, w = x.shape[-2:]
+    padded = _pad_to_multiple(x, factor, (-2, -1))
+    ch, cw = math.ceil(h / factor), math.ceil(w / factor)
+    return torch.cat([
+        padded[..., i * ch : (i + 1) * ch, j * cw : (j + 1) * cw]
+        for i in range(factor)
+        for j in range(factor)
+    ])
+
+
 def form_uniform(x: torch.Tensor, y: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut each (C, H, W) sample into a factor x factor grid (row-major) and upsample every crop
     bilinearly back to (H, W). factor 1 is the identity (IDC-I)."""
     if factor == 1:
         return x, y
-    h, w = x.shape[-2:]
-    padded = _pad_to_multiple(x, factor, (-2, -1))
-    ch, cw = math.ceil(h / factor), math.ceil(w / factor)
-    crops = [
-        padded[..., i * ch : (i + 1) * ch, j * cw : (j + 1) * cw]
-        for i in range(factor)
-        for j in range(factor)
-    ]
-    formed = F.interpolate(torch.cat(crops), size=(h, w), mode="bilinear", align_corners=False)
+    formed = F.interpolate(uniform_crops(x, factor), size=tuple(x.shape[-2:]), mode="bilinear",
+                           align_corners=False)
     return formed, y.repeat(factor * factor)
+
+
+def form_learned(x: torch.Tensor, y: torch.Tensor, factor: int,
+                 upsampler: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uniform partition, each crop upsampled by ``upsampler(crops, (H, W))`` instead of
+    bilinear interpolation (paper appendix D; engine/upsampler.py), differentiable in both."""
+    return upsampler(uniform_crops(x, factor), tuple(x.shape[-2:])), y.repeat(factor * factor)
 
 
 def form_1d(x: torch.Tensor, y: torch.Tensor, factor: int, axis: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,23 +129,28 @@ def form_bounded(x: torch.Tensor, y: torch.Tensor, factor: int, bound: int = 128
     return torch.cat(outs), torch.cat(labels)
 
 
-def get_former(formation: str, factor: int, *, axis: int = -1, bound: int = 128) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The formation function for a config: ``former(stored, labels) -> (formed, labels)``."""
+def get_former(formation: str, factor: int, *, axis: int = -1, bound: int = 128,
+               upsampler: Callable | None = None) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The formation function for a config: ``former(stored, labels) -> (formed, labels)``.
+    ``learned`` needs the run's ``upsampler`` (engine/upsampler.py)."""
     formers: dict[str, Callable] = {
         "uniform": lambda x, y: form_uniform(x, y, factor),
         "multiscale": lambda x, y: form_multiscale(x, y, factor),
         "bounded": lambda x, y: form_bounded(x, y, factor, bound),
         "bounded_tight": lambda x, y: form_bounded(x, y, factor, bound, tight=True),
         "1d": lambda x, y: form_1d(x, y, factor, axis),
+        "learned": lambda x, y: form_learned(x, y, factor, upsampler),
     }
     if formation not in formers:
         raise ValueError(f"unknown formation '{formation}'; choose one of {', '.join(formers)}")
+    if formation == "learned" and upsampler is None:
+        raise ValueError("formation 'learned' needs the run's upsampler; pass upsampler=")
     return formers[formation]
 
 
 def formed_per_sample(factor: int, formation: str) -> int:
     """Formed samples per stored sample for uniform, multi-scale and 1-D formation."""
-    if formation == "uniform":
+    if formation in ("uniform", "learned"):
         return factor**2
     if formation == "multiscale":
         return sum(k**2 for k in range(1, factor + 1))

@@ -30,6 +30,7 @@ from idc_ray.engine.representative import RepresentativeBatches
 from idc_ray.engine.spec import SharedSpec
 from idc_ray.engine.streams import class_stream_indices, global_step
 from idc_ray.engine.synset import ClassOptimizer, SyntheticClass, sample_formed
+from idc_ray.engine.upsampler import UpsamplerSpec
 from idc_ray.engine.training import Normalize
 
 
@@ -59,6 +60,7 @@ class MatchSpec(SharedSpec):
     inner_iters: int = 100  # with outer and inner, gives a class stream's position (engine/streams.py)
     sampling: str = "uniform"  # "representative": DREAM's k-means picks (engine/representative.py)
     sampling_refresh: int = 10  # inner iterations between two k-means refreshes (DREAM's --interval)
+    upsampler: UpsamplerSpec | None = None  # formation "learned": the shared FSRCNN upsampler
 
 
 def resolve_path(path: str, device: torch.device) -> str:
@@ -83,15 +85,22 @@ class Matcher:
     ``begin_outer()`` at each outer iteration, ``step(expert, outer, inner)`` per inner iteration;
     ``state_dict``/``load_state_dict`` for checkpoints. Every draw is keyed by
     (seed, class, outer, inner), so the shard a class lands in never changes its bytes.
+
+    With a learned formation, ``upsampler`` is the run's shared FSRCNN (engine/upsampler.py),
+    held fixed during a step: each class's loss also gives it a gradient, kept per class for
+    :meth:`take_upsampler_grads`, whose caller sums them in class order and steps it.
     """
 
     def __init__(self, spec: MatchSpec, store: ClassStore, init: dict[int, torch.Tensor],
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", upsampler: nn.Module | None = None):
         self.spec = spec
         self.store = store
         self.device = torch.device(device)
         self.path = resolve_path(spec.path, self.device)
-        self.former = get_former(spec.formation, spec.factor, axis=spec.formation_axis, bound=spec.bound)
+        self.upsampler = upsampler
+        self.upsampler_grads: dict[int, list[torch.Tensor]] = {}
+        self.former = get_former(spec.formation, spec.factor, axis=spec.formation_axis, bound=spec.bound,
+                                 upsampler=upsampler)
         self.augment = DiffAugment(spec.aug, mode="batch")
         self.normalize = Normalize(spec.mean, spec.std, self.device)
         self.classes: dict[int, SyntheticClass] = {}
@@ -153,8 +162,10 @@ class Matcher:
     def uses_vmap(self, model: nn.Module) -> bool:
         """Whether this step can batch the classes: the vmap path was chosen, the objective is
         gradient matching (feature matching has no per-class gradients to batch) and the expert
-        keeps no BatchNorm running statistics (vmap cannot replay the loop's in-place updates)."""
-        return self.path == "vmap" and self.spec.objective == "grad" and not has_running_stats(model)
+        keeps no BatchNorm running statistics (vmap cannot replay the loop's in-place updates).
+        A learned formation takes the loop too: it needs each class's own upsampler gradient."""
+        return (self.path == "vmap" and self.spec.objective == "grad" and not has_running_stats(model)
+                and self.upsampler is None)
 
     def step(self, model: nn.Module, outer: int, inner: int) -> dict[int, float]:
         """Update every class of the shard once against ``model``; returns the losses."""
@@ -172,12 +183,20 @@ class Matcher:
             losses[c] = self._descend(cls, self.class_loss(cls, model, params, outer, inner))
         return losses
 
-    @staticmethod
-    def _descend(cls: SyntheticClass, loss: torch.Tensor) -> float:
-        """One optimiser step of a class's stored data down its loss; returns the loss value."""
-        grad, = torch.autograd.grad(loss, cls.data)
+    def _descend(self, cls: SyntheticClass, loss: torch.Tensor) -> float:
+        """One optimiser step of a class's stored data down its loss (keeping the class's
+        upsampler gradient with a learned formation); returns the loss value."""
+        shared = [] if self.upsampler is None else list(self.upsampler.parameters())
+        grad, *up = torch.autograd.grad(loss, [cls.data, *shared])
+        if shared:
+            self.upsampler_grads[cls.label] = [g.detach() for g in up]
         cls.optimizer.step(cls.data, grad)
         return float(loss.detach())
+
+    def take_upsampler_grads(self) -> dict[int, list[torch.Tensor]]:
+        """The per-class upsampler gradients of the last step (class -> one per parameter)."""
+        grads, self.upsampler_grads = self.upsampler_grads, {}
+        return grads
 
     def _step_vmap(self, model: nn.Module, params: list, outer: int, inner: int) -> dict[int, float]:
         """All classes' gradients from one batched call, then the per-class optimiser steps.

@@ -23,6 +23,7 @@ from idc_ray.engine.formation import FORMATIONS, formed_per_sample
 from idc_ray.engine.matcher import Matcher, MatchSpec
 from idc_ray.engine.spec import SharedSpec
 from idc_ray.engine.synset import init_synset
+from idc_ray.engine.upsampler import UpsamplerSpec, UpsamplerTrainer, build_upsampler
 from idc_ray.models import NORMS, UnknownModelError, available_models, check_model_input
 
 
@@ -69,6 +70,8 @@ def check(cfg: IDCConfig, spec: DatasetSpec) -> None:
     formations = ("auto", *FORMATIONS)
     if s.formation not in formations:
         raise ConfigError(f"synset.formation '{s.formation}' is unknown; choose one of {', '.join(formations)}")
+    if s.formation == "learned":
+        _check_learned(s, spec)
     if x.norm is not None and x.norm not in NORMS:
         raise ConfigError(f"expert.norm '{x.norm}' is unknown; choose one of {', '.join(NORMS)}")
     for key, strategy in (("match.aug", cfg.match.aug), ("expert.aug", x.aug), ("eval.augment", ev.augment)):
@@ -86,6 +89,16 @@ def check(cfg: IDCConfig, spec: DatasetSpec) -> None:
                           f"choose from {', '.join(available_models())}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_learned(s: SynsetConfig, spec: DatasetSpec) -> None:
+    """Learned formation upsamples image crops (paper appendix D); the paper did not study it on
+    1-D spectrogram formation, and factor 1 has nothing to upsample."""
+    if spec.family == "speech":
+        raise ConfigError(f"synset.formation=learned is for images, not the spectrograms of {spec.name} "
+                          "(the paper studied it on images only); use synset.formation=1d or uniform")
+    if s.factor < 2:
+        raise ConfigError("synset.formation=learned needs synset.factor >= 2 (factor 1 forms nothing to upsample)")
 
 
 def effective_lr_img(lr_img: float, ipc: int, size: int, base_size: int) -> float:
@@ -233,6 +246,7 @@ def build_plan(cfg: IDCConfig, spec: DatasetSpec) -> Plan:
         mom_img=m.mom_img, momentum_mode=m.momentum_mode, ipc=s.ipc, init=r.init, path=m.path,
         init_select=s.init_select, real_sampling=m.real_sampling, inner_iters=cfg.schedule.inner_iters,
         sampling=m.sampling, sampling_refresh=m.sampling_refresh,
+        upsampler=_upsampler_spec(s, r.formation, spec.channels),
     )
     expert = ExpertSpec(
         **shared, model=x.model, channels=spec.channels, size=spec.size,
@@ -245,6 +259,21 @@ def build_plan(cfg: IDCConfig, spec: DatasetSpec) -> Plan:
     return Plan(match, expert, r)
 
 
+def _upsampler_spec(s: SynsetConfig, formation: str, channels: int) -> UpsamplerSpec | None:
+    """The FSRCNN upsampler of a learned formation (synset.learned), None for the others."""
+    if formation != "learned":
+        return None
+    lu = s.learned
+    return UpsamplerSpec(channels=channels, factor=s.factor, d=lu.d, s=lu.s, m=lu.m, lr=lu.lr)
+
+
+def build_trainer(match: MatchSpec, device: torch.device | str = "cpu") -> UpsamplerTrainer | None:
+    """The run's shared upsampler with its optimiser (learned formation), else None."""
+    if match.upsampler is None:
+        return None
+    return UpsamplerTrainer(build_upsampler(match.upsampler, match.seed, device), match.upsampler.lr)
+
+
 def initial_synset(match: MatchSpec, store: ClassStore, classes: Sequence[int]) -> dict[int, torch.Tensor]:
     """The initial stored samples of ``classes``, keyed by (seed, class) only (engine/synset.py)."""
     return init_synset(store, classes, match.ipc, match.factor, match.init, match.seed,
@@ -252,10 +281,11 @@ def initial_synset(match: MatchSpec, store: ClassStore, classes: Sequence[int]) 
 
 
 def build_matcher(plan: Plan, store: ClassStore, classes: Sequence[int], state: dict | None = None,
-                  device: torch.device | str = "cpu") -> Matcher:
+                  device: torch.device | str = "cpu", upsampler: torch.nn.Module | None = None) -> Matcher:
     """The matcher of ``classes`` for every backend: initialised from ``store``, then, with
-    ``state`` (a checkpoint's classes), continued from there."""
-    matcher = Matcher(plan.match, store, initial_synset(plan.match, store, classes), device)
+    ``state`` (a checkpoint's classes), continued from there. ``upsampler``: the run's shared
+    one (:func:`build_trainer`) for a learned formation."""
+    matcher = Matcher(plan.match, store, initial_synset(plan.match, store, classes), device, upsampler)
     if state is not None:
         matcher.load_state_dict(state)
     return matcher

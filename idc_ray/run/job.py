@@ -15,7 +15,7 @@ import torch
 from idc_ray import __version__, storage
 from idc_ray.artifacts import record_metrics, save_condensed
 from idc_ray.checkpoint import Checkpoint, CheckpointStore
-from idc_ray.config import IDCConfig
+from idc_ray.config import ConfigError, IDCConfig
 from idc_ray.data import DatasetSpec, get_spec, load_dataset, with_stats
 from idc_ray.engine.matcher import stack_stored
 from idc_ray.engine.plan import Plan, build_plan
@@ -89,6 +89,7 @@ def condense_to(run: Run) -> str:
     cfg, backend = run.cfg, run.backend
     spec = dataset_spec(cfg)
     plan = build_plan(cfg, spec)  # a bad config fails now, not after hours of pretraining or condensation
+    refuse_unwritable(plan)
     check_evaluations(run, spec)
     pool_cache = pool_cache_dir(cfg, run.output, run.pool)
     with backend.session():
@@ -118,6 +119,7 @@ def condense_job(cfg: IDCConfig, output: str, backend: Backend, options: RunOpti
     with ``options.resume``). ``spec``, ``plan``: the run's, when the caller has them already."""
     spec = spec or dataset_spec(cfg)
     plan = plan or build_plan(cfg, spec)
+    refuse_unwritable(plan)
     ckpts = CheckpointStore(output)
     ckpts.check_reachable()
     hooks = RunHooks(cfg, store=ckpts, every=options.checkpoint_every, start=resume_point(cfg, ckpts, options, output),
@@ -128,6 +130,15 @@ def condense_job(cfg: IDCConfig, output: str, backend: Backend, options: RunOpti
                                              max_restarts=options.max_restarts)
     stored, labels = stack_stored({c: s["data"] for c, s in states.items()})
     return JobResult(spec, stored, labels, hooks.history, time.perf_counter() - started, restarts, attempts.placement)
+
+
+def refuse_unwritable(plan: Plan) -> None:
+    """A learned formation (engine/upsampler.py) condenses in the engine (idc_ray.local's matcher
+    group), but its upsampler does not yet reach checkpoints, the artifact or evaluation, so a job
+    could only write stored data that mean nothing without it: refused before anything is written."""
+    if plan.resolved.formation == "learned":
+        raise ConfigError("synset.formation=learned condenses in the engine only for now (its upsampler is not yet "
+                          "saved in checkpoints or artifacts, issue 29); use synset.formation=uniform for a job")
 
 
 def dataset_spec(cfg: IDCConfig) -> DatasetSpec:
