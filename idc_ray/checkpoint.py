@@ -44,6 +44,7 @@ class Checkpoint:
     classes: dict[int, dict]  # class -> {"data": tensor, "optimizer": {...}}
     config: dict[str, Any]
     loss_history: list[float] = field(default_factory=list)
+    upsampler: dict | None = None  # formation learned: the shared upsampler's weights and optimiser
 
 
 def _file_name(outer: int) -> str:
@@ -53,7 +54,7 @@ def _file_name(outer: int) -> str:
 def _serialise(ckpt: Checkpoint) -> bytes:
     buffer = io.BytesIO()
     torch.save({"format": PAYLOAD_FORMAT, "outer": ckpt.outer, "classes": ckpt.classes, "config": ckpt.config,
-                "loss_history": ckpt.loss_history}, buffer)
+                "loss_history": ckpt.loss_history, "upsampler": ckpt.upsampler}, buffer)
     return buffer.getvalue()
 
 
@@ -65,7 +66,8 @@ def _deserialise(raw: bytes, uri: str) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != PAYLOAD_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"checkpoint '{uri}' has format {found!r}, this idc_ray reads {PAYLOAD_FORMAT}")
-    return Checkpoint(payload["outer"], payload["classes"], payload["config"], payload["loss_history"])
+    return Checkpoint(payload["outer"], payload["classes"], payload["config"], payload["loss_history"],
+                      payload.get("upsampler"))
 
 
 class CheckpointStore:

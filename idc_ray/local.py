@@ -36,6 +36,8 @@ class LocalMatchers:
 
     def __init__(self, plan: Plan, store: ClassStore, ckpt: Checkpoint | None, device: torch.device):
         self.trainer = build_trainer(plan.match, device)
+        if self.trainer is not None and ckpt is not None:
+            self.trainer.load_state_dict(ckpt.upsampler)
         self.matcher = build_matcher(plan, store, store.classes, ckpt.classes if ckpt else None, device,
                                      upsampler=self.trainer.net if self.trainer else None)
 
@@ -54,6 +56,9 @@ class LocalMatchers:
 
     def states(self) -> dict[int, dict]:
         return self.matcher.state_dict()
+
+    def shared(self) -> dict | None:
+        return None if self.trainer is None else self.trainer.state_dict()
 
 
 class LocalExpert:
@@ -127,7 +132,7 @@ def condense_local(cfg: IDCConfig, plan: Plan, store: ClassStore, *, device: tor
     """The whole schedule over ``store`` in this process, without checkpoints or files:
     (stored, labels, loss history per outer iteration). For tests and benchmarks."""
     hooks = RunHooks(cfg, every=max(1, cfg.schedule.outer_iters), on_progress=on_progress, snapshots=snapshots)
-    states, _ = run_with_restarts(cfg, LocalAttempts(plan, store, cfg.schedule, torch.device(device)), hooks)
+    states, _, _ = run_with_restarts(cfg, LocalAttempts(plan, store, cfg.schedule, torch.device(device)), hooks)
     stored, labels = stack_stored({c: s["data"] for c, s in states.items()})
     return stored, labels, hooks.history
 

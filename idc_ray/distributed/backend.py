@@ -21,7 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from idc_ray import storage
 from idc_ray.checkpoint import Checkpoint
-from idc_ray.config import IDCConfig
+from idc_ray.config import ConfigError, IDCConfig
 from idc_ray.data import DatasetSpec
 from idc_ray.device import resolve_device
 from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_device, actor_runtime_env, use_assigned_cpus
@@ -150,6 +150,9 @@ class RayMatchers:
             shards[name.split("[")[0]] = sum(r["losses"].values()) / len(r["losses"])
         rate = len(losses) / max(time.perf_counter() - submitted, 1e-9)
         return Progress(outer, inner, losses, rate, shards, expert_ahead=self.expert.computed_ahead())
+
+    def shared(self) -> dict | None:
+        return None  # a learned formation's upsampler runs on the local backend only (place refuses it)
 
     def states(self) -> dict[int, dict]:
         merged: dict[int, dict] = {}
@@ -342,6 +345,8 @@ class RayBackend:
 
     @contextmanager
     def place(self, cfg: IDCConfig, plan: Plan, spec: DatasetSpec) -> Iterator[RayAttempts]:
+        if plan.resolved.formation == "learned":  # the matcher actors do not share the upsampler yet
+            raise ConfigError("synset.formation=learned runs on --backend local for now")
         # a reserved group (a continual stage) was sized by the default counts: no probe, same layout
         probe = None if self.reserved is not None else (lambda: probe_times(plan, spec))
         layout = plan_layout(spec.num_classes, self.options, probe=probe,

@@ -21,6 +21,7 @@ learning rate ``synset.learned.lr``) per inner iteration, after every class has 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -111,9 +112,11 @@ class UpsamplerTrainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict:
+        """Copies (torch's optimiser state_dict references the live moment tensors, which later
+        steps update in place; a checkpoint held in memory must not change)."""
         return {"net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
-                "optimizer": self.optimizer.state_dict()}
+                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))

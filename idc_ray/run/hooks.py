@@ -65,14 +65,18 @@ class RunHooks:
         self.losses = []
         last = self.cfg.schedule.outer_iters
         if done % self.every == 0 or done == last:
-            self.checkpoint = Checkpoint(done, matchers.states(), self.cfg.to_dict(), list(self.history))
+            self.checkpoint = Checkpoint(done, matchers.states(), self.cfg.to_dict(), list(self.history),
+                                         matchers.shared())
             if self.store is not None:
                 log.info("checkpoint after outer iteration %d written to %s", done, self.store.save(self.checkpoint))
         if self.snapshots is not None and self.snapshots.due(done, last):
             at_checkpoint = self.checkpoint is not None and self.checkpoint.outer == done
             self.snapshots.take(done, self.checkpoint.classes if at_checkpoint else matchers.states())
 
-    def final_states(self, matchers: Matchers) -> dict[int, dict]:
-        """The stored set at the end: the last checkpoint's (taken at the last outer iteration)."""
+    def final_states(self, matchers: Matchers) -> tuple[dict[int, dict], dict | None]:
+        """The stored set and the shared state (a learned formation's upsampler) at the end: the
+        last checkpoint's (taken at the last outer iteration)."""
         done = self.checkpoint is not None and self.checkpoint.outer == self.cfg.schedule.outer_iters
-        return self.checkpoint.classes if done else matchers.states()
+        if done:
+            return self.checkpoint.classes, self.checkpoint.upsampler
+        return matchers.states(), matchers.shared()

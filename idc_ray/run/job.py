@@ -126,7 +126,7 @@ def condense_job(cfg: IDCConfig, output: str, backend: Backend, options: RunOpti
                      on_progress=on_progress, snapshots=snapshots)
     started = time.perf_counter()
     with backend.place(cfg, plan, spec) as attempts:
-        states, restarts = run_with_restarts(cfg, attempts, hooks, window=options.window,
+        states, _, restarts = run_with_restarts(cfg, attempts, hooks, window=options.window,
                                              max_restarts=options.max_restarts)
     stored, labels = stack_stored({c: s["data"] for c, s in states.items()})
     return JobResult(spec, stored, labels, hooks.history, time.perf_counter() - started, restarts, attempts.placement)

@@ -28,9 +28,10 @@ class Attempts(Protocol):
 
 
 def run_with_restarts(cfg: IDCConfig, attempts: Attempts, hooks: RunHooks, *, window: int = 2,
-                      max_restarts: int = 3) -> tuple[dict[int, dict], int]:
+                      max_restarts: int = 3) -> tuple[dict[int, dict], dict | None, int]:
     """Algorithm 1 to the end, restarting from the last checkpoint after a failure the backend
-    recovers from (``attempts.is_failure``); returns (class states, restarts)."""
+    recovers from (``attempts.is_failure``); returns (class states, shared state, restarts): the
+    shared state is a learned formation's upsampler (``Matchers.shared``), else None."""
     restarts = 0
     while True:
         first = hooks.first_outer
@@ -38,7 +39,7 @@ def run_with_restarts(cfg: IDCConfig, attempts: Attempts, hooks: RunHooks, *, wi
         try:
             hooks.begin(matchers)
             algorithm1(cfg.schedule, matchers, expert, hooks, first_outer=first, window=window)
-            return hooks.final_states(matchers), restarts
+            return (*hooks.final_states(matchers), restarts)
         except Exception as e:  # noqa: BLE001 - only what the backend calls a failure is recovered
             if not attempts.is_failure(e):
                 raise

@@ -9,8 +9,10 @@ from idc_ray.data import get_spec, load_dataset
 from idc_ray.engine.formation import form_learned, form_uniform, get_former
 from idc_ray.engine.plan import build_plan, build_trainer
 from idc_ray.engine.upsampler import UpsamplerSpec, UpsamplerTrainer, build_upsampler, parameter_count
-from idc_ray.local import LocalExpert, LocalMatchers
+from idc_ray.checkpoint import CheckpointStore
+from idc_ray.local import LocalAttempts, LocalExpert, LocalMatchers
 from idc_ray.run.hooks import RunHooks
+from idc_ray.run.recovery import run_with_restarts
 from idc_ray.run.schedule import algorithm1
 
 
@@ -84,3 +86,26 @@ def test_learned_formation_config_errors():
     speech = apply_overrides(load_preset("speech"), {"synset.formation": "learned"})
     with pytest.raises(ConfigError, match="for images, not the spectrograms"):
         build_plan(speech, get_spec("speech"))
+
+
+def _checkpointed_run(cfg, output, start=None):
+    """Algorithm 1 in-process with checkpoints under ``output``: (stored, upsampler state)."""
+    data = load_dataset("tiny")
+    store = CheckpointStore(str(output))
+    hooks = RunHooks(cfg, store=store, every=1, start=start)
+    attempts = LocalAttempts(build_plan(cfg, data.spec), data.train_store(), cfg.schedule, torch.device("cpu"))
+    states, shared, _ = run_with_restarts(cfg, attempts, hooks)
+    return {c: s["data"] for c, s in states.items()}, shared, store
+
+
+def test_resume_from_a_checkpoint_gives_the_bytes_of_an_uninterrupted_run(tmp_path, one_thread):
+    learned = {"synset.formation": "learned", "schedule.outer_iters": 2}
+    cfg = apply_overrides(load_preset("smoke"), learned)
+    whole, whole_up, _ = _checkpointed_run(cfg, tmp_path / "whole")
+    _, half_up, half = _checkpointed_run(apply_overrides(cfg, {"schedule.outer_iters": 1}), tmp_path / "half")
+    ckpt = half.latest()  # read back from the file: the upsampler's weights and Adam moments
+    assert ckpt.outer == 1 and torch.equal(ckpt.upsampler["net"]["deconv.weight"], half_up["net"]["deconv.weight"])
+    resumed, resumed_up, _ = _checkpointed_run(cfg, tmp_path / "half", start=ckpt)
+    assert all(torch.equal(whole[c], resumed[c]) for c in whole)
+    assert all(torch.equal(whole_up["net"][k], resumed_up["net"][k]) for k in whole_up["net"])
+    assert not torch.equal(half_up["net"]["deconv.weight"], whole_up["net"]["deconv.weight"])

@@ -45,6 +45,9 @@ class FakeMatchers:
     def states(self):
         return {0: {"data": self.steps}}
 
+    def shared(self):
+        return None
+
 
 class NoExpert:
     def state(self, outer, inner):
