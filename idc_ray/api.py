@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from idc_ray import storage
-from idc_ray.artifacts import MANIFEST, form_training_set, load_condensed
+from idc_ray.artifacts import MANIFEST, form_training_set, load_condensed, load_upsampler
 from idc_ray.backends import backend_for
 from idc_ray.cli import ProgressPrinter
 from idc_ray.config import IDCConfig, apply_overrides, from_dict, load_preset, load_yaml, preset_names, validate
@@ -63,8 +63,9 @@ class Condensed:
     def formed(self, *, normalize: bool = True) -> torch.utils.data.TensorDataset:
         """The formed training set as IDC evaluates it: every stored sample formed with the
         manifest's formation, normalised with its mean/std (``normalize=False``: in [0, 1])."""
+        upsampler = load_upsampler(self.uri, self.manifest)  # a learned formation's, else None
         return torch.utils.data.TensorDataset(*form_training_set(self.stored, self.labels, self.manifest,
-                                                                 normalize=normalize))
+                                                                 normalize=normalize, upsampler=upsampler))
 
     def to_ray_dataset(self, *, normalize: bool = True):
         """The formed samples as a ``ray.data.Dataset`` (``image`` float32 (C, H, W), ``label``):

@@ -9,7 +9,10 @@ A folder (local path or fsspec URL such as ``s3://bucket/run``) holding:
   version, dataset, class names, ipc, factor, formation (mode, axis, bound), shape, mean/std,
   the full config, code version, metrics, and the sha256 of ``condensed.parquet``;
 * ``preview.png`` (stored samples, one row per class), ``preview_formed.png`` (formed samples,
-  one row per class), ``config.yaml`` (loadable with ``--config``).
+  one row per class), ``config.yaml`` (loadable with ``--config``);
+* with a learned formation, ``upsampler.pt`` (the FSRCNN upsampler's weights, a ``torch.save``
+  state dict) and its sha256 sidecar ``upsampler.pt.sha256``; the manifest's
+  ``formation.upsampler`` gives its sizes (docs/formation.md).
 
 Rewriting a folder first deletes its manifest, so a reader never pairs an old manifest with new
 data. The schema and a torch + pyarrow-only reader are in docs/artifact.md.
@@ -35,6 +38,7 @@ from idc_ray.data import DatasetSpec, get_spec
 from idc_ray.engine.formation import form_classes, get_former
 from idc_ray.engine.plan import resolve
 from idc_ray.engine.training import Normalize
+from idc_ray.engine.upsampler import UpsamplerSpec, parameter_count, upsampler_from_weights
 
 FORMAT = "idc-ray/condensed"
 FORMAT_VERSION = 2  # 1 was the condensed.pt of the first release
@@ -43,6 +47,7 @@ MANIFEST = "manifest.json"
 PREVIEW = "preview.png"
 PREVIEW_FORMED = "preview_formed.png"
 CONFIG = "config.yaml"
+UPSAMPLER = "upsampler.pt"
 _PREVIEW_FORMED_PER_CLASS = 32  # columns of the formed preview: a readable image at any factor
 
 
@@ -56,10 +61,46 @@ def _png(images: torch.Tensor, per_row: int) -> bytes:
     return buffer.getvalue()
 
 
-def _formed(stored: torch.Tensor, labels: torch.Tensor, formation: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Formed samples with the manifest's formation, as evaluation forms them."""
-    former = get_former(formation["mode"], formation["factor"], axis=formation["axis"], bound=formation["bound"])
+def _formed(stored: torch.Tensor, labels: torch.Tensor, formation: Mapping[str, Any],
+            upsampler: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Formed samples with the manifest's formation (and a learned one's upsampler), as
+    evaluation forms them."""
+    if formation["mode"] == "learned" and upsampler is None:
+        raise ArtifactError("this set has a learned formation: form it with its upsampler "
+                            "(formed_dataset(uri) or idc_ray.load(uri).formed() read it from the folder)")
+    former = get_former(formation["mode"], formation["factor"], axis=formation["axis"], bound=formation["bound"],
+                        upsampler=upsampler)
     return form_classes(stored, labels, former)
+
+
+def _upsampler_entry(config: Mapping[str, Any], formation: Mapping[str, Any], channels: int,
+                     weights: Mapping[str, torch.Tensor] | None) -> tuple[dict, torch.nn.Module]:
+    """A learned formation's ``formation.upsampler`` manifest entry and the upsampler itself."""
+    if weights is None:
+        raise ValueError("a learned formation is saved with its upsampler's weights (upsampler=)")
+    learned = (config.get("synset") or {}).get("learned") or {}
+    sizes = {k: learned.get(k, getattr(UpsamplerSpec, k)) for k in ("d", "s", "m")}
+    spec = UpsamplerSpec(channels=channels, factor=formation["factor"], **sizes)
+    return {"file": UPSAMPLER, **sizes, "parameters": parameter_count(spec)}, upsampler_from_weights(spec, dict(weights))
+
+
+def load_upsampler(uri: str | os.PathLike, manifest: Mapping[str, Any]) -> torch.nn.Module | None:
+    """A learned formation's upsampler from the artifact at ``uri``, checked against its sha256
+    sidecar (:class:`ArtifactError`, one line, when missing or corrupt); None for other formations."""
+    entry = manifest["formation"].get("upsampler")
+    if manifest["formation"]["mode"] != "learned" or entry is None:
+        return None
+    target = storage.join(_folder(uri), entry["file"])
+    try:
+        raw = storage.read_checked(target)
+        weights = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except storage.StorageError as e:
+        raise ArtifactError(f"the set's upsampler is refused: {e}; rerun jobs/condense.py") from None
+    except Exception as e:  # noqa: BLE001 - a file that matches its sha256 but does not load
+        raise ArtifactError(f"'{target}' is not a torch file of weights ({type(e).__name__}); rerun jobs/condense.py") from None
+    spec = UpsamplerSpec(channels=manifest["shape"][0], factor=manifest["formation"]["factor"],
+                         d=entry["d"], s=entry["s"], m=entry["m"])
+    return upsampler_from_weights(spec, weights)
 
 
 def save_preview(uri: str | os.PathLike, stored: torch.Tensor) -> None:
@@ -87,8 +128,35 @@ def _table(stored: torch.Tensor, labels: torch.Tensor, class_names: tuple[str, .
     return buffer.getvalue().to_pybytes()
 
 
+def _formation(meta: Mapping[str, Any], config: Mapping[str, Any], spec: DatasetSpec) -> dict[str, Any]:
+    """The manifest's formation: meta's values, else the config's synset section, ``auto`` resolved
+    (the manifest records the formation the run used)."""
+    synset = config.get("synset") or {}
+    formation = {field: meta.get(key, synset.get(key)) for field, key in
+                 (("mode", "formation"), ("factor", "factor"), ("axis", "formation_axis"), ("bound", "bound"))}
+    if formation["mode"] == "auto":
+        formation["mode"] = resolve(from_dict(config), spec).formation
+    return formation
+
+
+def _save_formed_preview(uri: str, stored: torch.Tensor, labels: torch.Tensor, formation: Mapping[str, Any],
+                         net: torch.nn.Module | None) -> None:
+    """A PNG grid of formed samples, one row per class, at most _PREVIEW_FORMED_PER_CLASS each."""
+    formed, _ = _formed(stored, labels, formation, net)
+    per_row = len(formed) // stored.shape[0]
+    shown = formed.view(stored.shape[0], per_row, *formed.shape[1:])[:, :_PREVIEW_FORMED_PER_CLASS]
+    storage.atomic_write_bytes(uri, _png(shown.flatten(0, 1), shown.shape[1]))
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: torch.Tensor, *, config_yaml: str,
-                   meta: dict[str, Any], spec: DatasetSpec | None = None) -> str:
+                   meta: dict[str, Any], spec: DatasetSpec | None = None,
+                   upsampler: Mapping[str, torch.Tensor] | None = None) -> str:
     """Write the artifact folder ``out_dir`` (local or URL); returns the URI of manifest.json.
 
     Args:
@@ -99,6 +167,8 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
             key (loss_history, seconds, ...) is recorded under ``metrics``.
         spec: the dataset spec the run used (``RealData.spec``); default: looked up by name,
             which cannot know measured statistics (speech needs it passed).
+        upsampler: a learned formation's upsampler weights (its state dict), written to
+            ``upsampler.pt`` with a sha256 sidecar; required for that formation only.
     Raises:
         ValueError on inconsistent inputs; idc_ray.storage.StorageError when writing fails, in
         which case no manifest exists and readers see no artifact.
@@ -115,20 +185,18 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
     if tuple(stored.shape[2:]) != (spec.channels, spec.size, spec.size):
         raise ValueError(f"stored samples are {tuple(stored.shape[2:])}, dataset '{spec.name}' has "
                          f"{(spec.channels, spec.size, spec.size)}")
-    synset = config.get("synset") or {}
-    formation = {field: meta.get(key, synset.get(key)) for field, key in
-                 (("mode", "formation"), ("factor", "factor"), ("axis", "formation_axis"), ("bound", "bound"))}
-    if formation["mode"] == "auto":  # the manifest records the formation the run used
-        formation["mode"] = resolve(from_dict(config), spec).formation
+    formation = _formation(meta, config, spec)
     consumed = {"dataset", "ipc", "factor", "formation", "formation_axis", "bound", "code_version", "resolved"}
+    net = None
+    if formation["mode"] == "learned":
+        formation["upsampler"], net = _upsampler_entry(config, formation, spec.channels, upsampler)
 
     storage.remove(storage.join(out, MANIFEST))  # from here on, readers see no artifact
+    if net is not None:
+        storage.write_checked(storage.join(out, UPSAMPLER), _torch_bytes(dict(upsampler)))
     storage.atomic_write_bytes(storage.join(out, CONFIG), config_yaml.encode())
     save_preview(storage.join(out, PREVIEW), stored)
-    formed, _ = _formed(stored, labels, formation)
-    per_row = len(formed) // stored.shape[0]
-    shown = formed.view(stored.shape[0], per_row, *formed.shape[1:])[:, :_PREVIEW_FORMED_PER_CLASS]
-    storage.atomic_write_bytes(storage.join(out, PREVIEW_FORMED), _png(shown.flatten(0, 1), shown.shape[1]))
+    _save_formed_preview(storage.join(out, PREVIEW_FORMED), stored, labels, formation, net)
     data = _table(stored, labels, spec.class_names)
     storage.atomic_write_bytes(storage.join(out, PARQUET), data)
     manifest = {
@@ -139,6 +207,9 @@ def save_condensed(out_dir: str | os.PathLike, stored: torch.Tensor, labels: tor
         "config": config, "resolved": meta.get("resolved"), "code_version": meta.get("code_version", __version__),
         "metrics": {k: v for k, v in meta.items() if k not in consumed},
         "files": {PARQUET: {"sha256": storage.sha256(data), "bytes": len(data), "rows": len(labels)}},
+        # Table 9's accounting: what is stored, the stored pixels plus a learned formation's parameters
+        "storage": {"stored_pixels": stored.numel(),
+                    "upsampler_parameters": formation["upsampler"]["parameters"] if net is not None else 0},
     }
     target = storage.join(out, MANIFEST)
     storage.atomic_write_bytes(target, json.dumps(manifest, indent=1).encode())
@@ -217,14 +288,17 @@ def formed_dataset(uri: str | os.PathLike, *, normalize: bool = True) -> torch.u
     bound), exactly as IDC evaluates them, then normalised with the manifest's mean/std
     (``normalize=False``: left in [0, 1], e.g. to apply your own augmentation first).
     """
-    return torch.utils.data.TensorDataset(*form_training_set(*load_condensed(uri), normalize=normalize))
+    stored, labels, manifest = load_condensed(uri)
+    return torch.utils.data.TensorDataset(*form_training_set(stored, labels, manifest, normalize=normalize,
+                                                             upsampler=load_upsampler(uri, manifest)))
 
 
 def form_training_set(stored: torch.Tensor, labels: torch.Tensor, manifest: Mapping[str, Any], *,
-                      normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Formed samples and labels of stored samples with the manifest's ``formation``,
-    normalised with its ``mean``/``std`` unless ``normalize=False``."""
-    x, y = _formed(stored, labels, manifest["formation"])
+                      normalize: bool = True, upsampler: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Formed samples and labels of stored samples with the manifest's ``formation`` (a learned
+    one with ``upsampler``, :func:`load_upsampler`), normalised with its ``mean``/``std``
+    unless ``normalize=False``."""
+    x, y = _formed(stored, labels, manifest["formation"], upsampler)
     if normalize:
         x = Normalize(manifest["mean"], manifest["std"])(x)
     return x, y

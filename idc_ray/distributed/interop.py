@@ -25,7 +25,7 @@ import ray
 import torch
 
 from idc_ray import storage
-from idc_ray.artifacts import PARQUET, form_training_set, read_manifest
+from idc_ray.artifacts import PARQUET, ArtifactError, form_training_set, read_manifest
 from idc_ray.data import parquet
 
 WRITE_BATCH = 4096  # rows per Ray Data batch written: one shard per class present in it
@@ -124,6 +124,9 @@ def formed_ray_dataset(uri: str, *, normalize: bool = True):
     """The condensed set at ``uri`` as a ``ray.data.Dataset`` of formed samples (``image`` float32
     (C, H, W), ``label``): Ray Data reads the stored rows and forms each class in ``map_groups``."""
     manifest = read_manifest(uri)
+    if manifest["formation"]["mode"] == "learned":  # the workers would need the set's upsampler
+        raise ArtifactError(f"'{uri}' has a learned formation, which to_ray_dataset does not form yet; "
+                            "use idc_ray.load(uri).formed()")
     folder = uri[: -len("/manifest.json")] if uri.endswith("/manifest.json") else uri
     fs, path = storage.open_fs(storage.join(folder, PARQUET))
     table = ray.data.read_parquet(path, filesystem=pa.fs.PyFileSystem(pa.fs.FSSpecHandler(fs))).select_columns(

@@ -83,6 +83,13 @@ def build_upsampler(spec: UpsamplerSpec, seed: int, device: torch.device | str =
     return net.to(device)
 
 
+def upsampler_from_weights(spec: UpsamplerSpec, weights: dict) -> FSRCNNUpsampler:
+    """A trained upsampler rebuilt from its sizes and weights (an artifact's), in eval mode."""
+    net = FSRCNNUpsampler(spec)
+    net.load_state_dict(weights)
+    return net.eval()
+
+
 def parameter_count(spec: UpsamplerSpec) -> int:
     """Learned parameters the upsampler adds to the stored budget."""
     return sum(p.numel() for p in FSRCNNUpsampler(spec).parameters())

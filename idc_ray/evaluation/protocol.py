@@ -53,14 +53,16 @@ def recipe_for(cfg: IDCConfig, spec: DatasetSpec, epochs: int | None = None, mod
     )
 
 
-def form_stored(cfg: IDCConfig, spec: DatasetSpec, stored: torch.Tensor,
-                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def form_stored(cfg: IDCConfig, spec: DatasetSpec, stored: torch.Tensor, labels: torch.Tensor,
+                upsampler: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Formed training set of a stored set (classes, ipc, C, H, W) for evaluation: the
     condensation's formation (``auto`` resolved for ``spec`` as condensation resolves it), except that a
-    bounded set is formed uniformly, as the published test.py does (``eval.formation``)."""
+    bounded set is formed uniformly, as the published test.py does (``eval.formation``). A
+    learned formation forms with the set's ``upsampler`` (``artifacts.load_upsampler``)."""
     s = cfg.synset
     formation = resolve(cfg, spec).eval_formation
-    return form_classes(stored, labels, get_former(formation, s.factor, axis=s.formation_axis, bound=s.bound))
+    return form_classes(stored, labels, get_former(formation, s.factor, axis=s.formation_axis, bound=s.bound,
+                                                   upsampler=upsampler))
 
 
 def random_real(data: RealData, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from idc_ray import storage
-from idc_ray.artifacts import load_condensed
+from idc_ray.artifacts import load_condensed, load_upsampler
 from idc_ray.config import IDCConfig, apply_overrides, from_dict, load_preset, load_yaml, preset_names
 from idc_ray.data import DatasetSpec, RealData, get_spec, with_stats
 from idc_ray.engine.formation import get_former
@@ -133,7 +133,7 @@ def artifact_set(uri: str, *, models: Sequence[str] | None, changes: Mapping[str
              "synset.ipc": manifest["ipc"], **(changes or {})}
     cfg = with_overrides(from_dict(manifest.get("config") or {"data": {"dataset": manifest["dataset"]}}), facts, overrides)
     check_models(cfg.eval.models, c, h)
-    x, y = form_stored(cfg, spec_of(cfg), stored, labels)
+    x, y = form_stored(cfg, spec_of(cfg), stored, labels, load_upsampler(uri, manifest))
     return EvalSet(_basename(uri), method_name(cfg.synset.factor), "artifact", uri, cfg, x, y, manifest["ipc"],
                    cfg.synset.factor, cfg.synset.formation, len(labels))
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from idc_ray.config import IDCConfig
 from idc_ray.continual import learner
 from idc_ray.continual.job import base_config, exemplar_key, run_continual
 from idc_ray.continual.settings import ContinualConfig, with_values
@@ -108,16 +107,16 @@ def _changed(value):
     return 1 if value is None else pytest.fail(f"no change for {value!r}")
 
 
-def _base_leaves(cfg: IDCConfig):
-    """(section, field) of every leaf of the base condensation config, and the config with it changed."""
-    for section in dataclasses.fields(cfg):
-        part = getattr(cfg, section.name)
+def _base_leaves(cfg, prefix: str = ""):
+    """(dotted name, config with it changed) for every leaf of the base condensation config,
+    nested sections (e.g. synset.learned) included."""
+    for f in dataclasses.fields(cfg):
+        part = getattr(cfg, f.name)
         if not dataclasses.is_dataclass(part):
-            yield section.name, dataclasses.replace(cfg, **{section.name: _changed(part)})
+            yield prefix + f.name, dataclasses.replace(cfg, **{f.name: _changed(part)})
             continue
-        for f in dataclasses.fields(part):
-            changed = dataclasses.replace(part, **{f.name: _changed(getattr(part, f.name))})
-            yield f"{section.name}.{f.name}", dataclasses.replace(cfg, **{section.name: changed})
+        for name, changed in _base_leaves(part, f"{prefix}{f.name}."):
+            yield name, dataclasses.replace(cfg, **{f.name: changed})
 
 
 # What makes the exemplars (stage_jobs: the base config, the budget, Herding's epochs; the stream:
