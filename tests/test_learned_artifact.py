@@ -15,7 +15,7 @@ from idc_ray.run.job import Run, condense_to
 
 @pytest.fixture(scope="module")
 def learned_set(tmp_path_factory):
-    cfg = apply_overrides(load_preset("smoke"), {"synset.formation": "learned"})
+    cfg = apply_overrides(load_preset("smoke"), {"synset.formation": "learned", "schedule.outer_iters": 1})
     out = tmp_path_factory.mktemp("learned")
     condense_to(Run(cfg, str(out), LocalBackend(device="cpu")))
     return out
