@@ -81,13 +81,14 @@ def _condense_main():
     return module.main
 
 
-def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path, idc_log):
-    """The newest checkpoint's file is damaged: --resume refuses it (a warning naming the file),
-    continues from the previous one and still ends with the bytes of an uninterrupted run."""
+def resume_past_a_corrupt_newest_checkpoint(tmp_path, idc_log, backend: list[str]) -> dict:
+    """A run stopped after outer 2 whose newest checkpoint is then damaged, resumed to outer 3 on
+    ``backend``: --resume refuses the file (a warning naming it), continues from the previous one
+    and ends with the bytes of an uninterrupted run. Returns the manifest."""
     cfg = apply_overrides(load_preset("smoke"), ["schedule.outer_iters=3", "schedule.inner_iters=2"])
     clean = condense_job(cfg, str(tmp_path / "clean"), RunOptions(backend="local"))
     main, out = _condense_main(), tmp_path / "run"
-    common = ["--preset", "smoke", "--set", "schedule.inner_iters=2", "--backend", "local", "--device", "cpu",
+    common = ["--preset", "smoke", "--set", "schedule.inner_iters=2", *backend,
               "--checkpoint-every", "1", "--output", str(out), "--quiet"]
     assert main([*common, "--set", "schedule.outer_iters=2"]) == 0  # stands for a run stopped after outer 2
     newest = out / "checkpoints" / "ckpt-0000002.pt"
@@ -103,29 +104,18 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path, idc_log):
     stored, _, manifest = load_condensed(out)
     assert torch.equal(stored, clean.stored)
     assert manifest["metrics"]["loss_history"] == pytest.approx(clean.loss_history, abs=0)
+    return manifest
+
+
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path, idc_log):
+    manifest = resume_past_a_corrupt_newest_checkpoint(tmp_path, idc_log, ["--backend", "local", "--device", "cpu"])
+    assert manifest["metrics"]["backend"] == "local"
 
 
 @pytest.mark.slow  # two Ray runs: about 17 s on the shared 2-core machine
 def test_resume_on_ray_falls_back_past_a_corrupt_newest_checkpoint(ray_cluster, one_thread, tmp_path, idc_log):
-    """The same fallback on the Ray backend: the driver reads the latest good checkpoint before it
-    starts the actors, which then continue from the previous one, to the uninterrupted bytes."""
-    cfg = apply_overrides(load_preset("smoke"), ["schedule.outer_iters=3", "schedule.inner_iters=2"])
-    clean = condense_job(cfg, str(tmp_path / "clean"), RunOptions(backend="local"))
-    main, out = _condense_main(), tmp_path / "run"
-    common = ["--preset", "smoke", "--set", "schedule.inner_iters=2", "--address", ray_cluster, "--num-actors", "2",
-              "--checkpoint-every", "1", "--output", str(out), "--quiet"]
-    assert main([*common, "--set", "schedule.outer_iters=2"]) == 0  # stands for a run stopped after outer 2
-    newest = out / "checkpoints" / "ckpt-0000002.pt"
-    raw = bytearray(newest.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    newest.write_bytes(bytes(raw))
-
-    seen = idc_log()
-    assert main([*common, "--set", "schedule.outer_iters=3", "--resume"]) == 0
-    refused = [line for line in seen if "falling back" in line]
-    assert len(refused) == 1 and str(newest) in refused[0] and "sha256" in refused[0]
-    assert "resuming from the checkpoint after outer iteration 1" in seen
-    stored, _, manifest = load_condensed(out)
+    """The driver reads the latest good checkpoint before it starts the actors, which then
+    continue from the previous one."""
+    manifest = resume_past_a_corrupt_newest_checkpoint(tmp_path, idc_log,
+                                                       ["--address", ray_cluster, "--num-actors", "2"])
     assert manifest["metrics"]["backend"] == "ray"
-    assert torch.equal(stored, clean.stored)
-    assert manifest["metrics"]["loss_history"] == pytest.approx(clean.loss_history, abs=0)
