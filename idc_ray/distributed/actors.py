@@ -13,7 +13,7 @@ from ray.util import metrics
 from idc_ray import storage
 from idc_ray.data import load_dataset
 from idc_ray.engine.expert import ExpertSpec, expert_trajectory, new_model
-from idc_ray.engine.plan import Plan, build_matcher
+from idc_ray.engine.plan import Plan, build_matcher, shared_upsampler
 
 
 # glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh mmap()ed pages and
@@ -94,7 +94,8 @@ class MatcherActor:
         matcher (from the checkpoint's state, if any); returns :meth:`info`."""
         plan, classes, dataset, data_uri, state = self.source
         store = load_dataset(dataset, data_uri, classes=classes).train_store(classes)
-        self.matcher = build_matcher(plan, store, classes, state, self.device)
+        self.upsampler = shared_upsampler(plan.match, self.device)  # learned formation: each step's weights
+        self.matcher = build_matcher(plan, store, classes, state, self.device, upsampler=self.upsampler)
         self.model = new_model(plan.expert, 0, 0).to(self.device)  # weights are replaced every step
         return self.info()
 
@@ -105,17 +106,26 @@ class MatcherActor:
         """Clamp the shard's stored data (the start of every outer iteration)."""
         self.matcher.begin_outer()
 
-    def step(self, expert_state: dict, outer: int, inner: int) -> dict:
+    def step(self, expert_state: dict, outer: int, inner: int, upsampler: dict | None = None) -> dict:
+        """Update the shard against ``expert_state``. With a learned formation, ``upsampler`` is
+        the shared upsampler's weights for this step (the driver's, after its last update), and
+        the reply carries each class's upsampler gradient for the driver to sum."""
         if self.fault and (outer, inner) == (self.fault["outer"], self.fault["inner"]):
             raise RuntimeError(f"injected fault in {self.name} at outer {outer} inner {inner}")
         started = time.perf_counter()
         self.model.load_state_dict(expert_state)
+        if upsampler is not None:
+            self.upsampler.load_state_dict(upsampler)
         losses = self.matcher.step(self.model, outer, inner)
         seconds = time.perf_counter() - started
         self.m_loss.set(sum(losses.values()) / len(losses))
         self.m_rate.set(len(losses) / max(seconds, 1e-9))
         self.m_outer.set(outer)
-        return {"losses": losses, "seconds": seconds}
+        reply = {"losses": losses, "seconds": seconds}
+        if self.upsampler is not None:
+            grads = self.matcher.take_upsampler_grads()
+            reply["upsampler_grads"] = {c: [g.cpu() for g in gs] for c, gs in grads.items()}
+        return reply
 
     def state_dict(self) -> dict:
         return self.matcher.state_dict()

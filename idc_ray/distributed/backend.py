@@ -21,7 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from idc_ray import storage
 from idc_ray.checkpoint import Checkpoint
-from idc_ray.config import ConfigError, IDCConfig
+from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec
 from idc_ray.device import resolve_device
 from idc_ray.distributed.actors import ExpertActor, MatcherActor, actor_device, actor_runtime_env, use_assigned_cpus
@@ -33,8 +33,9 @@ from idc_ray.distributed.resources import WAIT_NOTICE_S, Layout, cluster_holds, 
 from idc_ray.distributed.session import ClusterError, ray_session
 from idc_ray.distributed.watch import RayCurveRunner
 from idc_ray.engine.expert import new_model
-from idc_ray.engine.plan import Plan
+from idc_ray.engine.plan import Plan, build_trainer
 from idc_ray.engine.probe import Probed, probe_parts
+from idc_ray.engine.upsampler import UpsamplerTrainer
 from idc_ray.run.backend import RunOptions, stderr_line
 from idc_ray.run.curve import RunnerFactory
 from idc_ray.run.schedule import Progress
@@ -127,17 +128,39 @@ class RayExperts:
 
 
 class RayMatchers:
-    """The matcher actors of one attempt; a step is one call per actor with the expert state's ref."""
+    """The matcher actors of one attempt; a step is one call per actor with the expert state's ref.
 
-    def __init__(self, actors: list, names: list[str], expert: RayExperts):
-        self.actors, self.names, self.expert = actors, names, expert
+    With a learned formation the driver holds the shared upsampler (``trainer``): before a step
+    is submitted it sums the previous step's per-class gradients, which the actors return, in
+    class order and takes one optimiser step (``UpsamplerTrainer.apply``, as the in-process
+    backend does), then puts the weights in the object store once for every actor. A step thus
+    waits for the one before it (the expert states are still computed ahead)."""
+
+    def __init__(self, actors: list, names: list[str], expert: RayExperts, trainer: UpsamplerTrainer | None = None):
+        self.actors, self.names, self.expert, self.trainer = actors, names, expert, trainer
+        self.unapplied: deque = deque()  # steps whose upsampler gradients the trainer has not applied
 
     def begin_outer(self, outer: int) -> None:
         for m in self.actors:  # actor calls from one caller run in order: before this outer's steps
             m.begin_outer.remote()
 
     def submit(self, expert_state, outer: int, inner: int) -> tuple:
-        return outer, inner, time.perf_counter(), [m.step.remote(expert_state, outer, inner) for m in self.actors]
+        weights = None
+        if self.trainer is not None:
+            self._apply_upsampler_grads()
+            weights = ray.put(self.trainer.net.state_dict())
+        refs = [m.step.remote(expert_state, outer, inner, weights) for m in self.actors]
+        if self.trainer is not None:
+            self.unapplied.append(refs)
+        return outer, inner, time.perf_counter(), refs
+
+    def _apply_upsampler_grads(self) -> None:
+        """One upsampler update per submitted step not applied yet, in step order."""
+        while self.unapplied:
+            grads: dict[int, list[torch.Tensor]] = {}
+            for reply in ray.get(self.unapplied.popleft()):
+                grads.update(reply["upsampler_grads"])
+            self.trainer.apply(grads)
 
     def collect(self, handle: tuple) -> Progress:
         outer, inner, submitted, refs = handle
@@ -152,7 +175,10 @@ class RayMatchers:
         return Progress(outer, inner, losses, rate, shards, expert_ahead=self.expert.computed_ahead())
 
     def shared(self) -> dict | None:
-        return None  # a learned formation's upsampler runs on the local backend only (place refuses it)
+        if self.trainer is None:
+            return None
+        self._apply_upsampler_grads()
+        return self.trainer.state_dict()
 
     def states(self) -> dict[int, dict]:
         merged: dict[int, dict] = {}
@@ -188,7 +214,10 @@ class RayAttempts:
             log.info("%s on node %s (%s, %d threads)", p["name"], p["node"][:12], p["device"], p["threads"])
         source = RayExperts(experts, expert_names, first_outer, self.cfg.schedule, self.plan.expert.fix_iter,
                             states_ahead(self.plan, self.options.expert_memory_mb))
-        return RayMatchers(matchers, names, source), source
+        trainer = build_trainer(self.plan.match)  # learned formation: the shared upsampler, on the driver
+        if trainer is not None and ckpt is not None:
+            trainer.load_state_dict(ckpt.upsampler)
+        return RayMatchers(matchers, names, source, trainer), source
 
     def _strategy(self, index: int) -> PlacementGroupSchedulingStrategy:
         return PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=index)
@@ -345,8 +374,6 @@ class RayBackend:
 
     @contextmanager
     def place(self, cfg: IDCConfig, plan: Plan, spec: DatasetSpec) -> Iterator[RayAttempts]:
-        if plan.resolved.formation == "learned":  # the matcher actors do not share the upsampler yet
-            raise ConfigError("synset.formation=learned runs on --backend local for now")
         # a reserved group (a continual stage) was sized by the default counts: no probe, same layout
         probe = None if self.reserved is not None else (lambda: probe_times(plan, spec))
         layout = plan_layout(spec.num_classes, self.options, probe=probe,

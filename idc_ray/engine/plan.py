@@ -23,7 +23,7 @@ from idc_ray.engine.formation import FORMATIONS, formed_per_sample
 from idc_ray.engine.matcher import Matcher, MatchSpec
 from idc_ray.engine.spec import SharedSpec
 from idc_ray.engine.synset import init_synset
-from idc_ray.engine.upsampler import UpsamplerSpec, UpsamplerTrainer, build_upsampler
+from idc_ray.engine.upsampler import FSRCNNUpsampler, UpsamplerSpec, UpsamplerTrainer, build_upsampler
 from idc_ray.models import NORMS, UnknownModelError, available_models, check_model_input
 
 
@@ -267,11 +267,16 @@ def _upsampler_spec(s: SynsetConfig, formation: str, channels: int) -> Upsampler
     return UpsamplerSpec(channels=channels, factor=s.factor, d=lu.d, s=lu.s, m=lu.m, lr=lu.lr)
 
 
+def shared_upsampler(match: MatchSpec, device: torch.device | str = "cpu") -> FSRCNNUpsampler | None:
+    """The run's shared upsampler at initialisation (learned formation), else None: the same
+    weights in every process (a Ray matcher actor then receives each step's weights)."""
+    return None if match.upsampler is None else build_upsampler(match.upsampler, match.seed, device)
+
+
 def build_trainer(match: MatchSpec, device: torch.device | str = "cpu") -> UpsamplerTrainer | None:
     """The run's shared upsampler with its optimiser (learned formation), else None."""
-    if match.upsampler is None:
-        return None
-    return UpsamplerTrainer(build_upsampler(match.upsampler, match.seed, device), match.upsampler.lr)
+    net = shared_upsampler(match, device)
+    return None if net is None else UpsamplerTrainer(net, match.upsampler.lr)
 
 
 def initial_synset(match: MatchSpec, store: ClassStore, classes: Sequence[int]) -> dict[int, torch.Tensor]:

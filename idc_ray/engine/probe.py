@@ -16,7 +16,7 @@ import torch
 
 from idc_ray.data import ClassStore, DatasetSpec
 from idc_ray.engine.expert import ExpertTrainer, init_expert
-from idc_ray.engine.plan import Plan, build_matcher
+from idc_ray.engine.plan import Plan, build_matcher, shared_upsampler
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def probe_parts(plan: Plan, spec: DatasetSpec, device: torch.device | str = "cpu
     per_class = max(plan.match.batch_real, plan.match.ipc, math.ceil(plan.expert.n_data / timed) + 1)
     store = random_store(spec, timed, per_class)
     fresh = replace(plan, expert=replace(plan.expert, pretrained=None))
-    matcher = build_matcher(fresh, store, store.classes, None, device)
+    matcher = build_matcher(fresh, store, store.classes, None, device, upsampler=shared_upsampler(fresh.match, device))
     expert = init_expert(fresh.expert, 0).to(device)
     matching = median_seconds(lambda k: matcher.step(expert, 0, k), repeat, device) * spec.num_classes / timed
     trainer = ExpertTrainer(fresh.expert, init_expert(fresh.expert, 0), device)
