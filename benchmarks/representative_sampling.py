@@ -67,7 +67,7 @@ def condense_with_checkpoints(cfg: IDCConfig, data: RealData, every: int, device
     the seconds of condensation before it (the job's one in-process loop, its --eval-every hook)."""
     kept: list[dict] = []
 
-    def take(outer: int, states: dict) -> None:
+    def take(outer: int, states: dict, shared: dict | None) -> None:
         kept.append({"outer": outer, "seconds": time.perf_counter(),
                      "stored": stack_stored({c: s["data"] for c, s in states.items()})})
 

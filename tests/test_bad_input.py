@@ -87,8 +87,6 @@ CASES = [
      "is not a readable Parquet file"),
     ("condense", [*SMOKE, "--dataset", "parquet", "--data-uri", "{tmp}/pq"], parquet_dataset(no_label_column),
      "has columns ['image']; needs 'image' and 'label'"),
-    ("condense", [*SMOKE, "--set", "synset.formation=learned", "--eval-every", "1", "--eval-models", "convnet3"], None,
-     "synset.formation=learned does not take --eval-every yet"),
     ("condense", [*SMOKE, "--set", "synset.formation=learned", "--factor", "1"], None,
      "synset.formation=learned needs synset.factor >= 2"),
     ("condense", [*SMOKE, "--checkpoint-every", "0"], None, "--checkpoint-every must be >= 1"),

@@ -31,6 +31,8 @@ import torch
 from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec, load_dataset
 from idc_ray.engine.matcher import stack_stored
+from idc_ray.engine.plan import build_plan
+from idc_ray.engine.upsampler import upsampler_from_weights
 from idc_ray.errors import JobError, first_line
 from idc_ray.evaluation.curve import curve_point, failed_point, merge_points, read_points, write_curve
 from idc_ray.evaluation.protocol import EvalTask, RunRecord, form_stored, plan_tasks, run_task
@@ -138,6 +140,7 @@ class CurveWatcher:
                  make_runner: RunnerFactory, log: Callable[[str], None]):
         options.check()
         self.cfg, self.spec, self.output, self.options, self.log = cfg, spec, output, options, log
+        self.upsampler_spec = build_plan(cfg, spec).match.upsampler  # a learned formation's sizes, else None
         self.points = read_points(output)  # a resumed job keeps the points it had
         data = load_dataset(cfg.data.dataset, cfg.data.data_uri, split="test")
         self.runner = make_runner((data.test_x, data.test_y), options)
@@ -147,11 +150,13 @@ class CurveWatcher:
         self.records: dict[tuple[int, str], list[RunRecord]] = defaultdict(list)
         self.failed: list[dict] = []  # this run's failed points
 
-    def take(self, outer: int, states: dict[int, dict]) -> None:
-        """A snapshot (``Snapshots.take``): its tasks go to the runner."""
+    def take(self, outer: int, states: dict[int, dict], shared: dict | None = None) -> None:
+        """A snapshot (``Snapshots.take``): its tasks go to the runner. A learned formation's
+        snapshot is formed with the upsampler as it was at that iteration (``shared``)."""
         seconds = time.perf_counter() - self.started - self.runner.busy_seconds
         stored, labels = stack_stored({c: s["data"] for c, s in states.items()})
-        x, y = form_stored(self.cfg, self.spec, stored, labels)
+        upsampler = None if shared is None else upsampler_from_weights(self.upsampler_spec, shared["net"])
+        x, y = form_stored(self.cfg, self.spec, stored, labels, upsampler)
         tasks = plan_tasks(self.cfg, self.spec, f"iteration {outer}", models=self.options.models,
                            repeat=self.options.repeat, epochs=self.options.epochs)
         self.runner.submit((outer, seconds), tasks, x, y)

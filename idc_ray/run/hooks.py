@@ -18,13 +18,14 @@ log = logging.getLogger("idc_ray")
 
 @dataclass(frozen=True)
 class Snapshots:
-    """``jobs/condense.py --eval-every K``: the stored set handed to ``take(outer, states)`` at
-    outer iteration 0 (the initialisation), every ``every`` outer iterations and the last
-    (issue 13). ``take`` receives copies; it must not block the schedule for long (the job's
-    evaluator only submits work)."""
+    """``jobs/condense.py --eval-every K``: the stored set handed to ``take(outer, states, shared)``
+    at outer iteration 0 (the initialisation), every ``every`` outer iterations and the last
+    (issue 13); ``shared`` is a learned formation's upsampler then (``Matchers.shared``), else
+    None. ``take`` receives copies; it must not block the schedule for long (the job's evaluator
+    only submits work)."""
 
     every: int
-    take: Callable[[int, dict[int, dict]], None]
+    take: Callable[[int, dict[int, dict], dict | None], None]
 
     def due(self, outer: int, last: int) -> bool:
         return outer == 0 or outer % self.every == 0 or outer == last
@@ -53,7 +54,7 @@ class RunHooks:
 
     def begin(self, matchers: Matchers) -> None:
         if self.snapshots is not None and self.first_outer == 0:
-            self.snapshots.take(0, matchers.states())
+            self.snapshots.take(0, matchers.states(), matchers.shared())
 
     def after_inner(self, progress: Progress) -> None:
         self.losses.extend(progress.losses.values())
@@ -70,8 +71,10 @@ class RunHooks:
             if self.store is not None:
                 log.info("checkpoint after outer iteration %d written to %s", done, self.store.save(self.checkpoint))
         if self.snapshots is not None and self.snapshots.due(done, last):
-            at_checkpoint = self.checkpoint is not None and self.checkpoint.outer == done
-            self.snapshots.take(done, self.checkpoint.classes if at_checkpoint else matchers.states())
+            if self.checkpoint is not None and self.checkpoint.outer == done:
+                self.snapshots.take(done, self.checkpoint.classes, self.checkpoint.upsampler)
+            else:
+                self.snapshots.take(done, matchers.states(), matchers.shared())
 
     def final_states(self, matchers: Matchers) -> tuple[dict[int, dict], dict | None]:
         """The stored set and the shared state (a learned formation's upsampler) at the end: the

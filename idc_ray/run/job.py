@@ -15,7 +15,7 @@ import torch
 from idc_ray import __version__, storage
 from idc_ray.artifacts import record_metrics, save_condensed
 from idc_ray.checkpoint import Checkpoint, CheckpointStore
-from idc_ray.config import ConfigError, IDCConfig
+from idc_ray.config import IDCConfig
 from idc_ray.data import DatasetSpec, get_spec, load_dataset, with_stats
 from idc_ray.engine.matcher import stack_stored
 from idc_ray.engine.plan import Plan, build_plan
@@ -90,9 +90,6 @@ def condense_to(run: Run) -> str:
     cfg, backend = run.cfg, run.backend
     spec = dataset_spec(cfg)
     plan = build_plan(cfg, spec)  # a bad config fails now, not after hours of pretraining or condensation
-    if plan.resolved.formation == "learned" and run.eval_every is not None:
-        raise ConfigError("synset.formation=learned does not take --eval-every yet (the curve's snapshots do not "
-                          "carry the upsampler); drop --eval-every and evaluate the written set")
     check_evaluations(run, spec)
     pool_cache = pool_cache_dir(cfg, run.output, run.pool)
     with backend.session():

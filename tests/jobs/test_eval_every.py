@@ -46,7 +46,7 @@ class FakeMatchers:
         return {0: {"data": self.steps}}
 
     def shared(self):
-        return None
+        return {"steps": self.steps}  # as a learned formation's upsampler: the state every class shares
 
 
 class NoExpert:
@@ -59,11 +59,68 @@ def test_snapshots_are_taken_at_zero_every_kth_and_the_last(tmp_path):
 
     cfg = apply_overrides(load_preset("smoke"), {"schedule.outer_iters": 7, "schedule.inner_iters": 2})
     taken = []
-    hooks = RunHooks(cfg, every=3, snapshots=Snapshots(3, lambda outer, states: taken.append((outer, states[0]["data"]))))
+    take = lambda outer, states, shared: taken.append((outer, states[0]["data"], shared["steps"]))
+    hooks = RunHooks(cfg, every=3, snapshots=Snapshots(3, take))
     matchers = FakeMatchers()
     hooks.begin(matchers)
     algorithm1(cfg.schedule, matchers, NoExpert(), hooks)
-    assert taken == [(0, 0), (3, 6), (6, 12), (7, 14)]  # the state after exactly `outer` outer iterations
+    # the state after exactly `outer` outer iterations, the shared state with it (from the checkpoint at 3, 6, 7)
+    assert taken == [(0, 0, 0), (3, 6, 6), (6, 12, 12), (7, 14, 14)]
+
+
+class CapturingRunner:
+    """A curve runner that keeps the formed training set of each snapshot and runs nothing."""
+
+    busy_seconds = 0.0
+
+    def __init__(self, test, options):
+        self.formed: list[torch.Tensor] = []
+
+    def submit(self, key, tasks, x, y):
+        self.formed.append(x)
+
+    def ready(self):
+        return []
+
+    drain = ready
+
+    def export(self, point):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_learned_formation_snapshot_is_formed_with_the_upsampler_of_its_iteration(tmp_path):
+    from idc_ray.config import apply_overrides, load_preset
+    from idc_ray.data import get_spec
+    from idc_ray.engine.plan import build_plan, build_trainer
+    from idc_ray.evaluation.protocol import form_stored
+    from idc_ray.run.curve import CurveWatcher, EvalEvery
+
+    cfg = apply_overrides(load_preset("smoke"), {"synset.formation": "learned"})
+    spec = get_spec("tiny")
+    trainer = build_trainer(build_plan(cfg, spec).match)
+    for p in trainer.net.parameters():  # a trained upsampler: its residual is no longer zero
+        p.grad = torch.ones_like(p)
+    trainer.optimizer.step()
+    stored = torch.rand(spec.num_classes, 1, spec.channels, spec.size, spec.size)
+    states = {c: {"data": stored[c]} for c in range(spec.num_classes)}
+    watcher = CurveWatcher(cfg, spec, str(tmp_path), EvalEvery(1, ("convnet3",)), CapturingRunner, lambda line: None)
+    watcher.take(1, states, trainer.state_dict())
+    watcher.take(1, states, build_trainer(build_plan(cfg, spec).match).state_dict())  # the initial upsampler
+    labels = torch.arange(spec.num_classes)
+    assert torch.equal(watcher.runner.formed[0], form_stored(cfg, spec, stored, labels, trainer.net)[0])
+    assert not torch.equal(watcher.runner.formed[0], watcher.runner.formed[1])
+
+
+def test_local_eval_every_with_a_learned_formation_writes_the_curve(condense, tmp_path):
+    out = tmp_path / "learned"
+    done = condense("--backend", "local", "--outer-iters", "2", "--output", str(out), "--set", "synset.formation=learned",
+                    "--eval-every", "2", *EVAL)
+    assert done.returncode == 0, done.stderr
+    assert [p["iteration"] for p in curve(out)] == [0, 2]
+    assert (out / "upsampler.pt").exists()
 
 
 def test_local_eval_every_keeps_the_bytes_and_writes_the_curve(condense, tmp_path):
