@@ -25,7 +25,7 @@ import ray
 import torch
 
 from idc_ray import storage
-from idc_ray.artifacts import PARQUET, ArtifactError, form_training_set, read_manifest
+from idc_ray.artifacts import PARQUET, form_training_set, load_upsampler, read_manifest
 from idc_ray.data import parquet
 
 WRITE_BATCH = 4096  # rows per Ray Data batch written: one shard per class present in it
@@ -111,28 +111,29 @@ def write_split(ds, folder: str, split: str, *, image: str = "image", label: str
 
 
 def _form_class(batch: pa.Table, *, formation: Mapping[str, Any], shape: list[int], mean: list[float],
-                std: list[float], normalize: bool) -> dict[str, np.ndarray]:
-    """Runs in a Ray Data worker: one class's stored rows -> its formed samples."""
+                std: list[float], normalize: bool, upsampler: torch.nn.Module | None) -> dict[str, np.ndarray]:
+    """Runs in a Ray Data worker: one class's stored rows -> its formed samples (a learned
+    formation with the set's ``upsampler``, shipped with the function's arguments)."""
     labels = torch.from_numpy(batch.column("label").to_numpy().astype(np.int64))
     values = batch.column("data").combine_chunks().flatten().to_numpy().astype(np.float32)
     stored = torch.from_numpy(values.reshape(1, len(labels), *shape))
-    x, y = form_training_set(stored, labels, {"formation": formation, "mean": mean, "std": std}, normalize=normalize)
+    manifest = {"formation": formation, "mean": mean, "std": std}
+    x, y = form_training_set(stored, labels, manifest, normalize=normalize, upsampler=upsampler)
     return {"image": x.numpy(), "label": y.numpy()}
 
 
 def formed_ray_dataset(uri: str, *, normalize: bool = True):
     """The condensed set at ``uri`` as a ``ray.data.Dataset`` of formed samples (``image`` float32
-    (C, H, W), ``label``): Ray Data reads the stored rows and forms each class in ``map_groups``."""
+    (C, H, W), ``label``): Ray Data reads the stored rows and forms each class in ``map_groups``
+    (a learned formation with the set's upsampler, read and checked here once)."""
     manifest = read_manifest(uri)
-    if manifest["formation"]["mode"] == "learned":  # the workers would need the set's upsampler
-        raise ArtifactError(f"'{uri}' has a learned formation, which to_ray_dataset does not form yet; "
-                            "use idc_ray.load(uri).formed()")
+    upsampler = load_upsampler(uri, manifest)
     folder = uri[: -len("/manifest.json")] if uri.endswith("/manifest.json") else uri
     fs, path = storage.open_fs(storage.join(folder, PARQUET))
     table = ray.data.read_parquet(path, filesystem=pa.fs.PyFileSystem(pa.fs.FSSpecHandler(fs))).select_columns(
         ["label", "data"])
     form = dict(formation=manifest["formation"], shape=manifest["shape"], mean=manifest["mean"], std=manifest["std"],
-                normalize=normalize)
+                normalize=normalize, upsampler=upsampler)
     partitions = max(1, min(manifest["num_classes"], ray.data.DataContext.get_current().min_parallelism or 1))
     return table.groupby("label", num_partitions=partitions).map_groups(_form_class, fn_kwargs=form,
                                                                         batch_format="pyarrow")
