@@ -142,8 +142,6 @@ CASES = [
     ("continual", [*CONTINUAL, "--memory-ipc", "0"], None, "--memory-ipc must be at least 1"),
     ("continual", [*CONTINUAL, "--exemplars", "bogus"], None, "--exemplars entry 'bogus' is unknown"),
     ("continual", [*CONTINUAL, "--stage-cpus", "0"], None, "--stage-cpus must be > 0, got 0"),
-    ("continual", [*CONTINUAL, "--set", "synset.formation=learned"], None,
-     "synset.formation=learned is not built for continual stages yet"),
 ]
 
 

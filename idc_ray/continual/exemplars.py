@@ -32,7 +32,7 @@ from idc_ray.engine import rng
 from idc_ray.errors import first_line
 from idc_ray.data import load_dataset
 from idc_ray.evaluation.baselines import baseline_set, train_feature_net
-from idc_ray.artifacts import ArtifactError, load_condensed
+from idc_ray.artifacts import ArtifactError, load_condensed, load_upsampler
 from idc_ray.evaluation.protocol import form_stored
 from idc_ray.evaluation.sets import artifact_set, file_set, is_plain_file
 from idc_ray.data import get_spec
@@ -119,10 +119,12 @@ def make_exemplars(job: ExemplarJob, device: str | torch.device = "cpu") -> str:
 
 def load_memory(job: ExemplarJob, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The cached exemplars of ``job`` as training images (IDC: formed as the evaluation protocol
-    forms them) in [0, 1] and GLOBAL labels (stage label i -> classes[i])."""
+    forms them, a learned formation with the stage's own upsampler) in [0, 1] and GLOBAL labels
+    (stage label i -> classes[i])."""
     if job.method == IDC:
-        stored, labels, _ = load_condensed(cache_path(job))
-        x, y = form_stored(job.cfg, get_spec(job.cfg.data.dataset, job.cfg.data.data_uri), stored, labels)
+        stored, labels, manifest = load_condensed(cache_path(job))
+        upsampler = load_upsampler(cache_path(job), manifest)
+        x, y = form_stored(job.cfg, get_spec(job.cfg.data.dataset, job.cfg.data.data_uri), stored, labels, upsampler)
     else:
         payload = torch.load(io.BytesIO(storage.read_checked(cache_path(job))), map_location="cpu", weights_only=True)
         x, y = payload["stored"].flatten(0, 1), payload["labels"]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from idc_ray import __version__, storage
-from idc_ray.config import ConfigError, IDCConfig, apply_overrides, load_preset
+from idc_ray.config import IDCConfig, apply_overrides, load_preset
 from idc_ray.continual import report
 from idc_ray.continual.exemplars import (
     BUILTIN, NONE, ExemplarJob, check_memory_budget, external_memory, load_memory, make_exemplars, source_method,
@@ -189,9 +189,6 @@ def base_config(c: ContinualConfig, overrides: Sequence[str] = (), data_uri: str
         cfg = apply_overrides(cfg, changes)
     if overrides:
         cfg = apply_overrides(cfg, list(overrides))
-    if cfg.synset.formation == "learned":  # a stage's exemplars are formed without the set's upsampler
-        raise ConfigError("synset.formation=learned is not built for continual stages yet; "
-                          "use synset.formation=uniform")
     return cfg
 
 

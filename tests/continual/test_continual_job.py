@@ -212,3 +212,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_a_learned_stage_memory_is_formed_with_that_stages_upsampler(tmp_path):
+    """IDC exemplars condensed with synset.formation=learned: the memory the learner trains on is
+    formed with the stage's own trained upsampler (saved in its artifact), not bilinearly."""
+    from idc_ray.evaluation.protocol import form_stored
+
+    base = apply_overrides(load_preset("smoke"), {"synset.formation": "learned", "schedule.outer_iters": 1})
+    data = stage_data(load_dataset("tiny"), [2, 3])
+    write_stage_dataset(data, str(tmp_path / "data"))
+    cfg = stage_config(base, str(tmp_path / "data"), 1)
+    job = ExemplarJob(stage=1, method="idc", cfg=cfg, folder=stage_folder(tmp_path / "cache", 1))
+    make_exemplars(job)
+    x, y = load_memory(job, [2, 3])
+    stored, labels, _ = load_condensed(Path(job.folder) / "idc")
+    assert (Path(job.folder) / "idc" / "upsampler.pt").exists() and y.tolist() == [2] * 4 + [3] * 4
+    uniform = apply_overrides(cfg, {"synset.formation": "uniform"})
+    bilinear, _ = form_stored(uniform, data.spec, stored, labels)
+    assert x.shape == bilinear.shape and not torch.allclose(x, bilinear)  # the stage's learned residual
