@@ -109,7 +109,7 @@ def export_manifest(fmt: str, uri: str, manifest: dict, labels: torch.Tensor, fi
     return {"format": fmt, "source": uri, "dataset": manifest["dataset"], "images": "formed",
             "normalized": fmt != "imagefolder", "mean": manifest.get("mean"), "std": manifest.get("std"),
             "stored_per_class": manifest["ipc"], "formed_per_class": dict(zip(manifest["classes"], formed)),
-            "formation": manifest["formation"],
+            "formation": manifest["formation"], "storage": manifest.get("storage"),
             "comparison": (f"equal storage: {manifest['ipc']} stored images per class; "
                            f"{max(formed)} formed (training) images per class, not equal images"),
             "files": {f: storage.file_sha256(str(tmp / f)) for f in files}}

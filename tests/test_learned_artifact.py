@@ -64,3 +64,17 @@ def test_ray_data_forms_a_learned_set_with_its_upsampler(ray_cluster, learned_se
     ray_x = torch.stack([torch.from_numpy(r["image"]) for r in rows])
     ray_y = torch.tensor([int(r["label"]) for r in rows])
     assert by_class(ray_x, ray_y) == by_class(x, y)
+
+
+def test_the_evaluation_report_and_exports_count_the_upsampler(learned_set, tmp_path):
+    from idc_ray.evaluation.report import _storage_lines
+    from idc_ray.export import export
+
+    _, _, manifest = load_condensed(learned_set)
+    params = manifest["storage"]["upsampler_parameters"]
+    assert params > 0
+    described = artifact_set(str(learned_set), models=None).describe()
+    assert described["storage"] == manifest["storage"]
+    line = _storage_lines(described)[0]
+    assert f"{params:,} upsampler parameters" in line and f"{manifest['storage']['stored_pixels']:,} stored" in line
+    assert export(str(learned_set), "torch", str(tmp_path / "out"))["storage"] == manifest["storage"]

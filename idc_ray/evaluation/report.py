@@ -167,7 +167,7 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> str:
                   f"{' (one of crop/scale/rotate per batch)' if rec.get('aug_single', True) else ''}, "
                   f"loader augmentation `{rec.get('loader_aug', 'none')}`, CutMix p {rec['cutmix_prob']:g}, "
                   f"seed {r['seed']}, width {r['width'] or 'default'}, backend {r['backend']}.", "",
-                  *_soft_label_lines(r),
+                  *_storage_lines(s), *_soft_label_lines(r),
                   "| model | last (%) per run | best (%) per run | epochs | device | train s |", "|---|---|---|---|---|---|"]
         for name, m in r["models"].items():
             lasts = ", ".join(f"{100 * run['last']:.2f}" for run in m["runs"])
@@ -175,6 +175,17 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> str:
             parts.append(f"| {name} | {lasts} | {bests} | {m['epochs']} | {m['device']} | {m['wall_s']:.0f} |")
         parts.append("")
     return "\n".join(parts)
+
+
+def _storage_lines(s: Mapping[str, Any]) -> list[str]:
+    """What an artifact stores, as the paper's Table 9 counts it: its stored values plus a learned
+    formation's upsampler parameters."""
+    st = s.get("storage")
+    if not st:
+        return []
+    total = st["stored_pixels"] + st["upsampler_parameters"]
+    return [f"Storage: {st['stored_pixels']:,} stored pixel values + {st['upsampler_parameters']:,} upsampler "
+            f"parameters = {total:,} numbers ({s['ipc']} stored images per class).", ""]
 
 
 def _soft_label_lines(r: Mapping[str, Any]) -> list[str]:

@@ -134,8 +134,9 @@ def artifact_set(uri: str, *, models: Sequence[str] | None, changes: Mapping[str
     cfg = with_overrides(from_dict(manifest.get("config") or {"data": {"dataset": manifest["dataset"]}}), facts, overrides)
     check_models(cfg.eval.models, c, h)
     x, y = form_stored(cfg, spec_of(cfg), stored, labels, load_upsampler(uri, manifest))
+    info = {"storage": manifest["storage"]} if "storage" in manifest else {}
     return EvalSet(_basename(uri), method_name(cfg.synset.factor), "artifact", uri, cfg, x, y, manifest["ipc"],
-                   cfg.synset.factor, cfg.synset.formation, len(labels))
+                   cfg.synset.factor, cfg.synset.formation, len(labels), info)
 
 
 def file_set(uri: str, base: IDCConfig, *, factor: int | None = None, normalized: bool = False,
