@@ -53,7 +53,8 @@ from idc_ray.config import apply_overrides, load_preset  # noqa: E402
 from idc_ray.data import ClassStore, load_dataset  # noqa: E402
 from idc_ray.run.backend import RunOptions  # noqa: E402
 from idc_ray.distributed.planner import PartTimes, predict  # noqa: E402
-from idc_ray.distributed.resources import EXPERT_GPU_SHARE, plan_layout  # noqa: E402
+from idc_ray.distributed.planner import EXPERT_SHARE  # noqa: E402
+from idc_ray.distributed.resources import plan_layout  # noqa: E402
 from idc_ray.engine.expert import ExpertTrainer, init_expert, new_model  # noqa: E402
 from idc_ray.engine.matcher import Matcher, resolve_path  # noqa: E402
 from idc_ray.engine.plan import build_plan, initial_synset  # noqa: E402
@@ -119,7 +120,7 @@ def layouts_to_run(gpu: bool, tiny: bool) -> dict[str, tuple[RunOptions, dict]]:
     whose arithmetic does not depend on the shard (vmap batches the shard's classes)."""
     never = 10**6
     cpus = 0.25 if tiny else None  # tiny: every actor fits a 2-CPU cluster
-    shared = EXPERT_GPU_SHARE if gpu else 0.0
+    shared = EXPERT_SHARE if gpu else 0.0
 
     def matchers(n: int) -> RunOptions:
         return RunOptions(num_actors=n, gpus_per_actor=(1 - shared) / n if gpu else 0.0, expert_gpus=shared,

@@ -48,9 +48,28 @@ def cache_path(root: str, name: str, key: dict[str, Any]) -> Path:
     return cache_dir() / f"{name}-{digest[:16]}.pt"
 
 
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of caches this process checked
+
+
+def _intact(path: Path) -> bool:
+    """Whether the cache at ``path`` matches its sha256, hashed once per process and file version
+    (a decoded ImageNet subset is gigabytes; the driver and a task may load it several times)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    stamp = (str(path), st.st_size, st.st_mtime_ns)
+    if stamp in _VERIFIED:
+        return True
+    if storage.cache_intact(path, "decoding again"):
+        _VERIFIED.add(stamp)
+        return True
+    return False
+
+
 def cached(path: Path, build: Callable[[], tuple[Arrays, dict[str, Any]]]) -> tuple[Arrays, dict[str, Any]]:
     """The arrays and metadata at ``path``, or ``build()``'s result, saved there for next time."""
-    if storage.cache_intact(path, "decoding again"):
+    if _intact(path):
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return tuple(payload[k] for k in ("train_x", "train_y", "test_x", "test_y")), payload["meta"]

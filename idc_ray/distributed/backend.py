@@ -196,7 +196,7 @@ class RayAttempts:
         self.run_id, self.count = uuid.uuid4().hex[:6], itertools.count()
         self.placement: list[dict] = []
         self.actors: list = []
-        self.count_opened = 0
+        self.layout_logged = False  # the layout line is said once, not per restart
 
     def open(self, ckpt: Checkpoint | None, first_outer: int) -> tuple[RayMatchers, RayExperts]:
         tag = f"{self.run_id}.{next(self.count)}"  # readable, unique names: matcher-0[classes 0-4]@<run>.<attempt>
@@ -207,9 +207,9 @@ class RayAttempts:
         self.actors = [*matchers, *experts]
         self.faults = [f for f in self.faults if f.get("repeat")]  # others fire in the first attempt only
         self.placement = setup_actors(matchers, experts)
-        if self.count_opened == 0:  # once the actors read their data: bad input stays one line
+        if not self.layout_logged:  # once the actors read their data: bad input stays one line
             log.info("layout: %s", self.layout.reason)
-        self.count_opened += 1
+            self.layout_logged = True
         for p in self.placement:
             log.info("%s on node %s (%s, %d threads)", p["name"], p["node"][:12], p["device"], p["threads"])
         source = RayExperts(experts, expert_names, first_outer, self.cfg.schedule, self.plan.expert.fix_iter,

@@ -18,9 +18,6 @@ from idc_ray.run.backend import RunOptions
 
 log = logging.getLogger("idc_ray")
 
-# What an expert actor asks of a GPU it shares with a matcher. Ray's GPU fractions only place
-# work (CUDA time-slices the device), so the number just has to fit beside a matcher's share.
-EXPERT_GPU_SHARE = planner.EXPERT_SHARE
 # A placement group not granted within this many seconds is waiting on other jobs: said once.
 WAIT_NOTICE_S = 2.0
 
@@ -98,7 +95,7 @@ def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, floa
     cost) when they can change its choice. Without a probe (Tune trials, continual stages, which reserve before they plan) the
     counts are the fixed defaults: one matcher per GPU, else 2, and one expert actor. Given GPU
     fractions are kept too (:func:`_given_fractions`); otherwise an expert actor gets a GPU of its
-    own or sits beside a matcher with ``EXPERT_GPU_SHARE`` of its GPU.
+    own or sits beside a matcher with ``planner.EXPERT_SHARE`` of its GPU.
     """
     total = resources if resources is not None else _cluster()
     cluster_gpus, cluster_cpus = float(total.get("GPU", 0)), float(total.get("CPU", 1))
@@ -113,7 +110,7 @@ def plan_layout(num_classes: int, options: RunOptions, resources: dict[str, floa
     if fractions_given:
         gpus, expert_gpus = _given_fractions(options, n, k, cluster_gpus)
     elif on_gpus:
-        gpus, expert_gpus = (1.0 - EXPERT_GPU_SHARE, EXPERT_GPU_SHARE) if beside else (1.0, 1.0)
+        gpus, expert_gpus = (1.0 - planner.EXPERT_SHARE, planner.EXPERT_SHARE) if beside else (1.0, 1.0)
     else:
         gpus = expert_gpus = 0.0
     cpus = options.cpus_per_actor if options.cpus_per_actor is not None else cpu_share(cluster_cpus, n + k)
@@ -165,7 +162,7 @@ def _given_fractions(options: RunOptions, n: int, experts: int, cluster_gpus: fl
     if cluster_gpus >= 1 and expert_gpus == 0 and options.expert_gpus is None:
         log.warning("the expert actor runs on the CPU: the matchers' --gpus-per-actor %g leaves no GPU share for it; "
                     "for an expert on a GPU, lower --gpus-per-actor and pass --expert-gpus (e.g. %g)",
-                    gpus, EXPERT_GPU_SHARE)
+                    gpus, planner.EXPERT_SHARE)
     return gpus, expert_gpus
 
 
