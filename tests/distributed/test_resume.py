@@ -119,3 +119,19 @@ def test_resume_on_ray_falls_back_past_a_corrupt_newest_checkpoint(ray_cluster, 
     manifest = resume_past_a_corrupt_newest_checkpoint(tmp_path, idc_log,
                                                        ["--address", ray_cluster, "--num-actors", "2"])
     assert manifest["metrics"]["backend"] == "ray"
+
+
+def test_resume_of_a_learned_formation_gives_the_set_and_upsampler_of_an_uninterrupted_run(tmp_path):
+    """jobs/condense.py --resume with synset.formation=learned: the checkpoint carries the
+    upsampler's weights and Adam moments, so the resumed run writes the uninterrupted run's bytes."""
+    main = _condense_main()
+    common = ["--preset", "smoke", "--set", "synset.formation=learned", "--set", "schedule.inner_iters=2",
+              "--backend", "local", "--device", "cpu", "--checkpoint-every", "1", "--quiet"]
+    assert main([*common, "--outer-iters", "2", "--output", str(tmp_path / "whole")]) == 0
+    assert main([*common, "--outer-iters", "1", "--output", str(tmp_path / "run")]) == 0  # stopped after outer 1
+    assert main([*common, "--outer-iters", "2", "--output", str(tmp_path / "run"), "--resume"]) == 0
+    whole, resumed = load_condensed(tmp_path / "whole"), load_condensed(tmp_path / "run")
+    assert torch.equal(whole[0], resumed[0])
+    upsampler = lambda out: torch.load(out / "upsampler.pt", weights_only=True)
+    w, r = upsampler(tmp_path / "whole"), upsampler(tmp_path / "run")
+    assert w.keys() == r.keys() and all(torch.equal(w[k], r[k]) for k in w)
