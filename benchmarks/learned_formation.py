@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESET = "mnist5k-demo"
 FACTORS = (2, 3)
 FORMATIONS = ("uniform", "learned")
+TIMING_NOTE = ("the jobs run one after another; their seconds compare only when nothing else ran on the "
+               "machine (what the --timing run is for)")
 
 
 def job(name: str, *args: str) -> float:
@@ -59,6 +61,7 @@ def condensed(work: Path, factor: int, formation: str, outer: int | None) -> dic
             "seconds_per_inner": manifest["metrics"]["seconds"] / iterations, "storage": manifest["storage"]}
 
 
+
 def accuracies(report: Path, sets: list[dict]) -> None:
     """Each set's ConvNet-3 runs, mean and std (%) from the evaluation's per-set reports, into ``sets``."""
     summary = json.loads((report / "summary.json").read_text())
@@ -79,7 +82,7 @@ def main() -> None:
     work = args.work or ROOT / "runs" / ("learned_formation_timing" if args.timing else "learned_formation")
     work.mkdir(parents=True, exist_ok=True)
     sets = [condensed(work, f, m, 2 if args.timing else None) for f in FACTORS for m in FORMATIONS]
-    payload = {"preset": PRESET, "ipc": load_preset(PRESET).synset.ipc, "sets": sets}
+    payload = {"preset": PRESET, "ipc": load_preset(PRESET).synset.ipc, "sets": sets, "note": TIMING_NOTE}
     if not args.timing:
         report = work / "eval"
         payload["evaluation_seconds"] = job("evaluate", "--condensed", *(s["path"] for s in sets), "--preset", PRESET,
