@@ -6,20 +6,14 @@ actors; a restart after a lost actor replays to the same bytes."""
 import pytest
 import torch
 
+from test_invariance import TINY_MNIST
+
 from idc_ray.backends import condense_job
 from idc_ray.config import apply_overrides, load_preset
 from idc_ray.run.backend import RunOptions
 
 # 10 real MNIST classes, so 3 actors hold shards of 4, 3 and 3 classes; tiny network and batches.
-LEARNED_MNIST = {
-    "data.dataset": "mnist5k",
-    "synset.formation": "learned",
-    "expert.width": 8,
-    "expert.n_data": 32,
-    "match.batch_real": 8,
-    "schedule.outer_iters": 2,
-    "schedule.inner_iters": 2,
-}
+LEARNED_MNIST = {**TINY_MNIST, "synset.formation": "learned"}
 
 
 @pytest.fixture(scope="module")
