@@ -164,7 +164,7 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> str:
                   f"Epochs per model below{' (fixed compute)' if r['fixed_compute'] else ''}; "
                   f"lr {rec['lr']:g}, weight decay {rec.get('weight_decay', 5e-4):g}, batch {rec['batch_size']}, "
                   f"augmentation `{rec['augment'] or 'none'}`"
-                  f"{' (one of crop/scale/rotate per batch)' if rec.get('aug_single', True) else ''}, "
+                  f"{' (one of crop/scale/rotate per batch)' if rec['augment'] and rec.get('aug_single', True) else ''}, "
                   f"loader augmentation `{rec.get('loader_aug', 'none')}`, CutMix p {rec['cutmix_prob']:g}, "
                   f"seed {r['seed']}, width {r['width'] or 'default'}, backend {r['backend']}.", "",
                   *_storage_lines(s), *_soft_label_lines(r),
@@ -193,10 +193,17 @@ def _soft_label_lines(r: Mapping[str, Any]) -> list[str]:
     soft = r.get("soft_labels")
     if not soft:
         return []
-    teachers = ", ".join(f"{m} {n / 1e6:.2f} MB" for m, n in soft["teacher_bytes"].items())
+    teachers = ", ".join(f"{m} {_size(n)}" for m, n in soft["teacher_bytes"].items())
     return [f"Soft labels: {soft['teacher']} ({teachers}), temperature {soft['temperature']:g}. Stored per image "
-            f"they would take {soft['label_bytes_if_stored'] / 1e6:.3f} MB (formed images x classes x 4 bytes), "
-            f"next to {soft['image_bytes_stored'] / 1e6:.3f} MB of stored images (float32).", ""]
+            f"they would take {_size(soft['label_bytes_if_stored'])} (formed images x classes x 4 bytes), "
+            f"next to {_size(soft['image_bytes_stored'])} of stored images (float32).", ""]
+
+
+def _size(n: int) -> str:
+    """Bytes as a reader compares them: 400 B, 4.0 kB, 0.31 MB (decimal units)."""
+    if n < 1000:
+        return f"{n} B"
+    return f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.2f} MB"
 
 
 def write_curves_png(uri: str, results: Sequence[Mapping[str, Any]]) -> None:

@@ -166,3 +166,10 @@ def test_best_on_validation_is_recorded_and_drawn_from_the_training_split(artifa
 
     vx, vy = validation_split(data[("tiny", None)], 2, 0)
     assert vx.shape[0] == 8 and vy.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_report_sizes_read_at_every_scale():
+    """Soft-label storage of a 10-image set is 400 bytes: the report says so, not '0.000 MB'."""
+    from idc_ray.evaluation.report import _size
+
+    assert [_size(n) for n in (400, 4_000, 313_600, 1_600_000)] == ["400 B", "4.0 kB", "313.6 kB", "1.60 MB"]
