@@ -39,6 +39,8 @@ from idc_ray.run.backend import RunOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTORS = ["--num-actors", "1", "--cpus-per-actor", "0.5"]  # 1 CPU per job: a matcher and an expert actor
+# a condensation's planner may add a second expert actor after its probe (1.5 CPUs); Tune trials keep one
+CONDENSE_ACTORS = [*ACTORS, "--expert-actors", "1"]
 DONE = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -63,7 +65,7 @@ def jobs(out: Path, outer: int, inner: int, stages: int) -> dict[str, dict]:
     for seed in range(3):
         name = f"idc-load-condense-{seed}"
         curve = ["--eval-every", str(max(1, outer // 2)), "--eval-models", "convnet3", "--eval-epochs", "1"] if seed == 0 else []
-        argv = ["jobs/condense.py", "--preset", "smoke", *sizes, "--set", f"schedule.seed={seed}", *ACTORS, *curve,
+        argv = ["jobs/condense.py", "--preset", "smoke", *sizes, "--set", f"schedule.seed={seed}", *CONDENSE_ACTORS, *curve,
                 "--checkpoint-every", str(outer), "--output", str(out / name), "--quiet"]
         found[name] = {"argv": argv, "output": str(out / name), "kind": "condense"}
     name = "idc-load-tune"
