@@ -130,7 +130,9 @@ def ray_head(num_cpus: int, log_path: Path, cwd: Path) -> Iterator[dict[str, int
     """A head of its own with the job server (`ray start --head --block`), every port explicit
     (another Ray on this machine holds the default ones) and its own short temp dir (so its
     address file never redirects a later local Ray); yields its ports by name. Stopped by
-    signalling its process group: `ray stop` would stop every Ray process of the user."""
+    signalling `ray start` alone, which drains the node and stops its processes (signalling the
+    whole group first kills the GCS and the drain then waits 30 s for it), then killing whatever
+    of its process group is left: `ray stop` would stop every Ray process of the user."""
     names = ("gcs", "dashboard", "metrics", "agent-listen", "agent-grpc", "runtime-env", "client")
     ports = {name: free_port() for name in names}
     temp_dir = tempfile.mkdtemp(prefix="rayh")
@@ -152,10 +154,12 @@ def ray_head(num_cpus: int, log_path: Path, cwd: Path) -> Iterator[dict[str, int
                 time.sleep(0.5)
             yield ports
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.terminate()
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.wait()
             shutil.rmtree(temp_dir, ignore_errors=True)
