@@ -267,10 +267,10 @@ def load_condensed(uri: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, 
     storage.verify(data, expected, ArtifactError(
         f"'{target}' does not match the sha256 in its manifest: the file is corrupt or was modified"))
     try:
-        # ParquetFile.read, not pq.read_table: read_table scans through pyarrow.dataset, and a
-        # finished job once aborted at interpreter exit with an Arrow thread of such a scan
-        # releasing a Python-owned buffer (four jobs on 2 CPUs). ParquetFile.read is synchronous
-        # and the block closes the file before it returns.
+        # ParquetFile.read, not pq.read_table: read_table's dataset scan can still be cleaning up
+        # after it returns, and releasing this Python-owned buffer then, at interpreter exit,
+        # aborts the process (apache/arrow#33975; it aborted a finished job here, four jobs on 2
+        # CPUs). ParquetFile.read is synchronous and the block closes the file before it returns.
         with pq.ParquetFile(pa.BufferReader(data)) as parquet:
             table = parquet.read(columns=["label", "data"])
     except (pa.ArrowException, OSError) as e:
