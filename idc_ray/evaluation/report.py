@@ -200,7 +200,7 @@ def _soft_label_lines(r: Mapping[str, Any]) -> list[str]:
 
 
 def _size(n: int) -> str:
-    """Bytes as a reader compares them: 400 B, 4.0 kB, 0.31 MB (decimal units)."""
+    """Bytes as a reader compares them: 400 B, 313.6 kB, 1.60 MB (decimal units)."""
     if n < 1000:
         return f"{n} B"
     return f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.2f} MB"
